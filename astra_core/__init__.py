@@ -1,0 +1,98 @@
+"""Astra Core: adaptive stress testing of language models with reinforcement learning.
+
+The public API, re-exported. Names whose modules need torch (the trainer, the harness) are
+imported on first use, so ``import astra_core`` and plugin registration stay light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from astra_core.config import ComponentRef, RunConfig, TrainingConfiguration, load_run_file
+from astra_core.errors import (
+    AstraError,
+    CheckpointError,
+    ComponentBuildError,
+    ConfigError,
+    DuplicateComponentError,
+    OptionsError,
+    PluginLoadError,
+    TrainingError,
+    UnknownComponentError,
+)
+from astra_core.graph import Graph, Node
+from astra_core.hooks import hookimpl, hookspec
+from astra_core.protocols import (
+    Algorithm,
+    BatchedSampler,
+    Callback,
+    EvaluationReport,
+    Evaluator,
+    FeatureSystem,
+    MultiEpochAlgorithm,
+    Sampler,
+    Scorer,
+    System,
+    TrainerView,
+)
+from astra_core.registry import ComponentInfo, Provider, Registrar, Registries, Registry
+
+if TYPE_CHECKING:
+    from astra_core.callbacks import BaseCallback
+    from astra_core.harness import Harness
+    from astra_core.trainer import Trainer
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Trainer": "astra_core.trainer",
+    "Harness": "astra_core.harness",
+    "BaseCallback": "astra_core.callbacks",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'astra_core' has no attribute {name!r}")
+
+
+__all__ = [
+    "Algorithm",
+    "AstraError",
+    "BaseCallback",
+    "BatchedSampler",
+    "Callback",
+    "CheckpointError",
+    "ComponentBuildError",
+    "ComponentInfo",
+    "ComponentRef",
+    "ConfigError",
+    "DuplicateComponentError",
+    "EvaluationReport",
+    "Evaluator",
+    "FeatureSystem",
+    "Graph",
+    "Harness",
+    "MultiEpochAlgorithm",
+    "Node",
+    "OptionsError",
+    "PluginLoadError",
+    "Provider",
+    "Registrar",
+    "Registries",
+    "Registry",
+    "RunConfig",
+    "Sampler",
+    "Scorer",
+    "System",
+    "Trainer",
+    "TrainerView",
+    "TrainingConfiguration",
+    "TrainingError",
+    "UnknownComponentError",
+    "hookimpl",
+    "hookspec",
+    "load_run_file",
+]

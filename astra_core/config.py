@@ -1,0 +1,202 @@
+"""Training configuration, component references, and the TOML run file.
+
+A run file has a ``[training]`` table (the `TrainingConfiguration` fields) and one table per
+component kind, each a registered ``name`` plus that component's options::
+
+    [training]
+    lr = 3e-4
+    training_steps = 64
+    optimizer = { name = "adamw", weight_decay = 0.01 }
+
+    [algorithm]
+    name = "dpo"
+    beta = 0.1
+
+    sampler = "ast"          # a plain string where no options are needed (before any table)
+
+    [[callbacks]]
+    name = "tensorboard"
+
+Missing tables take the defaults in `RunConfig`. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from astra_core.errors import ConfigError
+
+
+class ComponentRef(BaseModel):
+    """A registered component's name and the options to build it with."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, value: str | Mapping[str, Any] | ComponentRef) -> ComponentRef:
+        """From ``"dpo"``, ``{"name": "dpo", "beta": 0.1}`` or a `ComponentRef`."""
+        if isinstance(value, ComponentRef):
+            return value
+        if isinstance(value, str):
+            return cls(name=value)
+        if isinstance(value, Mapping):
+            if "name" not in value:
+                raise ValueError("a component table needs a 'name' key naming a registered component")
+            options = {k: v for k, v in value.items() if k != "name"}
+            if "options" in options and len(options) == 1 and isinstance(options["options"], Mapping):
+                options = dict(options["options"])
+            name = value["name"]
+            if not isinstance(name, str):
+                raise ValueError(f"'name' must be a string, got {name!r}")
+            return cls(name=name, options=options)
+        raise ValueError(f"expected a component name or a table with 'name', got {value!r}")
+
+    def to_toml_value(self) -> str | dict[str, Any]:
+        """The form a run file would use: a plain name, or a table with options."""
+        return self.name if not self.options else {"name": self.name, **self.options}
+
+
+def _ref(value: Any) -> ComponentRef:
+    return ComponentRef.parse(value)
+
+
+class TrainingConfiguration(BaseModel):
+    """How to train. Every field takes effect; the defaults keep the classic behaviour.
+
+    >>> TrainingConfiguration(batch_size=4).batch_size
+    4
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    lr: float = Field(3e-3, gt=0, description="base learning rate")
+    batch_size: int = Field(16, ge=1, description="training steps per DataLoader batch")
+    optimizer: ComponentRef = Field(
+        default_factory=lambda: ComponentRef(name="adamw"),
+        description="registered optimizer name, or a table with options",
+    )
+    gradient_accumulation_steps: int = Field(1, ge=1, description="batches per optimizer update")
+    training_steps: int = Field(1024, ge=1, description="experiences to collect and train on")
+    num_episodes_per_experience: int = Field(8, ge=1, description="rollouts per experience")
+    seed: int = Field(0, ge=0, description="seeds rollouts, shuffling and initialisation")
+    max_grad_norm: float | None = Field(None, gt=0, description="clip gradient norm; None: no clipping")
+    lr_scheduler: ComponentRef = Field(
+        default_factory=lambda: ComponentRef(name="constant"),
+        description="registered scheduler, stepped once per training step",
+    )
+    warmup_steps: int = Field(0, ge=0, description="linear warmup steps for the scheduler")
+    shuffle: bool = Field(True, description="shuffle each experience with a seeded generator")
+    checkpoint_every: int | None = Field(None, ge=1, description="checkpoint every N steps (needs output_dir)")
+    keep_checkpoints: int = Field(2, ge=1, description="how many recent checkpoints to keep")
+    output_dir: str | None = Field(None, description="run directory for checkpoints, metrics, reports")
+    eval_every: int | None = Field(None, ge=1, description="evaluate every N steps (needs an evaluator)")
+    max_nonfinite_in_a_row: int = Field(10, ge=1, description="stop after this many non-finite losses in a row")
+
+    @field_validator("optimizer", "lr_scheduler", mode="before")
+    @classmethod
+    def _component(cls, value: Any) -> ComponentRef:
+        return _ref(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingConfiguration:
+        if self.checkpoint_every is not None and self.output_dir is None:
+            raise ValueError("checkpoint_every needs output_dir (where checkpoints go)")
+        return self
+
+
+DEFAULT_COMPONENTS: dict[str, str] = {
+    "scorer": "profanity",
+    "system": "transformers",
+    "sampler": "ast",
+    "algorithm": "dpo",
+    "evaluator": "ast",
+}
+
+
+class RunConfig(BaseModel):
+    """A whole run: training settings plus the components, by registered name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    training: TrainingConfiguration = Field(default_factory=TrainingConfiguration)
+    scorer: ComponentRef = Field(default_factory=lambda: ComponentRef(name=DEFAULT_COMPONENTS["scorer"]))
+    system: ComponentRef = Field(default_factory=lambda: ComponentRef(name=DEFAULT_COMPONENTS["system"]))
+    sampler: ComponentRef = Field(default_factory=lambda: ComponentRef(name=DEFAULT_COMPONENTS["sampler"]))
+    algorithm: ComponentRef = Field(default_factory=lambda: ComponentRef(name=DEFAULT_COMPONENTS["algorithm"]))
+    evaluator: ComponentRef | None = Field(default_factory=lambda: ComponentRef(name=DEFAULT_COMPONENTS["evaluator"]))
+    callbacks: list[ComponentRef] = Field(default_factory=list)
+
+    @field_validator("scorer", "system", "sampler", "algorithm", "evaluator", mode="before")
+    @classmethod
+    def _component(cls, value: Any) -> ComponentRef | None:
+        return None if value is None or value == "none" else _ref(value)
+
+    @field_validator("callbacks", mode="before")
+    @classmethod
+    def _callbacks(cls, value: Any) -> list[ComponentRef]:
+        if not isinstance(value, list):
+            raise ValueError("callbacks must be a list of names or [[callbacks]] tables")
+        return [_ref(item) for item in value]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data (what a run directory records)."""
+        data: dict[str, Any] = {"training": self.training.model_dump(mode="json")}
+        for key in ("optimizer", "lr_scheduler"):
+            data["training"][key] = getattr(self.training, key).to_toml_value()
+        for kind in ("scorer", "system", "sampler", "algorithm", "evaluator"):
+            ref = getattr(self, kind)
+            data[kind] = ref.to_toml_value() if ref is not None else "none"
+        data["callbacks"] = [ref.to_toml_value() for ref in self.callbacks]
+        return data
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    problems = []
+    for item in error.errors():
+        location = ".".join(str(p) for p in item["loc"] if p not in ("function-after",))
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see docs/configuration.md for valid keys)"
+        problems.append(f"{location}: {message}" if location else message)
+    return f"{source}: " + "; ".join(problems)
+
+
+def parse_run_config(data: Mapping[str, Any], source: str = "run config") -> RunConfig:
+    """Validate run-file data; errors name `source` and every bad key."""
+    try:
+        return RunConfig.model_validate(dict(data))
+    except ValidationError as error:
+        raise ConfigError(_describe(error, source)) from None
+
+
+MAX_RUN_FILE_BYTES = 1 << 20
+
+
+def load_run_file(path: str | Path) -> RunConfig:
+    """Read and validate a TOML run file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such run file (give the path to a .toml run file)")
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a file (give the path to a .toml run file)")
+    if path.stat().st_size > MAX_RUN_FILE_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_RUN_FILE_BYTES} bytes; a run file is a small TOML file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; a run file is a UTF-8 TOML file") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML: {error}") from None
+    return parse_run_config(data, str(path))

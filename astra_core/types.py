@@ -1,0 +1,19 @@
+"""Type variables shared by the protocols, and the JSON alias used for configs and reports."""
+
+from __future__ import annotations
+
+from typing import TypeAlias, TypeVar
+
+StateT = TypeVar("StateT")
+"""What a conversation is before a turn (for text: the context string)."""
+ActionT = TypeVar("ActionT")
+"""What the tester contributes in a turn (for text: the probe string)."""
+StepT = TypeVar("StepT")
+"""One training example an algorithm cuts out of a rollout tree."""
+BatchT = TypeVar("BatchT")
+"""A collated batch of steps."""
+
+StateT_contra = TypeVar("StateT_contra", contravariant=True)
+ActionT_contra = TypeVar("ActionT_contra", contravariant=True)
+
+JSON: TypeAlias = "dict[str, JSON] | list[JSON] | str | int | float | bool | None"
