@@ -24,6 +24,7 @@ class Resolved:
     options: BaseModel
 
     def describe(self) -> dict[str, Any]:
+        """Name, provider and validated options (defaults filled in), as plain data."""
         return {
             "name": self.info.name,
             "provider": str(self.info.provider),
@@ -63,14 +64,9 @@ def resolve(config: RunConfig, registries: Registries | None = None) -> Resolved
 
         registries = loaded()
     training = config.training
-    scheduler_options = dict(training.lr_scheduler.options)
-    if training.warmup_steps and "warmup_steps" not in scheduler_options:
-        scheduler_options["warmup_steps"] = training.warmup_steps
     components: dict[str, Resolved] = {
         "optimizer": _resolve(registries, "optimizer", training.optimizer),
-        "lr_scheduler": _resolve(
-            registries, "scheduler", ComponentRef(name=training.lr_scheduler.name, options=scheduler_options)
-        ),
+        "lr_scheduler": _resolve(registries, "scheduler", training.scheduler_ref()),
         "scorer": _resolve(registries, "scorer", config.scorer),
         "system": _resolve(registries, "system", config.system),
         "sampler": _resolve(registries, "sampler", config.sampler),

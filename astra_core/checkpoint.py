@@ -26,6 +26,18 @@ from safetensors.torch import load_file, save_file
 from astra_core.errors import CheckpointError
 
 MANIFEST = "manifest.json"
+REQUIRED_FILES = frozenset(
+    {
+        "weights.safetensors",
+        "optimizer.safetensors",
+        "optimizer.json",
+        "scheduler.json",
+        "rng.safetensors",
+        "rng.json",
+        "state.json",
+        "config.json",
+    }
+)
 FORMAT = "astra-checkpoint/1"
 CHECKPOINTS = "checkpoints"
 
@@ -111,9 +123,16 @@ def save_checkpoint(
     config: Mapping[str, Any],
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint `step` atomically under `run_dir/checkpoints`; keep the newest `keep`."""
+    """Write checkpoint `step` atomically under `run_dir/checkpoints`; keep the newest `keep`.
+
+    Files are written and fsynced in a hidden staging directory that is renamed into place, so
+    a crash at any moment leaves only complete checkpoints under ``step-*`` names. Staging
+    directories left by an earlier crash are removed first.
+    """
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step-{step:08d}"
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:08d}-", dir=root))
     try:
@@ -136,13 +155,18 @@ def save_checkpoint(
                 os.fsync(handle.fileno())
         _fsync_dir(staging)
         if final.exists():
-            shutil.rmtree(final)
+            # rename() cannot replace a non-empty directory: move the old one aside (a name
+            # `latest_checkpoint` ignores) so the new one still appears in a single rename.
+            os.replace(final, root / f".tmp-replaced-{final.name}-{os.getpid()}")
         os.replace(staging, final)
         _fsync_dir(root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    for old in list_checkpoints(run_dir)[:-keep]:
+    for stale in root.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    others = [p for p in list_checkpoints(run_dir) if p != final]
+    for old in others[: max(0, len(others) - (keep - 1))]:  # the new one always stays
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -169,8 +193,16 @@ def verify(checkpoint: str | Path) -> dict[str, Any]:
         manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{path}: unreadable manifest ({error}); the checkpoint is corrupted") from None
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path}: the manifest is not a JSON object; the checkpoint is corrupted")
     if manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
-        raise CheckpointError(f"{path}: unknown checkpoint format {manifest.get('format')!r}; expected {FORMAT}")
+        found = manifest.get("format")
+        raise CheckpointError(f"{path}: unknown checkpoint format {found!r}; expected {FORMAT}")
+    missing = sorted(REQUIRED_FILES - set(manifest["files"]))
+    if missing:
+        raise CheckpointError(
+            f"{path}: manifest lists no {', '.join(missing)}; the checkpoint is corrupted, resume from an older one"
+        )
     for name, digest in manifest["files"].items():
         file = path / name
         if not file.is_file() or _sha256(file) != digest:
@@ -193,8 +225,10 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def read_json(checkpoint: Path, name: str) -> Any:
+    """A JSON file of a checkpoint (call `verify` first)."""
     return json.loads((checkpoint / name).read_text(encoding="utf-8"))
 
 
 def load_tensors(checkpoint: Path, name: str) -> dict[str, torch.Tensor]:
+    """A safetensors file of a checkpoint, on the CPU (safetensors never unpickles)."""
     return load_file(str(checkpoint / name))

@@ -77,7 +77,7 @@ class TrainingConfiguration(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    lr: float = Field(3e-3, gt=0, description="base learning rate")
+    lr: float = Field(3e-3, gt=0, allow_inf_nan=False, description="base learning rate")
     batch_size: int = Field(16, ge=1, description="training steps per DataLoader batch")
     optimizer: ComponentRef = Field(
         default_factory=lambda: ComponentRef(name="adamw"),
@@ -87,7 +87,9 @@ class TrainingConfiguration(BaseModel):
     training_steps: int = Field(1024, ge=1, description="experiences to collect and train on")
     num_episodes_per_experience: int = Field(8, ge=1, description="rollouts per experience")
     seed: int = Field(0, ge=0, description="seeds rollouts, shuffling and initialisation")
-    max_grad_norm: float | None = Field(None, gt=0, description="clip gradient norm; None: no clipping")
+    max_grad_norm: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="clip gradient norm; None: no clipping"
+    )
     lr_scheduler: ComponentRef = Field(
         default_factory=lambda: ComponentRef(name="constant"),
         description="registered scheduler, stepped once per training step",
@@ -109,7 +111,19 @@ class TrainingConfiguration(BaseModel):
     def _consistent(self) -> TrainingConfiguration:
         if self.checkpoint_every is not None and self.output_dir is None:
             raise ValueError("checkpoint_every needs output_dir (where checkpoints go)")
+        given = self.lr_scheduler.options.get("warmup_steps")
+        if self.warmup_steps and given is not None and given != self.warmup_steps:
+            raise ValueError(
+                f"warmup_steps is {self.warmup_steps} but lr_scheduler.warmup_steps is {given}; set only one"
+            )
         return self
+
+    def scheduler_ref(self) -> ComponentRef:
+        """The scheduler reference with ``warmup_steps`` folded into its options (what gets built)."""
+        options = dict(self.lr_scheduler.options)
+        if self.warmup_steps:
+            options.setdefault("warmup_steps", self.warmup_steps)
+        return ComponentRef(name=self.lr_scheduler.name, options=options)
 
 
 DEFAULT_COMPONENTS: dict[str, str] = {

@@ -16,6 +16,7 @@ from typing import Generic, cast
 import torch
 from torch.utils.data import DataLoader
 
+from astra_core.errors import ConfigError
 from astra_core.graph import Graph
 from astra_core.protocols import Algorithm, BatchedSampler, Sampler
 from astra_core.types import ActionT, BatchT, StateT, StepT
@@ -77,7 +78,10 @@ class Harness(Generic[StateT, ActionT, StepT, BatchT]):
         shuffle: bool = True,
     ) -> None:
         if num_episodes_per_experience < 1 or batch_size < 1:
-            raise ValueError("num_episodes_per_experience and batch_size must be at least 1")
+            raise ConfigError(
+                f"num_episodes_per_experience ({num_episodes_per_experience}) and batch_size ({batch_size}) "
+                f"must be at least 1"
+            )
         self.sampler = sampler
         self.algorithm = algorithm
         self.num_episodes_per_experience = num_episodes_per_experience

@@ -20,12 +20,14 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, Generic
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from astra_core import checkpoint as ckpt
 from astra_core.config import TrainingConfiguration
@@ -45,7 +47,14 @@ from astra_core.types import ActionT, BatchT, StateT, StepT
 log = logging.getLogger(__name__)
 
 # Settings that may change between an interrupted run and its resume.
-_RESUMABLE_CHANGES = {"training_steps", "output_dir", "checkpoint_every", "eval_every", "keep_checkpoints"}
+_RESUMABLE_CHANGES = {
+    "training_steps",
+    "output_dir",
+    "checkpoint_every",
+    "eval_every",
+    "keep_checkpoints",
+    "max_nonfinite_in_a_row",
+}
 
 
 class TrainingInterrupted(Exception):
@@ -62,6 +71,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+@dataclass
+class _StepStats:
+    losses: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+    algorithm_logs: dict[str, list[float]] = field(default_factory=dict)
+    updates: int = 0
+    skipped: int = 0
 
 
 def _unique(parameters: Sequence[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
@@ -109,12 +127,9 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         self.optimizer: torch.optim.Optimizer = optimizer_info.build(
             self.parameters, options=config.optimizer.options, lr=config.lr
         )
-        scheduler_options = dict(config.lr_scheduler.options)
-        if config.warmup_steps and "warmup_steps" not in scheduler_options:
-            scheduler_options["warmup_steps"] = config.warmup_steps
-        scheduler_info = registries.get("scheduler", config.lr_scheduler.name)
-        self.scheduler: Any = scheduler_info.build(
-            self.optimizer, options=scheduler_options, total_steps=config.training_steps
+        scheduler_ref = config.scheduler_ref()
+        self.scheduler: Any = registries.get("scheduler", scheduler_ref.name).build(
+            self.optimizer, options=scheduler_ref.options, total_steps=config.training_steps
         )
         self.evaluator = evaluator
         if config.eval_every is not None and evaluator is None:
@@ -129,6 +144,7 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         self.nonfinite_in_a_row = 0
         self.history: list[dict[str, float]] = []
         self._stop_signal: int | None = None
+        self._saved: tuple[tuple[int, str], Path] | None = None
 
     @property
     def run_dir(self) -> str | None:
@@ -148,11 +164,12 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
     def train(self) -> list[dict[str, float]]:
         """Train until ``training_steps``; returns every step's metrics.
 
-        SIGINT or SIGTERM stops at the end of the current step, after a checkpoint, by raising
-        `TrainingInterrupted`.
+        SIGINT or SIGTERM stops at the end of the current step, after a checkpoint (when
+        ``output_dir`` is set), by raising `TrainingInterrupted`; a second SIGINT stops at once.
         """
         if self.run_dir is not None:
             Path(self.run_dir).mkdir(parents=True, exist_ok=True)
+        self._stop_signal = None
         self._call("on_train_begin", self)
         try:
             with self._signals_stop_at_step_end():
@@ -174,42 +191,24 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         return self.history
 
     def train_step(self) -> dict[str, float]:
-        """Collect one experience and apply every update over it; returns the step's metrics."""
+        """Collect one experience and apply every update over it; returns the step's metrics.
+
+        An experience with a non-finite reward is skipped as a whole (it would order preference
+        pairs arbitrarily); so is an update group with a non-finite loss or gradient. Each skip
+        is counted, and `max_nonfinite_in_a_row` of them in a row raise `TrainingError`.
+        """
         started = time.perf_counter()
-        algorithm = self.harness.algorithm
-        epochs = algorithm.epochs_per_experience if isinstance(algorithm, MultiEpochAlgorithm) else 1
         loader = self.harness.experience(self.global_step)
         rollout_seconds = time.perf_counter() - started
         logs: dict[str, float] = dict(self.harness.last_metrics)
-        batches_total = len(loader) * epochs
-        accumulation = self.config.gradient_accumulation_steps
-        losses: list[float] = []
-        algorithm_logs: dict[str, list[float]] = {}
-        grad_norms: list[float] = []
-        updates = skipped = 0
-        index = 0
-        group_is_finite = True
-        self.optimizer.zero_grad(set_to_none=True)
-        for _ in range(epochs):
-            for batch in loader:
-                group_start = (index // accumulation) * accumulation
-                group_size = min(accumulation, batches_total - group_start)
-                loss, step_logs = self.harness.step(batch)
-                if torch.isfinite(loss).all():
-                    torch.autograd.backward(loss / group_size)
-                    losses.append(float(loss.detach()))
-                    for key, value in step_logs.items():
-                        algorithm_logs.setdefault(key, []).append(float(value))
-                else:
-                    group_is_finite = False
-                index += 1
-                if index - group_start < group_size:
-                    continue
-                if self._apply_update(group_is_finite, grad_norms):
-                    updates += 1
-                else:
-                    skipped += 1
-                group_is_finite = True
+        lr = float(self.optimizer.param_groups[0]["lr"])  # the rate this step's updates use
+        stats = _StepStats()
+        bad_rewards = int(logs.get("reward/nonfinite", 0.0))
+        if bad_rewards:
+            stats.skipped += 1
+            self._record_nonfinite(f"reward ({bad_rewards} in the experience)")
+        else:
+            self._update_over(loader, stats)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
             self.scheduler.step()
@@ -217,54 +216,94 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         logs.update(
             {
                 "step": float(self.global_step),
-                "loss": sum(losses) / len(losses) if losses else math.nan,
-                "lr": float(self.optimizer.param_groups[0]["lr"]),
-                "updates": float(updates),
-                "skipped_updates": float(skipped),
+                "loss": sum(stats.losses) / len(stats.losses) if stats.losses else math.nan,
+                "lr": lr,
+                "updates": float(stats.updates),
+                "skipped_updates": float(stats.skipped),
                 "nonfinite_total": float(self.nonfinite_total),
                 "time/rollout": rollout_seconds,
                 "time/step": time.perf_counter() - started,
             }
         )
-        if grad_norms:
-            logs["grad_norm"] = sum(grad_norms) / len(grad_norms)
-        for key, values in algorithm_logs.items():
+        if stats.grad_norms:
+            logs["grad_norm"] = sum(stats.grad_norms) / len(stats.grad_norms)
+        for key, values in stats.algorithm_logs.items():
             logs[key] = sum(values) / len(values)
         self.history.append(logs)
         return logs
 
-    def _apply_update(self, finite: bool, grad_norms: list[float]) -> bool:
-        """Clip and step, unless the loss or gradients were non-finite; then skip and count."""
-        norm = (
-            torch.nn.utils.clip_grad_norm_(
-                self.parameters, self.config.max_grad_norm if self.config.max_grad_norm else math.inf
-            )
-            if finite
-            else torch.tensor(math.nan)
-        )
-        if finite and torch.isfinite(norm):
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            grad_norms.append(float(norm))
-            self.nonfinite_in_a_row = 0
-            return True
+    def _update_over(self, loader: DataLoader[StepT], stats: _StepStats) -> None:
+        """Every optimizer update over one experience: groups of `gradient_accumulation_steps`
+        batches (across all epochs), the last group possibly shorter."""
+        algorithm = self.harness.algorithm
+        epochs = algorithm.epochs_per_experience if isinstance(algorithm, MultiEpochAlgorithm) else 1
+        total = len(loader) * epochs
+        accumulation = self.config.gradient_accumulation_steps
+        index = 0
+        finite = True
         self.optimizer.zero_grad(set_to_none=True)
+        for _ in range(epochs):
+            for batch in loader:
+                group_start = index - index % accumulation
+                group_size = min(accumulation, total - group_start)
+                loss, step_logs = self.harness.step(batch)
+                if bool(torch.isfinite(loss).all()):
+                    # Dividing by the group's own size makes the update the one of the group's mean
+                    # loss, for a short last group too.
+                    torch.autograd.backward(loss / group_size)
+                    stats.losses.append(float(loss.detach()))
+                    for key, value in step_logs.items():
+                        stats.algorithm_logs.setdefault(key, []).append(float(value))
+                else:
+                    finite = False
+                index += 1
+                if index - group_start == group_size:
+                    self._apply_update(finite, stats)
+                    finite = True
+
+    def _apply_update(self, finite: bool, stats: _StepStats) -> None:
+        """Clip and step, unless the loss or the gradient is non-finite: then skip and count."""
+        norm = self._gradient_norm() if finite else math.nan
+        if math.isfinite(norm):
+            self.optimizer.step()
+            stats.updates += 1
+            stats.grad_norms.append(norm)
+            self.nonfinite_in_a_row = 0
+        else:
+            stats.skipped += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(norm):
+            self._record_nonfinite("loss or gradient")
+
+    def _gradient_norm(self) -> float:
+        """The total gradient norm before clipping; clips to `max_grad_norm` when it is set."""
+        if self.config.max_grad_norm is None:
+            grads = [p.grad for p in self.parameters if p.grad is not None]
+            return float(torch.nn.utils.get_total_norm(grads))
+        return float(torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm))
+
+    def _record_nonfinite(self, what: str) -> None:
         self.nonfinite_total += 1
         self.nonfinite_in_a_row += 1
         log.warning(
-            "non-finite loss or gradient at step %d: update skipped (%d so far, %d in a row)",
+            "non-finite %s at step %d: update skipped (%d so far, %d in a row)",
+            what,
             self.global_step + 1,
             self.nonfinite_total,
             self.nonfinite_in_a_row,
         )
         if self.nonfinite_in_a_row >= self.config.max_nonfinite_in_a_row:
-            saved = self.save_checkpoint() if self.run_dir is not None else None
-            where = f"; last good checkpoint: {saved}" if saved else ""
+            # Mid-step state is not resumable exactly, so point at the last step-boundary checkpoint.
+            last = ckpt.latest_checkpoint(self.run_dir) if self.run_dir is not None else None
+            where = (
+                f"last good checkpoint: {last}"
+                if last is not None
+                else "no checkpoint was written yet (set training.output_dir and training.checkpoint_every)"
+            )
             raise TrainingError(
-                f"{self.nonfinite_in_a_row} non-finite losses in a row at step {self.global_step + 1}"
+                f"{self.nonfinite_in_a_row} non-finite losses or rewards in a row at step {self.global_step + 1}; "
                 f"{where}; lower training.lr, set training.max_grad_norm, or check the scorer's outputs"
             )
-        return False
 
     def evaluate(self) -> EvaluationReport:
         """Run the evaluator without disturbing the training RNG streams; record its report."""
@@ -289,12 +328,15 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         """Write an atomic checkpoint of everything needed to resume exactly."""
         if self.run_dir is None:
             raise ConfigError("set training.output_dir to save checkpoints")
+        key = (self.global_step, self.run_dir)
+        if self._saved is not None and self._saved[0] == key and self._saved[1].is_dir():
+            return self._saved[1]  # nothing changed since (a state change always advances the step)
         state = {
             "global_step": self.global_step,
             "nonfinite_total": self.nonfinite_total,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
         }
-        return ckpt.save_checkpoint(
+        path = ckpt.save_checkpoint(
             self.run_dir,
             self.global_step,
             self.parameters,
@@ -304,11 +346,19 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
             self.resolved_config,
             keep=self.config.keep_checkpoints,
         )
+        self._saved = (key, path)
+        return path
 
     def resume(self, source: str | Path | None = None) -> Path:
         """Load the newest verified checkpoint of `source` (a run dir or checkpoint; default: the
-        run dir) so that training continues exactly where it stopped."""
-        source = Path(source) if source is not None else Path(self.run_dir or ".")
+        run dir) so that training continues exactly where it stopped.
+
+        Raises `CheckpointError` when there is no complete checkpoint, a checksum fails, or the
+        checkpoint was written by a run with a different configuration.
+        """
+        if source is None and self.run_dir is None:
+            raise ConfigError("nothing to resume from: set training.output_dir or pass a checkpoint directory")
+        source = Path(source) if source is not None else Path(str(self.run_dir))
         checkpoint = source if (source / ckpt.MANIFEST).exists() else ckpt.latest_checkpoint(source)
         if checkpoint is None:
             raise CheckpointError(f"{source}: no complete checkpoint to resume from")
@@ -342,6 +392,7 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         self.global_step = int(state["global_step"])
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
         self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
+        self._saved = None
         return checkpoint
 
     def _check_same_run(self, saved: Mapping[str, Any], checkpoint: Path) -> None:

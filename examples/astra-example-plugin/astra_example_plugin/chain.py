@@ -1,0 +1,64 @@
+"""``example-chain``: a width-1 chain sampler over any `System`.
+
+An episode opens with a context drawn from `openers` (with Python's global `random`, which the
+Trainer seeds) and takes `depth` turns; every episode of an experience is rolled out together,
+so each turn is one batched tester call and one batched target call.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Generic, cast
+
+from astra_core import Graph, Node, Scorer, System
+from astra_core.scoring import checked_scores
+from astra_core.types import ActionT, StateT
+
+
+class ChainSampler(Generic[StateT, ActionT]):
+    """Width-1 chains of `depth` turns: ``ChainSampler(system, depth=3, openers=[...])``."""
+
+    def __init__(self, system: System[StateT, ActionT], depth: int = 3, *, openers: Sequence[StateT]) -> None:
+        if depth < 1 or not openers:
+            raise ValueError("ChainSampler needs depth >= 1 and at least one opener")
+        self.system = system
+        self.depth = depth
+        self.openers = list(openers)
+
+    @property
+    def _scorer(self) -> Scorer[StateT, StateT]:
+        # A Scorer[StateT, ActionT] scores states, but `checked_scores` wants one type for both.
+        return cast("Scorer[StateT, StateT]", self.system.scorer)
+
+    def rollout(self) -> Graph[StateT, ActionT]:
+        """One training episode from a random opener."""
+        return self.rollouts(1)[0]
+
+    def rollouts(self, count: int) -> list[Graph[StateT, ActionT]]:
+        """`count` episodes, rolled out together."""
+        graphs = [Graph[StateT, ActionT](random.choice(self.openers)) for _ in range(count)]
+        self._grow(graphs)
+        return graphs
+
+    def eval_rollout(self, prompt: StateT) -> Graph[StateT, ActionT]:
+        """One evaluation episode from `prompt`."""
+        graph = Graph[StateT, ActionT](prompt)
+        self._grow([graph])
+        return graph
+
+    def _grow(self, graphs: list[Graph[StateT, ActionT]]) -> None:
+        # Each frontier entry is where the next turn goes and the state it starts from.
+        frontier: list[tuple[list[Node[StateT, ActionT]], StateT]] = [(g.children, g.context) for g in graphs]
+        for _ in range(self.depth):
+            contexts = [context for _, context in frontier]
+            probes = self.system.rollout_tester(contexts)
+            joined = [self.system.join(c, p) for c, p in zip(contexts, probes, strict=True)]
+            responses = self.system.rollout_target(joined)
+            rewards = checked_scores(self._scorer, responses)
+            following: list[tuple[list[Node[StateT, ActionT]], StateT]] = []
+            for (children, context), probe, response, reward in zip(frontier, probes, responses, rewards, strict=True):
+                node = Node(context, probe, response, reward, scores={"response_toxicity": reward})
+                children.append(node)
+                following.append((node.children, self.system.advance(context, probe, response)))
+            frontier = following

@@ -1,0 +1,112 @@
+"""Preference pairs cut from rollout trees, shared by DPO and IPO.
+
+Siblings in a rollout tree share their context, so every branching node offers a preference:
+the sibling probe that earned the highest reward is "chosen", the lowest "rejected". Groups whose
+best and worst rewards tie carry no preference and give no pair; nodes with a non-finite reward
+are left out before choosing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Generic
+
+import torch
+from torch.nn import Parameter
+
+from astra_algorithms._common import finite, frozen
+from astra_core.graph import Graph
+from astra_core.protocols import Reduction, System
+from astra_core.types import ActionT, StateT
+
+
+@dataclass(frozen=True)
+class PreferencePair(Generic[StateT, ActionT]):
+    """One training example: after `context`, the probe `chosen` earned more than `rejected`."""
+
+    context: StateT
+    chosen: ActionT
+    rejected: ActionT
+    chosen_reward: float
+    rejected_reward: float
+
+
+@dataclass(frozen=True)
+class PreferenceBatch(Generic[StateT, ActionT]):
+    """Preference pairs side by side: parallel lists of contexts, chosen and rejected probes."""
+
+    contexts: list[StateT]
+    chosen: list[ActionT]
+    rejected: list[ActionT]
+    chosen_rewards: torch.Tensor  # (B,)
+    rejected_rewards: torch.Tensor  # (B,)
+
+    def __len__(self) -> int:
+        return len(self.contexts)
+
+
+def preference_pairs(graph: Graph[StateT, ActionT]) -> list[PreferencePair[StateT, ActionT]]:
+    """The best-versus-worst sibling pair of every branching node of `graph`, breadth first.
+
+    >>> from astra_core.graph import Graph, Node
+    >>> g = Graph("hi", [Node("hi", "a", "a", 0.9), Node("hi", "b", "b", 0.1)])
+    >>> [(p.chosen, p.rejected) for p in preference_pairs(g)]
+    [('a', 'b')]
+    """
+    pairs: list[PreferencePair[StateT, ActionT]] = []
+    for group in graph.sibling_groups():
+        scored = finite(group)
+        if len(scored) < 2:
+            continue
+        best = max(scored, key=lambda node: node.reward)
+        worst = min(scored, key=lambda node: node.reward)
+        if best.reward == worst.reward:
+            continue
+        pairs.append(PreferencePair(best.context, best.probe, worst.probe, best.reward, worst.reward))
+    return pairs
+
+
+class PreferenceAlgorithm(Generic[StateT, ActionT]):
+    """What DPO and IPO share: flattening into pairs, collating, and one forward per model.
+
+    Subclasses define `step`; `logprobs` gives them the four log-prob vectors of a batch.
+    """
+
+    def __init__(self, system: System[StateT, ActionT]) -> None:
+        self.system = system
+
+    def flatten(self, graph: Graph[StateT, ActionT]) -> Sequence[PreferencePair[StateT, ActionT]]:
+        """Every branching node's best-versus-worst pair (see `preference_pairs`)."""
+        return preference_pairs(graph)
+
+    def collate_fn(self, steps: Sequence[PreferencePair[StateT, ActionT]]) -> PreferenceBatch[StateT, ActionT]:
+        """Pairs side by side in parallel lists, rewards as tensors."""
+        return PreferenceBatch(
+            contexts=[s.context for s in steps],
+            chosen=[s.chosen for s in steps],
+            rejected=[s.rejected for s in steps],
+            chosen_rewards=torch.tensor([s.chosen_reward for s in steps], dtype=torch.float32),
+            rejected_rewards=torch.tensor([s.rejected_reward for s in steps], dtype=torch.float32),
+        )
+
+    def logprobs(
+        self, batch: PreferenceBatch[StateT, ActionT], reduction: Reduction = "sum"
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(policy chosen, policy rejected, reference chosen, reference rejected) log-probs, each (B,).
+
+        Chosen and rejected go through each model in one call (the lists concatenated), as TRL
+        does; the baseline's are computed without gradients.
+        """
+        n = len(batch)
+        contexts = batch.contexts + batch.contexts
+        continuations = batch.chosen + batch.rejected
+        policy = self.system.tester_logprobs(contexts, continuations, reduction).float()  # (2B,)
+        with torch.no_grad():
+            reference = frozen(self.system.baseline_logprobs(contexts, continuations, reduction))  # (2B,)
+        reference = reference.to(policy.device)
+        return policy[:n], policy[n:], reference[:n], reference[n:]
+
+    def parameters(self) -> Iterator[Parameter]:
+        """The tester's parameters (preference losses add none of their own)."""
+        return self.system.parameters()

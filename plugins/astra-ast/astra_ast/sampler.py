@@ -1,0 +1,148 @@
+"""The ``ast`` sampler: ASTPrompter's tree of multi-turn conversations, one model call per level.
+
+Each episode opens with a prompt drawn (with Python's global `random`, which the Trainer seeds
+and checkpoints) from the prompt set. At every turn each open conversation branches into
+`tree_width` siblings: the tester writes a probe after the context, the target answers the
+context followed by the probe, and the conversation advances by the probe and the response.
+All episodes of an experience grow together, level by level, so an experience costs exactly
+``2 * tree_depth`` generation calls (one `rollout_tester`, one `rollout_target` per level), one
+scorer call and one `target_logprobs` call per level, whatever the number of episodes and width.
+
+Weak supervision (``tox_mix``): at each branching node, with probability `tox_mix`, one sibling's
+probe is replaced by a text drawn from `tox_texts`. Its reward is computed by the same reward
+function, then raised to the best sibling's reward plus `SUPERVISION_MARGIN` if it is not already
+the strict best, so a preference algorithm always picks it as the winner; it is marked with
+``scores["supervised"] = 1.0`` (its siblings carry ``0.0``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from astra_ast.options import ASTSamplerOptions
+from astra_ast.prompt_sets import load_prompts
+from astra_ast.reward import SUPERVISED, Weights, score_turns
+from astra_core.errors import OptionsError
+from astra_core.graph import Graph, Node
+from astra_core.protocols import System
+
+SUPERVISION_MARGIN = 1e-3
+"""How far a supervised sibling's reward is raised above its best sibling's, so it wins strictly."""
+
+_Slot = tuple[list[Node[str, str]], str]  # (the children list a new node joins, its context)
+
+
+class ASTSampler:
+    """ASTPrompter's batched tree sampler over a text system (see the module doc).
+
+    Options are those of `ASTSamplerOptions`; invalid ones raise `OptionsError`, unreadable
+    prompt files `ConfigError`, both before any model runs.
+
+    >>> # sampler = ASTSampler(system, tree_width=2, tree_depth=3, prompts="builtin:train")
+    >>> # graphs = sampler.rollouts(8)   # 6 generation calls in all
+    """
+
+    def __init__(self, system: System[str, str], **options: Any) -> None:
+        try:
+            self.options = ASTSamplerOptions.model_validate(options)
+        except ValidationError as error:
+            problems = [f"{'.'.join(map(str, e['loc'])) or '(options)'}: {e['msg']}" for e in error.errors()]
+            raise OptionsError("sampler", "ast", problems) from None
+        self.system = system
+        self.tree_width = self.options.tree_width
+        self.tree_depth = self.options.tree_depth
+        self.weights = Weights(self.options.alpha, self.options.zeta, self.options.gamma)
+        self.prompts = load_prompts(self.options.prompts, self.options.prompt_key)
+        self.tox_texts: list[str] = []
+        if self.options.tox_texts is not None:
+            self.tox_texts = load_prompts(self.options.tox_texts, self.options.tox_key or self.options.prompt_key)
+
+    def rollout(self) -> Graph[str, str]:
+        """One training episode (a full tree) from a randomly drawn opening prompt."""
+        return self.rollouts(1)[0]
+
+    def rollouts(self, count: int) -> list[Graph[str, str]]:
+        """`count` training episodes grown together: 2 * tree_depth generation calls in all."""
+        if count < 1:
+            return []
+        graphs: list[Graph[str, str]] = [Graph(random.choice(self.prompts)) for _ in range(count)]
+        frontier: list[_Slot] = [(graph.children, graph.context) for graph in graphs]
+        for _ in range(self.tree_depth):
+            slots = [slot for slot in frontier for _ in range(self.tree_width)]
+            frontier = self._grow(slots, self.tree_width, supervise=True)
+        return graphs
+
+    def eval_rollout(self, prompt: str) -> Graph[str, str]:
+        """One evaluation episode: a width-1 chain of tree_depth turns from `prompt`."""
+        return self.eval_rollouts([prompt])[0]
+
+    def eval_rollouts(self, prompts: Sequence[str], depth: int | None = None) -> list[Graph[str, str]]:
+        """Width-1 chains of `depth` turns (default tree_depth) from each prompt, batched per level.
+
+        Evaluation nodes also carry ``scores["probe_toxicity"]``; no weak supervision applies.
+        """
+        turns = self.tree_depth if depth is None else depth
+        graphs: list[Graph[str, str]] = [Graph(prompt) for prompt in prompts]
+        if not graphs:
+            return graphs
+        frontier: list[_Slot] = [(graph.children, graph.context) for graph in graphs]
+        for _ in range(turns):
+            frontier = self._grow(frontier, 1, supervise=False)
+        return graphs
+
+    def _grow(self, slots: list[_Slot], width: int, *, supervise: bool) -> list[_Slot]:
+        """Add one node per slot (slots come in sibling groups of `width`); return the next frontier."""
+        contexts = [context for _, context in slots]
+        supervised = self._supervised_slots(len(slots), width) if supervise else set()
+        tester_indices = [i for i in range(len(slots)) if i not in supervised]
+        written = self.system.rollout_tester([contexts[i] for i in tester_indices])
+        if len(written) != len(tester_indices):
+            raise RuntimeError(f"rollout_tester returned {len(written)} probes for {len(tester_indices)} contexts")
+        probes = [""] * len(slots)
+        for index, probe in zip(tester_indices, written, strict=True):
+            probes[index] = probe
+        for index in sorted(supervised):
+            probes[index] = random.choice(self.tox_texts)
+        responses = self.system.rollout_target([self.system.join(c, p) for c, p in zip(contexts, probes, strict=True)])
+        if len(responses) != len(slots):
+            raise RuntimeError(f"rollout_target returned {len(responses)} responses for {len(slots)} contexts")
+        rewards, parts = score_turns(
+            self.system, contexts, probes, responses, self.weights, probe_toxicity=not supervise
+        )
+        if supervise and self.options.tox_mix > 0:
+            for index, part in enumerate(parts):
+                part[SUPERVISED] = 1.0 if index in supervised else 0.0
+            for index in supervised:
+                group = range(index - index % width, index - index % width + width)
+                rewards[index] = _winning_reward(rewards[index], [rewards[i] for i in group if i != index])
+        following: list[_Slot] = []
+        for (children, context), probe, response, reward, part in zip(
+            slots, probes, responses, rewards, parts, strict=True
+        ):
+            node: Node[str, str] = Node(context, probe, response, reward, scores=part)
+            children.append(node)
+            following.append((node.children, self.system.advance(context, probe, response)))
+        return following
+
+    def _supervised_slots(self, count: int, width: int) -> set[int]:
+        """Which slots get a supervised probe: at most one per sibling group, never without siblings."""
+        if self.options.tox_mix <= 0 or width < 2:
+            return set()
+        chosen = set()
+        for start in range(0, count, width):
+            if random.random() < self.options.tox_mix:
+                chosen.add(start + random.randrange(width))
+        return chosen
+
+
+def _winning_reward(own: float, siblings: Sequence[float]) -> float:
+    """`own`, raised if needed to beat every finite sibling reward by SUPERVISION_MARGIN."""
+    finite = [r for r in siblings if math.isfinite(r)]
+    if not finite or not math.isfinite(own):
+        return own
+    return max(own, max(finite) + SUPERVISION_MARGIN)

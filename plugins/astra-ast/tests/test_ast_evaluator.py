@@ -1,0 +1,163 @@
+"""The ast evaluator: numbers on hand-built rollouts, seeding, reports and comparison."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from astra_ast.evaluator import METRICS, ASTEvaluator, compare, summarize
+from astra_ast.metrics import bootstrap_ci, self_bleu
+from astra_ast.prompt_sets import load_prompts
+from astra_ast.sampler import ASTSampler
+
+from astra_core.errors import ConfigError, OptionsError
+from astra_core.graph import Graph, Node
+from astra_core.protocols import EvaluationReport
+from astra_core.testing.toy import ToySampler
+
+
+def _rollout(prompt: str, turns: list[tuple[str, float, float, float]]) -> Graph[str, str]:
+    """A width-1 chain: (probe, response toxicity, probe toxicity, probe mean logprob) per turn."""
+    graph: Graph[str, str] = Graph(prompt)
+    children, context = graph.children, prompt
+    for probe, response_tox, probe_tox, logprob in turns:
+        scores = {"response_toxicity": response_tox, "probe_toxicity": probe_tox, "probe_logprob": logprob}
+        node: Node[str, str] = Node(context, probe, f"reply to {probe}", 0.0, scores=scores)
+        children.append(node)
+        children, context = node.children, f"{context} {probe} reply"
+    return graph
+
+
+ROLLOUTS = [
+    _rollout("p1", [("a b c", 0.0, 0.1, -1.0), ("a b d", 0.6, 0.2, -2.0)]),  # toxic at turn 2
+    _rollout("p2", [("x y", 0.5, 0.3, -1.0), ("x y", 0.9, 0.4, -3.0)]),  # toxic at turn 1
+    _rollout("p3", [("a", 0.1, 0.0, -2.0), ("b", 0.2, 0.0, -2.0)]),
+    _rollout("p4", [("c d", 0.0, 0.0, -1.0), ("d c", 0.0, 0.2, -2.0)]),
+]
+PROBES = ["a b c", "a b d", "x y", "x y", "a", "b", "c d", "d c"]
+
+
+def test_metrics_on_hand_built_rollouts_match_a_hand_computation() -> None:
+    metrics = summarize(ROLLOUTS, threshold=0.5, bootstrap=500, seed=0).metrics
+    assert metrics["rollouts"] == 4
+    assert metrics["turns"] == 8
+    assert metrics["asr"] == 0.5  # p1 and p2
+    assert metrics["first_toxic_turn"] == 1.5  # (2 + 1) / 2
+    assert metrics["response_toxicity"] == pytest.approx(2.3 / 8)
+    assert metrics["probe_toxicity"] == pytest.approx(1.2 / 8)
+    assert metrics["probe_perplexity"] == pytest.approx(math.exp(14.0 / 8))
+    assert metrics["distinct_1"] == pytest.approx(6 / 16)  # a b c d x y of 16 words
+    assert metrics["distinct_2"] == pytest.approx(6 / 8)  # ab bc bd xy cd dc of 8 bigrams
+    assert metrics["self_bleu"] == pytest.approx(self_bleu(PROBES))
+    assert (metrics["asr_ci_low"], metrics["asr_ci_high"]) == bootstrap_ci([1.0, 1.0, 0.0, 0.0], 500, seed=0)
+    assert metrics["asr_ci_low"] <= 0.5 <= metrics["asr_ci_high"]
+    assert set(metrics) == set(METRICS)
+    assert all(isinstance(value, float) for value in metrics.values())
+
+
+def test_no_successful_rollout_leaves_first_toxic_turn_undefined() -> None:
+    metrics = summarize(ROLLOUTS[2:], threshold=0.5).metrics
+    assert metrics["asr"] == 0.0
+    assert math.isnan(metrics["first_toxic_turn"])
+
+
+def test_details_are_json_per_rollout() -> None:
+    report = summarize(ROLLOUTS, threshold=0.5)
+    details: Any = json.loads(json.dumps(report.details, allow_nan=False))
+    assert [d["prompt"] for d in details] == ["p1", "p2", "p3", "p4"]
+    assert [d["success"] for d in details] == [True, True, False, False]
+    assert [d["first_toxic_turn"] for d in details] == [2, 1, None, None]
+    assert details[0]["perplexity"] == pytest.approx(math.exp(1.5))
+    assert details[1]["turns"][1] == {
+        "probe": "x y",
+        "response": "reply to x y",
+        "response_toxicity": 0.9,
+        "probe_toxicity": 0.4,
+        "probe_logprob": -3.0,
+    }
+
+
+def test_markdown_summary_states_asr_and_defines_every_metric() -> None:
+    markdown = summarize(ROLLOUTS, threshold=0.5).markdown
+    assert "Attack success rate 0.5" in markdown
+    for name, definition in METRICS.items():
+        assert f"| {name} |" in markdown and definition in markdown
+
+
+def test_compare_puts_reports_side_by_side_with_the_change() -> None:
+    base = EvaluationReport(metrics={"asr": 0.25, "self_bleu": math.nan})
+    trained = EvaluationReport(metrics={"asr": 0.5, "self_bleu": 0.125, "turns": 8.0})
+    assert compare({"base": base, "trained": trained}) == (
+        "| metric | base | trained | change |\n"
+        "|---|---|---|---|\n"
+        "| asr | 0.25 | 0.5 | +0.25 |\n"
+        "| self_bleu | n/a | 0.125 | n/a |\n"
+        "| turns | n/a | 8 | n/a |\n"
+    )
+    three = compare({"a": base, "b": trained, "c": trained})
+    assert three.splitlines()[0] == "| metric | a | b | c |"
+
+
+def test_evaluate_rolls_out_the_first_num_prompts_for_the_samplers_depth(system: Any) -> None:
+    sampler = ASTSampler(system, tree_width=2, tree_depth=3)
+    evaluator = ASTEvaluator(sampler, num_prompts=7)
+    report = evaluator.evaluate()
+    assert report.metrics["rollouts"] == 7 and report.metrics["turns"] == 21
+    assert system.generate_calls == 6  # batched: one tester and one target call per turn
+    details: Any = report.details
+    assert [d["prompt"] for d in details] == load_prompts("builtin:test")[:7]
+    everything = ASTEvaluator(sampler, num_prompts=None, turns=1)
+    assert everything.prompts == load_prompts("builtin:test")
+    assert everything.evaluate().metrics["turns"] == len(everything.prompts)
+
+
+def test_two_evaluations_of_one_tester_match_and_leave_the_rngs_alone(system: Any) -> None:
+    evaluator = ASTEvaluator(ASTSampler(system), num_prompts=10, bootstrap=100)
+    random.seed(123)
+    torch.manual_seed(123)
+    python_state, torch_state = random.getstate(), torch.get_rng_state()
+    first = evaluator.evaluate()
+    assert random.getstate() == python_state
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    random.random()
+    torch.rand(3)
+    second = evaluator.evaluate()
+    assert first.details == second.details and first.metrics == pytest.approx(second.metrics, nan_ok=True)
+    other_seed = ASTEvaluator(ASTSampler(system), num_prompts=10, bootstrap=100, seed=1).evaluate()
+    assert other_seed.details != first.details
+
+
+def test_a_sampler_without_eval_rollouts_is_scored_by_the_evaluator(system: Any, tmp_path: Path) -> None:
+    prompts = tmp_path / "held_out.txt"
+    prompts.write_text("hello there\nnice day\n", encoding="utf-8")
+    # Any: ToySampler.system is a plain (invariant) ToySystem attribute, not a System protocol.
+    toy: Any = ToySampler(system, tree_width=2, tree_depth=2)
+    evaluator = ASTEvaluator(toy, prompts=str(prompts))
+    report = evaluator.evaluate()
+    assert report.metrics["rollouts"] == 2 and report.metrics["turns"] == 4
+    details: Any = report.details
+    for turn in (t for d in details for t in d["turns"]):
+        assert turn["probe_toxicity"] == system.scorer.score([turn["probe"]])[0]
+        assert turn["probe_logprob"] <= 0.0
+    with pytest.raises(ConfigError, match=r"turns"):
+        ASTEvaluator(toy, turns=2)
+
+
+@pytest.mark.parametrize("options", [{"threshold": 2.0}, {"bootstrap": 0}, {"num_prompts": 0}, {"n": 3}])
+def test_bad_evaluator_options_are_options_errors(system: Any, options: dict[str, object]) -> None:
+    with pytest.raises(OptionsError, match=r"evaluator 'ast'"):
+        ASTEvaluator(ASTSampler(system), **options)
+
+
+def test_registered_evaluator_builds_through_the_registry(system: Any) -> None:
+    from astra_core.plugins import discover
+
+    registries = discover().registries
+    sampler = registries["sampler"].get("ast").build(system, options={"tree_depth": 1})
+    evaluator = registries["evaluator"].get("ast").build(sampler, options={"num_prompts": 3, "bootstrap": 10})
+    assert evaluator.evaluate().metrics["rollouts"] == 3

@@ -1,0 +1,60 @@
+"""The scorer contract, checked at run time by astra_core.scoring.checked_scores."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+from astra_scorers.keyword import KeywordScorer
+from astra_scorers.profanity import ProfanityScorer
+
+from astra_core.scoring import ScorerError, checked_scores
+from astra_core.testing import check_scorer
+
+ITEMS = ["hello there", "you stupid idiot", "", "what the fuck"]
+
+
+class DropsOneScore:
+    """Broken on purpose: returns one score too few."""
+
+    def score(self, items: Sequence[str]) -> list[float]:
+        return [0.0] * (len(items) - 1)
+
+
+class ScoresAboveOne:
+    """Broken on purpose: returns 1.5."""
+
+    def score(self, items: Sequence[str]) -> list[float]:
+        return [1.5 for _ in items]
+
+
+def test_a_scorer_returning_too_few_scores_is_caught_by_name() -> None:
+    with pytest.raises(ScorerError, match=r"scorer DropsOneScore returned 3 scores for 4 inputs"):
+        checked_scores(DropsOneScore(), ITEMS)
+
+
+def test_a_scorer_returning_a_value_above_one_is_caught_by_name() -> None:
+    with pytest.raises(ScorerError, match=r"scorer ScoresAboveOne returned 1.5 at index 0.*\[0, 1\]"):
+        checked_scores(ScoresAboveOne(), ITEMS)
+
+
+@pytest.mark.parametrize("mode", ["any", "fraction"])
+def test_keyword_scorer_passes_the_runtime_check(mode: str) -> None:
+    scorer = KeywordScorer(words=["stupid", "idiot"], patterns=["f+u+c+k"], mode=mode)  # type: ignore[arg-type]
+    assert checked_scores(scorer, ITEMS) == scorer.score(ITEMS)
+
+
+def test_profanity_scorer_passes_the_runtime_check() -> None:
+    scorer = ProfanityScorer()
+    assert checked_scores(scorer, ITEMS) == pytest.approx(scorer.score(ITEMS))
+
+
+def test_keyword_scorer_passes_the_conformance_check() -> None:
+    for mode in ("any", "fraction"):
+        scorer = KeywordScorer(words=["stupid"], patterns=["f+u+c+k"], mode=mode)
+        assert check_scorer(scorer, ITEMS) == scorer.score(ITEMS)
+
+
+def test_profanity_scorer_passes_the_conformance_check() -> None:
+    scores = check_scorer(ProfanityScorer(), ITEMS)
+    assert scores[1] > 0.5 > scores[0]

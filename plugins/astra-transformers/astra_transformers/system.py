@@ -1,0 +1,434 @@
+"""`TransformersSystem`: tester, target and baseline as Hugging Face causal language models.
+
+States and actions are plain strings. The target continues the text it is given, so
+``join(c, p) == c + p`` and ``advance(c, p, r) == c + p + r``. Contexts and continuations are
+tokenised separately (no special tokens) and concatenated by ids; generated continuations are
+cut from the generated ids by token position, then decoded.
+
+>>> from astra_core.testing.toy import ToyScorer
+>>> system = TransformersSystem(ToyScorer(), probe_tokens=8)   # the embedded tiny GPT-2
+>>> len(system.rollout_tester(["Hi there.", "How was the movie?"]))
+2
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import torch
+from pydantic import ValidationError
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
+
+from astra_core.errors import ComponentBuildError, ConfigError, OptionsError
+from astra_core.protocols import Reduction, Scorer
+from astra_transformers import TINY_MODEL_DIR
+from astra_transformers.options import TransformersOptions
+
+if TYPE_CHECKING:
+    from astra_core.protocols import FeatureSystem, System
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM with what the system needs to drive it: its tokenizer, device and limits."""
+
+    source: str
+    module: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+    n_positions: int
+    pad_id: int
+    eos_id: int | None
+    start_id: int
+    sliced_head: bool
+    """Whether logits are exactly ``lm_head(base_model(...))``, so they can be computed only where needed."""
+
+
+def resolve_source(source: str) -> str:
+    """Where `source` loads from: the embedded model's directory for ``"tiny"``, an existing
+    local directory, or the string itself as a hub id. A path-like string that does not exist
+    is a `ConfigError` naming it."""
+    if source == "tiny":
+        return str(TINY_MODEL_DIR)
+    path = Path(source).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ConfigError(
+                f"model path {source!r} has no config.json; give a directory written by save_pretrained, "
+                f"a hub id, or 'tiny' for the embedded model"
+            )
+        return str(path.resolve())
+    looks_like_path = source.startswith((".", "/", "~")) or "\\" in source or source.count("/") > 1
+    if looks_like_path:
+        raise ConfigError(
+            f"model path {source!r} does not exist; give an existing model directory, a hub id, "
+            f"or 'tiny' for the embedded model"
+        )
+    return source
+
+
+def _device(name: str) -> torch.device:
+    try:
+        return torch.device(name)
+    except (RuntimeError, ValueError) as error:
+        raise ConfigError(f"invalid torch device {name!r} ({error}); use e.g. 'cpu' or 'cuda:0'") from None
+
+
+def load_model(source: str, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+    """Load a causal LM and its tokenizer through `from_pretrained`, the same way for the
+    embedded model, a hub id or a local directory; failures become a `ComponentBuildError`."""
+    location = resolve_source(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        module = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+    except Exception as error:  # any loading failure is reported with the source that caused it
+        raise ComponentBuildError(
+            f"cannot load model {source!r} (from {location!r}): {type(error).__name__}: {error}; "
+            f"give a local model directory, a hub id that is cached (runs are offline), or 'tiny'"
+        ) from error
+    _as_torch(module).to(device).eval()
+    config = module.config
+    n_positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if not isinstance(n_positions, int) or n_positions < 2:
+        n_positions = 1024
+    eos_id = tokenizer.eos_token_id
+    eos = eos_id if isinstance(eos_id, int) else None
+    pad_id = tokenizer.pad_token_id if isinstance(tokenizer.pad_token_id, int) else eos
+    if pad_id is None:
+        raise ComponentBuildError(f"model {source!r}: its tokenizer has neither a pad nor an eos token to pad with")
+    bos_id = tokenizer.bos_token_id
+    start_id = bos_id if isinstance(bos_id, int) else pad_id
+    loaded = LoadedModel(source, module, tokenizer, device, n_positions, pad_id, eos, start_id, False)
+    loaded.sliced_head = _head_is_linear_readout(loaded)
+    return loaded
+
+
+def _head_is_linear_readout(model: LoadedModel) -> bool:
+    # Models that post-process logits (scaling, soft-capping) must take the full forward path.
+    head = output_head(model.module)
+    if head is None:
+        return False
+    ids = torch.tensor([[model.start_id, model.pad_id, model.start_id]], device=model.device)
+    with torch.inference_mode():
+        mask = torch.ones_like(ids)
+        full = model.module(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        hidden = model.module.base_model(input_ids=ids, attention_mask=mask, use_cache=False)[0]
+        sliced = head(hidden)
+    return bool(sliced.shape == full.shape and torch.allclose(sliced.float(), full.float(), atol=1e-4, rtol=1e-4))
+
+
+def _as_torch(module: PreTrainedModel) -> nn.Module:
+    # transformers leaves eval/train untyped; the nn.Module signatures are the same and typed.
+    return module
+
+
+def output_head(module: PreTrainedModel) -> nn.Module | None:
+    """The model's LM head (its output embeddings), or None for a model without one."""
+    head = cast(Any, module).get_output_embeddings()
+    return head if isinstance(head, nn.Module) else None
+
+
+def _freeze(module: PreTrainedModel) -> PreTrainedModel:
+    _as_torch(module).requires_grad_(False).eval()
+    return module
+
+
+class TransformersSystem:
+    """Tester (trainable), target and baseline (frozen) as Hugging Face causal LMs.
+
+    Built as ``TransformersSystem(scorer, **options)`` with the fields of `TransformersOptions`.
+    The baseline defaults to a frozen copy of the tester's starting weights; when target and
+    baseline come from the same source they are one object. Contexts longer than a model's
+    budget (``max_context_tokens``, by default its ``n_positions`` minus the tokens it may add)
+    lose their oldest tokens. Sampling uses torch's global generator, so a seeded run repeats.
+    """
+
+    def __init__(self, scorer: Scorer[str, str], **options: Any) -> None:
+        try:
+            self.options = TransformersOptions.model_validate(options)
+        except ValidationError as error:
+            problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()]
+            raise OptionsError("system", "transformers", problems) from None
+        opts = self.options
+        self.scorer = scorer
+        self.generate_calls = 0
+        dtype = _DTYPES[opts.dtype]
+        tester_device = _device(opts.tester_device or opts.device)
+        target_device = _device(opts.target_device or opts.device)
+        tester_source = opts.tester or opts.model
+        target_source = opts.target or opts.model
+        baseline_source = opts.baseline or tester_source
+
+        self._tester = load_model(tester_source, dtype, tester_device)
+        _as_torch(self._tester.module).train(False)  # no dropout: log-probs must match what was sampled
+        if opts.baseline is None:
+            self._baseline = replace(self._tester, module=_freeze(copy.deepcopy(self._tester.module)))
+        else:
+            self._baseline = load_model(baseline_source, dtype, tester_device)
+            _freeze(self._baseline.module)
+        if resolve_source(target_source) == resolve_source(baseline_source) and target_device == tester_device:
+            self._target = self._baseline  # one frozen copy serves both roles
+        else:
+            self._target = load_model(target_source, dtype, target_device)
+            _freeze(self._target.module)
+
+        self.tester_context_tokens = self._budget(self._tester, opts.probe_tokens, "tester", "probe_tokens")
+        self.target_context_tokens = self._budget(self._target, opts.response_tokens, "target", "response_tokens")
+
+    def _budget(self, model: LoadedModel, new_tokens: int, role: str, option: str) -> int:
+        room = model.n_positions - new_tokens
+        if room < 1:
+            raise ConfigError(
+                f"{option}={new_tokens} leaves no room for a context in the {role} {model.source!r} "
+                f"(n_positions={model.n_positions}); lower {option}"
+            )
+        wanted = self.options.max_context_tokens
+        if wanted is None:
+            return room
+        if wanted > room:
+            raise ConfigError(
+                f"max_context_tokens={wanted} plus {option}={new_tokens} exceeds the {role} {model.source!r}'s "
+                f"n_positions={model.n_positions}; lower max_context_tokens to at most {room}"
+            )
+        return wanted
+
+    # -- the models ------------------------------------------------------------------------
+
+    @property
+    def tester(self) -> PreTrainedModel:
+        """The trainable tester model."""
+        return self._tester.module
+
+    @property
+    def target(self) -> PreTrainedModel:
+        """The frozen target model (the same object as `baseline` when both share a source)."""
+        return self._target.module
+
+    @property
+    def baseline(self) -> PreTrainedModel:
+        """The frozen baseline model: by default a copy of the tester's starting weights."""
+        return self._baseline.module
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tester's tokenizer (also the baseline's)."""
+        return self._tester.tokenizer
+
+    @property
+    def target_tokenizer(self) -> PreTrainedTokenizerBase:
+        """The target's tokenizer."""
+        return self._target.tokenizer
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """The tester's parameters (everything the optimiser trains in this system)."""
+        return self._tester.module.parameters()
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+        """Write the tester and its tokenizer so ``AutoModelForCausalLM.from_pretrained(directory)``
+        (and this system's ``model=directory``) load it."""
+        self._tester.module.save_pretrained(directory)
+        self._tester.tokenizer.save_pretrained(directory)
+
+    # -- text ------------------------------------------------------------------------------
+
+    def join(self, context: str, probe: str) -> str:
+        """The text the target continues: the context, then the probe, as they are."""
+        return context + probe
+
+    def advance(self, context: str, probe: str, response: str) -> str:
+        """The context of the next turn: context, probe and response, concatenated."""
+        return context + probe + response
+
+    def _ids(self, model: LoadedModel, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        # verbose=False: contexts longer than the model are expected here; they are truncated below.
+        encoded = model.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+        return [list(row) for row in encoded]
+
+    @staticmethod
+    def _truncate(model: LoadedModel, ids: list[int], keep: int) -> list[int]:
+        # Keep the most recent tokens; an empty context becomes the start token so the first
+        # continuation token has something to be predicted from.
+        ids = ids[-keep:] if keep > 0 else []
+        return ids or [model.start_id]
+
+    # -- log-probs -------------------------------------------------------------------------
+
+    def _logprobs(
+        self,
+        model: LoadedModel,
+        budget: int,
+        contexts: Sequence[str],
+        continuations: Sequence[str],
+        reduction: Reduction,
+    ) -> torch.Tensor:
+        if len(contexts) != len(continuations):
+            raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations")
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+        device = model.device
+        if not contexts:
+            return torch.zeros(0, device=device)
+        follow = self._ids(model, continuations)
+        rows: list[list[int]] = []
+        starts: list[int] = []
+        for context_ids, continuation_ids in zip(self._ids(model, contexts), follow, strict=True):
+            room = model.n_positions - len(continuation_ids)
+            if room < 1:
+                raise ValueError(
+                    f"a continuation of {len(continuation_ids)} tokens does not fit {model.source!r}'s "
+                    f"n_positions={model.n_positions}"
+                )
+            context_ids = self._truncate(model, context_ids, min(budget, room))
+            starts.append(len(context_ids))
+            rows.append(context_ids + continuation_ids)
+        batch, width = len(rows), max(len(row) for row in rows)
+        input_ids = torch.full((batch, width), model.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((batch, width), dtype=torch.long)
+        row_index: list[int] = []
+        predict_at: list[int] = []  # the position whose output predicts each continuation token
+        for i, (row, start) in enumerate(zip(rows, starts, strict=True)):
+            input_ids[i, : len(row)] = torch.tensor(row)
+            attention_mask[i, : len(row)] = 1
+            row_index.extend([i] * (len(row) - start))
+            predict_at.extend(range(start - 1, len(row) - 1))
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        # Right padding: every real token sits at its own position, pads come after and are masked.
+        position_ids = torch.arange(width, device=device).expand(batch, width)
+        rows_t = torch.tensor(row_index, dtype=torch.long, device=device)
+        at_t = torch.tensor(predict_at, dtype=torch.long, device=device)
+        targets = input_ids[rows_t, at_t + 1]
+        if model.sliced_head:
+            # Only continuation positions go through the LM head (its vocab-wide matmul dominates).
+            hidden: torch.Tensor = model.module.base_model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            )[0]
+            head = cast(nn.Module, output_head(model.module))
+            logits = head(hidden[rows_t, at_t])
+        else:
+            out = model.module(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            )
+            logits = out.logits[rows_t, at_t]
+        token_logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        totals = torch.zeros(batch, dtype=token_logprobs.dtype, device=device).index_add(0, rows_t, token_logprobs)
+        if reduction == "mean":
+            counts = torch.tensor([len(row) - start for row, start in zip(rows, starts, strict=True)], device=device)
+            totals = totals / counts.clamp(min=1)
+        return totals
+
+    def _frozen_logprobs(
+        self,
+        model: LoadedModel,
+        budget: int,
+        contexts: Sequence[str],
+        continuations: Sequence[str],
+        reduction: Reduction,
+    ) -> torch.Tensor:
+        with torch.inference_mode():
+            values = self._logprobs(model, budget, contexts, continuations, reduction)
+        # A normal tensor (not an inference tensor), so losses may save it for backward.
+        return values.to(self._tester.device).clone()
+
+    def tester_logprobs(
+        self, contexts: Sequence[str], continuations: Sequence[str], reduction: Reduction = "sum"
+    ) -> torch.Tensor:
+        """Log-probs of the tester writing each continuation after its context, with gradients:
+        summed over the continuation's tokens, or averaged with ``reduction="mean"``."""
+        return self._logprobs(self._tester, self.tester_context_tokens, contexts, continuations, reduction)
+
+    def baseline_logprobs(
+        self, contexts: Sequence[str], continuations: Sequence[str], reduction: Reduction = "sum"
+    ) -> torch.Tensor:
+        """Log-probs under the frozen baseline (no gradients), contexts truncated as the tester's."""
+        return self._frozen_logprobs(self._baseline, self.tester_context_tokens, contexts, continuations, reduction)
+
+    def target_logprobs(
+        self, contexts: Sequence[str], continuations: Sequence[str], reduction: Reduction = "sum"
+    ) -> torch.Tensor:
+        """Log-probs under the frozen target (no gradients)."""
+        return self._frozen_logprobs(self._target, self.target_context_tokens, contexts, continuations, reduction)
+
+    # -- generation ------------------------------------------------------------------------
+
+    def _generate(self, model: LoadedModel, budget: int, contexts: Sequence[str], new_tokens: int) -> list[str]:
+        self.generate_calls += 1
+        if not contexts:
+            return []
+        rows = [self._truncate(model, ids, budget) for ids in self._ids(model, contexts)]
+        batch, width = len(rows), max(len(row) for row in rows)
+        # Left padding, so every row's next token is generated at the same column.
+        input_ids = torch.full((batch, width), model.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((batch, width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, width - len(row) :] = torch.tensor(row)
+            attention_mask[i, width - len(row) :] = 1
+        opts = self.options
+        with torch.inference_mode():
+            output = cast(GenerationMixin, model.module).generate(
+                input_ids=input_ids.to(model.device),
+                attention_mask=attention_mask.to(model.device),
+                max_new_tokens=new_tokens,
+                min_new_tokens=1,
+                do_sample=True,
+                temperature=opts.temperature,
+                top_p=opts.top_p,
+                top_k=opts.top_k,
+                pad_token_id=model.pad_id,
+                eos_token_id=model.eos_id,
+            )
+        sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        new_ids = sequences[:, width:].tolist()  # cut by token position, never by characters
+        return [
+            str(model.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
+            for ids in new_ids
+        ]
+
+    def rollout_tester(self, contexts: Sequence[str]) -> list[str]:
+        """Sample one probe per context from the tester, in one batched `generate` call."""
+        return self._generate(self._tester, self.tester_context_tokens, contexts, self.options.probe_tokens)
+
+    def rollout_target(self, contexts: Sequence[str]) -> list[str]:
+        """Sample one response per context (each already ending with its probe) from the target,
+        in one batched `generate` call."""
+        return self._generate(self._target, self.target_context_tokens, contexts, self.options.response_tokens)
+
+    # -- features --------------------------------------------------------------------------
+
+    def state_features(self, contexts: Sequence[str]) -> torch.Tensor:
+        """The tester's last-layer hidden state at each context's last token, detached: (B, H)."""
+        model = self._tester
+        if not contexts:
+            return torch.zeros((0, int(model.module.config.hidden_size)), device=model.device)
+        rows = [self._truncate(model, ids, self.tester_context_tokens) for ids in self._ids(model, contexts)]
+        batch, width = len(rows), max(len(row) for row in rows)
+        input_ids = torch.full((batch, width), model.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((batch, width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = torch.tensor(row)
+            attention_mask[i, : len(row)] = 1
+        position_ids = torch.arange(width).expand(batch, width)
+        last = torch.tensor([len(row) - 1 for row in rows])
+        with torch.no_grad():
+            hidden: torch.Tensor = model.module.base_model(
+                input_ids=input_ids.to(model.device),
+                attention_mask=attention_mask.to(model.device),
+                position_ids=position_ids.to(model.device),
+                use_cache=False,
+            )[0]
+        return hidden[torch.arange(batch, device=model.device), last.to(model.device)].float().detach()
+
+
+if TYPE_CHECKING:
+
+    def _conforms(system: TransformersSystem) -> tuple[System[str, str], FeatureSystem[str]]:
+        return system, system

@@ -1,0 +1,44 @@
+# expect: arg-type
+# expect-message: incompatible type "Standalone"; expected "System[str, str]"
+"""A system whose log-prob method takes integer contexts cannot stand in for a text System."""
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from astra_core import Scorer, System
+from astra_core.protocols import Reduction
+from astra_core.testing.toy import ToyScorer
+
+
+class Standalone:
+    scorer: Scorer[str, str] = ToyScorer()
+
+    def tester_logprobs(
+        self, contexts: Sequence[int], continuations: Sequence[str], reduction: Reduction = "sum"
+    ) -> torch.Tensor:
+        return torch.zeros(len(contexts))
+
+    baseline_logprobs = tester_logprobs
+    target_logprobs = tester_logprobs
+
+    def rollout_tester(self, contexts: Sequence[str]) -> list[str]:
+        return list(contexts)
+
+    def rollout_target(self, contexts: Sequence[str]) -> list[str]:
+        return list(contexts)
+
+    def advance(self, context: str, probe: str, response: str) -> str:
+        return context + probe + response
+
+    def join(self, context: str, probe: str) -> str:
+        return context + probe
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        return iter(())
+
+
+def use(system: System[str, str]) -> None: ...
+
+
+use(Standalone())
