@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Generic, cast
+from typing import Any, Generic, cast
 
 import torch
 from torch.utils.data import DataLoader
@@ -35,7 +35,7 @@ class _Steps(torch.utils.data.Dataset[StepT]):
         return self.steps[index]
 
 
-def rollout_metrics(graphs: Sequence[Graph[object, object]]) -> dict[str, float]:
+def rollout_metrics(graphs: Sequence[Graph[Any, Any]]) -> dict[str, float]:
     """Mean, min and max reward over every turn, and the mean of each named score part."""
     rewards: list[float] = []
     parts: dict[str, list[float]] = {}
@@ -108,7 +108,7 @@ class Harness(Generic[StateT, ActionT, StepT, BatchT]):
         """Roll out, flatten and batch one experience. An empty one yields no batches."""
         graphs = self.rollouts()
         self.last_graphs = graphs
-        self.last_metrics = rollout_metrics(cast(Sequence[Graph[object, object]], graphs))
+        self.last_metrics = rollout_metrics(graphs)
         steps: list[StepT] = []
         for graph in graphs:
             steps.extend(self.algorithm.flatten(graph))

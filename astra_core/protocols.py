@@ -109,7 +109,10 @@ class FeatureSystem(Protocol[StateT_contra]):
 class Sampler(Protocol[StateT, ActionT]):
     """Rolls a system out into rollout trees."""
 
-    system: System[StateT, ActionT]
+    @property
+    def system(self) -> System[StateT, ActionT]:
+        """The system this sampler rolls out (a plain attribute satisfies this)."""
+        ...
 
     def rollout(self) -> Graph[StateT, ActionT]:
         """One training episode from a fresh opening context."""

@@ -250,7 +250,9 @@ class Kit:
     def script_config(self, run_dir: str | Path, steps: int, checkpoint_every: int | None = 1) -> TrainingConfiguration:
         return script_config(run_dir, steps, checkpoint_every)
 
-    def trainer(self, config: TrainingConfiguration, parts: Parts, **kwargs: Any) -> Trainer[str, str, Pair, list[Pair]]:
+    def trainer(
+        self, config: TrainingConfiguration, parts: Parts, **kwargs: Any
+    ) -> Trainer[str, str, Pair, list[Pair]]:
         """A Trainer over `parts`, using only the core's built-in components."""
         return Trainer(config, parts.sampler, parts.algorithm, registries=self.registries, **kwargs)
 

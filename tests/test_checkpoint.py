@@ -171,9 +171,7 @@ def test_a_corrupted_byte_is_detected_and_resume_picks_the_newest_complete(kit: 
         (lambda m: m.unlink(), "not a checkpoint"),
     ],
 )
-def test_a_damaged_manifest_is_a_checkpoint_error(
-    kit: Kit, tmp_path: Path, damage: Any, message: str
-) -> None:
+def test_a_damaged_manifest_is_a_checkpoint_error(kit: Kit, tmp_path: Path, damage: Any, message: str) -> None:
     trained(kit, tmp_path, 1)
     checkpoint = tmp_path / "checkpoints" / "step-00000001"
     damage(checkpoint / ckpt.MANIFEST)

@@ -360,7 +360,8 @@ def test_default_run_file_is_valid_when_its_plugins_are_installed(capsys: pytest
 
     load_plugins.cache_clear()
     registries = load_plugins().registries
-    missing = [k for k in ("system", "sampler", "algorithm", "scorer") if getattr(config, k).name not in registries[k]]
+    kinds = ("system", "sampler", "algorithm", "scorer")
+    missing = [k for k in kinds if getattr(config, k).name not in registries.kind(k)]
     if missing:
         pytest.skip(f"plugins for {missing} are not installed")
     from astra_core.build import resolve
@@ -396,6 +397,21 @@ def test_interrupted_run_resumes_to_the_same_steps_and_metrics(
     resumed = metric_steps(interrupted)
     assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
     assert [r["reward/mean"] for r in resumed] == pytest.approx([r["reward/mean"] for r in metric_steps(straight)])
+
+
+def test_resume_skips_a_corrupted_newest_checkpoint_with_a_warning(
+    toy_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = toy_run.parent / "run"
+    assert cli("train", toy_run, "--output", run_dir, "--steps", "3") == 0
+    with (run_dir / "checkpoints" / "step-00000003" / "weights.safetensors").open("ab") as handle:
+        handle.write(b"bit rot")
+    capsys.readouterr()
+    assert cli("train", "--resume", run_dir, "--steps", "6") == 0
+    captured = capsys.readouterr()
+    assert "step-00000003 is corrupted; resuming from the older" in captured.err
+    assert "(step 2 of 6)" in captured.out
+    assert [r["step"] for r in metric_steps(run_dir)] == [1, 2, 3, 4, 5, 6]
 
 
 def test_resume_with_steps_extends_a_finished_run(toy_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -549,3 +565,31 @@ def _load_this_module_by_path() -> Any:  # used by test_cli_bad_input.py
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def _doc_run_files() -> list[tuple[str, str]]:
+    blocks = []
+    for page in ("cli.md", "configuration.md"):
+        text = (REPO / "docs" / page).read_text(encoding="utf-8")
+        for index, block in enumerate(text.split("```toml\n")[1:]):
+            blocks.append((f"{page}#{index}", block.split("```", 1)[0]))
+    return blocks
+
+
+@pytest.mark.parametrize(("where", "text"), _doc_run_files(), ids=[w for w, _ in _doc_run_files()])
+def test_run_files_in_the_docs_validate(
+    where: str, text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from astra_core.cli import _parse_toml, _run_config
+    from astra_core.plugins import load_plugins
+
+    config = _run_config(_parse_toml(text, where), where, {"output_dir": "runs/x"})
+    load_plugins.cache_clear()
+    registries = load_plugins().registries
+    kinds = ("scorer", "system", "sampler", "algorithm", "evaluator")
+    missing = [k for k in kinds if getattr(config, k) is not None and getattr(config, k).name not in registries.kind(k)]
+    if missing:
+        pytest.skip(f"the plugins providing {missing} are not installed")
+    path = tmp_path / "doc.toml"
+    path.write_text(text, encoding="utf-8")
+    assert cli("validate", path) == 0, capsys.readouterr().err

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from pydantic import ValidationError
 
 from astra_core.config import ComponentRef, RunConfig, TrainingConfiguration, load_run_file, parse_run_config
 from astra_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from conftest import Kit
 
 
 def test_defaults_keep_the_classic_behaviour() -> None:
@@ -92,22 +95,22 @@ def test_component_ref_parses_names_tables_and_nested_options() -> None:
 
 def test_optimizer_and_scheduler_take_a_name_or_a_table() -> None:
     config = TrainingConfiguration(
-        optimizer={"name": "sgd", "momentum": 0.9},  # type: ignore[arg-type]
-        lr_scheduler="cosine",  # type: ignore[arg-type]
+        optimizer={"name": "sgd", "momentum": 0.9},
+        lr_scheduler="cosine",
     )
     assert config.optimizer == ComponentRef(name="sgd", options={"momentum": 0.9})
     assert config.lr_scheduler == ComponentRef(name="cosine")
 
 
 def test_warmup_steps_is_folded_into_the_scheduler_options() -> None:
-    config = TrainingConfiguration(warmup_steps=5, lr_scheduler="linear")  # type: ignore[arg-type]
+    config = TrainingConfiguration(warmup_steps=5, lr_scheduler="linear")
     assert config.scheduler_ref() == ComponentRef(name="linear", options={"warmup_steps": 5})
     assert TrainingConfiguration().scheduler_ref() == ComponentRef(name="constant")
 
 
 def test_conflicting_warmup_settings_are_an_error() -> None:
     with pytest.raises(ValidationError, match="set only one"):
-        TrainingConfiguration(warmup_steps=5, lr_scheduler={"name": "linear", "warmup_steps": 3})  # type: ignore[arg-type]
+        TrainingConfiguration(warmup_steps=5, lr_scheduler={"name": "linear", "warmup_steps": 3})
 
 
 def test_run_file_round_trips_through_to_dict(tmp_path: Path) -> None:
@@ -152,3 +155,68 @@ def test_unreadable_run_files_are_config_errors(tmp_path: Path, content: bytes |
         path.write_bytes(content)
     with pytest.raises(ConfigError, match=message):
         load_run_file(path)
+
+
+def toy_registries(algorithm: Any) -> Any:
+    """The core's registries plus an in-process plugin registering `algorithm` as "toy-dpo"."""
+    import os
+
+    from astra_core.hooks import hookimpl
+    from astra_core.plugins import discover
+    from astra_core.registry import Registrar
+
+    class Plugin:
+        @hookimpl
+        def astra_register(self, registrar: Registrar) -> None:
+            registrar.algorithm("toy-dpo", algorithm, summary="the tests' DPO")
+
+    saved = os.environ.get("ASTRA_PLUGINS")
+    os.environ["ASTRA_PLUGINS"] = "core"
+    try:
+        return discover(extra=[("tests", Plugin())]).registries
+    finally:
+        if saved is None:
+            del os.environ["ASTRA_PLUGINS"]
+        else:
+            os.environ["ASTRA_PLUGINS"] = saved
+
+
+def test_resolve_validates_everything_then_build_wires_dependencies_in_order(kit: Kit) -> None:
+    from astra_core.build import build, resolve
+
+    registries = toy_registries(kit.ToyDPO)
+    config = parse_run_config(
+        {
+            "training": {"optimizer": {"name": "sgd", "momentum": 0.5}, "warmup_steps": 2},
+            "scorer": "toy",
+            "system": {"name": "toy", "probe_length": 2},
+            "sampler": {"name": "toy", "tree_width": 3},
+            "algorithm": {"name": "toy-dpo", "beta": 0.25},
+            "evaluator": "none",
+            "callbacks": ["jsonl"],
+        }
+    )
+    resolved = resolve(config, registries)
+    described = resolved.describe()
+    assert described["training"]["optimizer"]["options"]["momentum"] == 0.5
+    assert described["training"]["lr_scheduler"]["options"] == {"warmup_steps": 2}
+    assert described["sampler"]["options"] == {"tree_width": 3, "tree_depth": 2}
+    assert described["algorithm"]["options"] == {"beta": 0.25, "keep_ties": False}
+
+    built = build(resolved)
+    assert built.system.scorer is built.scorer and built.system.probe_length == 2
+    assert built.sampler.system is built.system and built.sampler.tree_width == 3
+    assert built.algorithm.system is built.system and built.algorithm.beta == 0.25
+    assert built.evaluator is None
+    assert [type(c).__name__ for c in built.callbacks] == ["MetricsJSONL"]
+
+
+def test_resolve_reports_a_bad_option_before_building_anything(kit: Kit) -> None:
+    from astra_core.build import resolve
+    from astra_core.errors import OptionsError
+
+    config = parse_run_config(
+        {"scorer": "toy", "system": {"name": "toy", "probe_length": 0}, "sampler": "toy", "algorithm": "toy-dpo"}
+    )
+    with pytest.raises(OptionsError, match=r"bad options for system 'toy': probe_length"):
+        resolve(config, toy_registries(kit.ToyDPO))

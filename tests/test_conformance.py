@@ -22,7 +22,7 @@ from astra_core.testing import (
     check_scorer,
     check_system,
 )
-from astra_core.testing.toy import ToyScorer, ToySampler, ToySystem
+from astra_core.testing.toy import ToySampler, ToyScorer, ToySystem
 
 CONTEXTS = ["hello there", "nice day", "ok maybe"]
 PROBES = ["nice day ok", "bad awful hate", "thanks friend yes"]
@@ -85,46 +85,62 @@ def test_toy_system_passes(system: ToySystem) -> None:
 
 
 class TwoDimensionalLogprobs(ToySystem):
-    def tester_logprobs(self, contexts: Sequence[str], continuations: Sequence[str], reduction: Reduction = "sum") -> Any:
+    def tester_logprobs(
+        self, contexts: Sequence[str], continuations: Sequence[str], reduction: Reduction = "sum"
+    ) -> Any:
         return super().tester_logprobs(contexts, continuations, reduction).unsqueeze(-1)
 
 
 class IntegerBaseline(ToySystem):
-    def baseline_logprobs(self, contexts: Sequence[str], continuations: Sequence[str], reduction: Reduction = "sum") -> Any:
+    def baseline_logprobs(
+        self, contexts: Sequence[str], continuations: Sequence[str], reduction: Reduction = "sum"
+    ) -> Any:
         return torch.zeros(len(contexts), dtype=torch.long)
 
 
 class DetachedTester(ToySystem):
-    def tester_logprobs(self, contexts: Sequence[str], continuations: Sequence[str], reduction: Reduction = "sum") -> Any:
+    def tester_logprobs(
+        self, contexts: Sequence[str], continuations: Sequence[str], reduction: Reduction = "sum"
+    ) -> Any:
         return super().tester_logprobs(contexts, continuations, reduction).detach()
 
 
 class CutTester(ToySystem):
     """Requires grad, but the graph is cut: no path back to the tester's weights."""
 
-    def tester_logprobs(self, contexts: Sequence[str], continuations: Sequence[str], reduction: Reduction = "sum") -> Any:
+    def tester_logprobs(
+        self, contexts: Sequence[str], continuations: Sequence[str], reduction: Reduction = "sum"
+    ) -> Any:
         return super().tester_logprobs(contexts, continuations, reduction).detach().requires_grad_()
 
 
 class TrainableBaseline(ToySystem):
-    def baseline_logprobs(self, contexts: Sequence[str], continuations: Sequence[str], reduction: Reduction = "sum") -> Any:
+    def baseline_logprobs(
+        self, contexts: Sequence[str], continuations: Sequence[str], reduction: Reduction = "sum"
+    ) -> Any:
         return self.tester_logprobs(contexts, continuations, reduction)
 
 
 class PositiveTarget(ToySystem):
-    def target_logprobs(self, contexts: Sequence[str], continuations: Sequence[str], reduction: Reduction = "sum") -> Any:
+    def target_logprobs(
+        self, contexts: Sequence[str], continuations: Sequence[str], reduction: Reduction = "sum"
+    ) -> Any:
         return -super().target_logprobs(contexts, continuations, reduction)
 
 
 class NaNTarget(ToySystem):
-    def target_logprobs(self, contexts: Sequence[str], continuations: Sequence[str], reduction: Reduction = "sum") -> Any:
+    def target_logprobs(
+        self, contexts: Sequence[str], continuations: Sequence[str], reduction: Reduction = "sum"
+    ) -> Any:
         return torch.full((len(contexts),), float("nan"))
 
 
 class LenientLengths(ToySystem):
     """Scores the continuations and silently ignores how many contexts there were."""
 
-    def tester_logprobs(self, contexts: Sequence[str], continuations: Sequence[str], reduction: Reduction = "sum") -> Any:
+    def tester_logprobs(
+        self, contexts: Sequence[str], continuations: Sequence[str], reduction: Reduction = "sum"
+    ) -> Any:
         return self._logprobs(self.tester, continuations, reduction)
 
 
@@ -173,8 +189,10 @@ class NoJoin:
         (PrivateGenerator, "determinism", "under the same seed"),
     ],
 )
-def test_broken_system_fails_with_its_contract(variant: Callable[[ToyScorer], Any], contract: str, fragment: str) -> None:
-    with broken(contract, f"system {variant.__name__}", fragment):  # type: ignore[attr-defined]
+def test_broken_system_fails_with_its_contract(
+    variant: Callable[[ToyScorer], Any], contract: str, fragment: str
+) -> None:
+    with broken(contract, f"system {variant.__name__}", fragment):
         check_system(variant(ToyScorer()), CONTEXTS, PROBES)
 
 
@@ -216,7 +234,7 @@ class BatchDependent(ToyScorer):
 
 
 class Strings(ToyScorer):
-    def score(self, items: Sequence[str]) -> list[Any]:  # type: ignore[override]
+    def score(self, items: Sequence[str]) -> list[Any]:
         return ["0.5" for _ in items]
 
 

@@ -70,7 +70,7 @@ def test_optimizer_name_and_options_pass_through(kit: Kit) -> None:
 
 
 def test_unknown_optimizer_or_option_is_a_clear_error(kit: Kit) -> None:
-    with pytest.raises(UnknownComponentError, match="unknown optimizer 'adamx'.*did you mean 'adam"):
+    with pytest.raises(UnknownComponentError, match=r"unknown optimizer 'adamx'.*did you mean 'adam"):
         kit.trainer(kit.config(optimizer="adamx"), kit.parts())
     with pytest.raises(OptionsError, match="unknown option 'momentum'"):
         kit.trainer(kit.config(optimizer={"name": "adamw", "momentum": 0.9}), kit.parts())
@@ -163,9 +163,7 @@ def test_max_grad_norm_clips_the_update(kit: Kit) -> None:
     def one_update(max_grad_norm: float | None) -> tuple[float, float]:
         parts = exact_pairs(kit)
         before = kit.weights(parts)
-        config = kit.config(
-            lr=1.0, optimizer="sgd", batch_size=64, training_steps=1, max_grad_norm=max_grad_norm
-        )
+        config = kit.config(lr=1.0, optimizer="sgd", batch_size=64, training_steps=1, max_grad_norm=max_grad_norm)
         logs = kit.trainer(config, parts).train()[0]
         assert logs["updates"] == 1.0
         delta = torch.cat([(a - b).flatten() for a, b in zip(kit.weights(parts), before, strict=True)])
@@ -184,9 +182,7 @@ def test_lr_scheduler_with_warmup_sets_the_lr_trajectory(kit: Kit) -> None:
     history = kit.trainer(config, kit.parts()).train()
     assert [logs["lr"] for logs in history] == pytest.approx([0.1 / 3, 0.2 / 3, 0.1, 0.1, 0.1])
 
-    config = kit.config(
-        lr=0.1, lr_scheduler={"name": "cosine", "min_lr_ratio": 0.1}, warmup_steps=2, training_steps=6
-    )
+    config = kit.config(lr=0.1, lr_scheduler={"name": "cosine", "min_lr_ratio": 0.1}, warmup_steps=2, training_steps=6)
     history = kit.trainer(config, kit.parts()).train()
     cosine = [0.01 + 0.09 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
     assert [logs["lr"] for logs in history] == pytest.approx([0.05, 0.1, *cosine])
@@ -404,3 +400,34 @@ def test_sigint_stops_at_a_step_boundary_with_a_checkpoint_and_resume_completes(
 def test_training_interrupted_names_the_signal_and_checkpoint() -> None:
     error = TrainingInterrupted(signal.SIGTERM, Path("run/checkpoints/step-00000003"))
     assert str(error) == "training interrupted by SIGTERM; checkpoint run/checkpoints/step-00000003"
+
+
+class SendSignals(BaseCallback):
+    """Sends this process `signals` from inside step `at`, as a user's Ctrl-C would arrive."""
+
+    def __init__(self, at: int, *signals: int) -> None:
+        self.at, self.signals = at, signals
+
+    def on_step_end(self, trainer: TrainerView, step: int, logs: Mapping[str, float]) -> None:
+        if step == self.at:
+            for signum in self.signals:
+                os.kill(os.getpid(), signum)
+
+
+def test_sigterm_in_process_stops_after_the_step_and_restores_handlers(kit: Kit) -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    trainer = kit.trainer(kit.config(training_steps=5), kit.parts(), callbacks=[SendSignals(2, signal.SIGTERM)])
+    with pytest.raises(TrainingInterrupted, match="SIGTERM") as caught:
+        trainer.train()
+    assert caught.value.checkpoint is None  # no output_dir
+    assert trainer.global_step == 2
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_second_sigint_stops_at_once(kit: Kit) -> None:
+    trainer = kit.trainer(
+        kit.config(training_steps=5), kit.parts(), callbacks=[SendSignals(1, signal.SIGINT, signal.SIGINT)]
+    )
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert trainer.global_step == 1

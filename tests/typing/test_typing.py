@@ -2,13 +2,15 @@
 
 Each file in ``cases/`` is a snippet: ``pass_*.py`` must type-check cleanly; ``fail_*.py`` starts
 with ``# expect: <error code>`` and ``# expect-message: <fragment>`` and must produce that error
-and no other. One mypy run (the repo's pyproject config, a temporary cache) checks every case;
+and no other. One mypy run (the repo's pyproject config, a cache in the temp dir) checks every case;
 its report is grouped by file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,9 @@ KNOWN_GAPS = {
     ),
 }
 
-_LINE = re.compile(r"^(?P<path>[^:]+\.py):(?P<line>\d+): (?P<severity>error|note): (?P<message>.*?)(?:  \[(?P<code>[a-z-]+)\])?$")
+_LINE = re.compile(
+    r"^(?P<path>[^:]+\.py):(?P<line>\d+): (?P<severity>error|note): (?P<message>.*?)(?:  \[(?P<code>[a-z-]+)\])?$"
+)
 
 
 @dataclass(frozen=True)
@@ -43,11 +47,15 @@ class Diagnostic:
 
 
 @pytest.fixture(scope="session")
-def mypy_errors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Diagnostic]]:
+def mypy_errors() -> dict[str, list[Diagnostic]]:
     """Every case checked in one mypy run; errors by case file name."""
     from mypy import api
+    from mypy import version as mypy_version
 
-    cache = tmp_path_factory.mktemp("mypy-cache")
+    # A cache in the system's temp dir, one per checkout: the first run checks torch's stubs (about
+    # half a minute), later runs only what changed.
+    digest = hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]
+    cache = Path(tempfile.gettempdir()) / f"astra-core-mypy-{mypy_version.__version__}-{digest}"
     # The example plugin is installed editable through an import hook mypy cannot follow.
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MYPYPATH", str(EXAMPLE_PLUGIN))

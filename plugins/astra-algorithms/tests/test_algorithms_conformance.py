@@ -6,11 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from astra_algorithms.dpo import DPO
 from astra_algorithms.grpo import GRPO
 from astra_algorithms.ipo import IPO
 from astra_algorithms.ppo import PPO
-
 from astra_core.testing import check_algorithm
 from astra_core.testing.toy import ToySampler, ToyScorer, ToySystem
 

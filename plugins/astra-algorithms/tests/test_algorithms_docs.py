@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from astra_algorithms.options import DPOOptions, GRPOOptions, IPOOptions, PPOOptions
 from pydantic import BaseModel
 
+from astra_algorithms.options import DPOOptions, GRPOOptions, IPOOptions, PPOOptions
 from astra_core import Trainer
 from astra_core.build import build, resolve
 from astra_core.config import parse_run_config

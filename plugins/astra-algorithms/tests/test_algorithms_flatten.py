@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from astra_algorithms.dpo import DPO
 from astra_algorithms.grpo import GRPO, STD_EPSILON
 from astra_algorithms.ipo import IPO
 from astra_algorithms.preference import preference_pairs
-
 from astra_core.graph import Graph, Node
 from astra_core.testing.toy import ToyScorer, ToySystem
 

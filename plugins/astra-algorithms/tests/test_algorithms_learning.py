@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 import torch
+
 from astra_algorithms.dpo import DPO
 from astra_algorithms.grpo import GRPO
 from astra_algorithms.ipo import IPO
 from astra_algorithms.ppo import PPO
-
 from astra_core import Trainer, TrainingConfiguration
 from astra_core.testing.toy import ToySampler, ToyScorer, ToySystem
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from astra_algorithms.dpo import dpo_loss
 from astra_algorithms.grpo import grpo_loss
 from astra_algorithms.ipo import ipo_loss

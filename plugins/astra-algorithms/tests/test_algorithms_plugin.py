@@ -7,12 +7,12 @@ import subprocess
 import sys
 
 import pytest
+
 from astra_algorithms import plugin
 from astra_algorithms.dpo import DPO
 from astra_algorithms.grpo import GRPO
 from astra_algorithms.ipo import IPO
 from astra_algorithms.ppo import PPO
-
 from astra_core.errors import OptionsError
 from astra_core.plugins import discover
 from astra_core.registry import Registries

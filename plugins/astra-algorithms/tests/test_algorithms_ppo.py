@@ -7,8 +7,8 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 import torch
-from astra_algorithms.ppo import PPO, PPOBatch
 
+from astra_algorithms.ppo import PPO, PPOBatch
 from astra_core.errors import ConfigError, OptionsError
 from astra_core.protocols import Reduction
 from astra_core.testing.toy import ToySampler, ToyScorer, ToySystem

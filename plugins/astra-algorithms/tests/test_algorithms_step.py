@@ -6,11 +6,11 @@ from collections.abc import Sequence
 
 import pytest
 import torch
+
 from astra_algorithms.dpo import DPO
 from astra_algorithms.grpo import GRPO
 from astra_algorithms.ipo import IPO
 from astra_algorithms.preference import PreferencePair
-
 from astra_core.errors import OptionsError
 from astra_core.graph import Graph, Node
 from astra_core.protocols import Reduction

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 import torch
+
 from astra_ast.evaluator import METRICS, ASTEvaluator, compare, summarize
 from astra_ast.metrics import bootstrap_ci, self_bleu
 from astra_ast.prompt_sets import load_prompts
 from astra_ast.sampler import ASTSampler
-
 from astra_core.errors import ConfigError, OptionsError
 from astra_core.graph import Graph, Node
 from astra_core.protocols import EvaluationReport

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import json
 import os
 import re
@@ -12,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from astra_ast.options import ASTEvaluatorOptions, ASTSamplerOptions
+from astra_core.config import parse_run_config
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "ast.md"
 
@@ -50,6 +54,7 @@ def _blocks(language: str) -> list[str]:
 def test_the_docs_run_file_validates_the_sampler_and_evaluator_options() -> None:
     (toml,) = _blocks("toml")
     data = tomllib.loads(toml)
+    parse_run_config(data, "docs/ast.md")  # a valid run file as a whole
     for table, model in (("sampler", ASTSamplerOptions), ("evaluator", ASTEvaluatorOptions)):
         options = {k: v for k, v in data[table].items() if k != "name"}
         assert data[table]["name"] == "ast"
@@ -61,3 +66,11 @@ def test_the_docs_python_examples_run() -> None:
     for block in _blocks("python"):
         namespace: dict[str, Any] = {}
         exec(compile(block, str(DOCS), "exec"), namespace)
+
+
+@pytest.mark.parametrize(
+    "module", ["astra_ast.metrics", "astra_ast.reward", "astra_ast.prompt_sets", "astra_ast.evaluator"]
+)
+def test_module_examples_run(module: str) -> None:
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0

@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
+
 from astra_ast import prompt_sets
 from astra_ast.prompt_sets import load_builtin, load_prompt_file, load_prompts
-
 from astra_core.errors import ConfigError
 
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 import torch
+
 from astra_ast.prompt_sets import load_prompts
 from astra_ast.reward import Weights, ast_reward
 from astra_ast.sampler import SUPERVISION_MARGIN, ASTSampler
-
 from astra_core.errors import ConfigError, OptionsError
 from astra_core.graph import Graph
 from astra_core.protocols import BatchedSampler

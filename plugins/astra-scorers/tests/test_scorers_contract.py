@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-from astra_scorers.keyword import KeywordScorer
-from astra_scorers.profanity import ProfanityScorer
 
 from astra_core.scoring import ScorerError, checked_scores
 from astra_core.testing import check_scorer
+from astra_scorers.keyword import KeywordScorer
+from astra_scorers.profanity import ProfanityScorer
 
 ITEMS = ["hello there", "you stupid idiot", "", "what the fuck"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 
 import pytest
-from astra_scorers.detoxify_scorer import DetoxifyScorer
 
 from astra_core.errors import ComponentBuildError
 from astra_core.plugins import discover
+from astra_scorers.detoxify_scorer import DetoxifyScorer
 
 
 def test_missing_detoxify_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from astra_scorers.keyword import KeywordScorer
-from astra_scorers.options import KeywordOptions
 from pydantic import ValidationError
 
 from astra_core.errors import OptionsError
 from astra_core.plugins import discover
+from astra_scorers.keyword import KeywordScorer
+from astra_scorers.options import KeywordOptions
 
 
 def test_any_mode_scores_one_when_a_word_appears_and_zero_otherwise() -> None:

@@ -7,6 +7,7 @@ import sys
 import warnings
 
 import pytest
+
 from astra_scorers.profanity import ProfanityScorer
 
 PROFANE = ["you are a fucking idiot", "shut the fuck up", "this is bullshit, asshole"]

@@ -139,13 +139,11 @@ def test_the_embedded_model_writes_word_like_text() -> None:
     assert sum(word in corpus_words for word in words) / len(words) > 0.15
 
 
-def test_check_system_conformance_when_available() -> None:
-    try:
-        from astra_core.testing import check_system  # type: ignore[attr-defined]
-    except ImportError:
-        pytest.skip("astra_core.testing.check_system is not available yet")
+def test_the_system_passes_the_core_conformance_check() -> None:
+    from astra_core.testing import check_system
+
     system = TransformersSystem(ToyScorer(), probe_tokens=4, response_tokens=4)
-    check_system(system)
+    check_system(system, ["Hi Sam! How are you?", "Oh,", ""], [" I'm fine.", " shut up.", " Hello"])
 
 
 def test_the_docs_python_examples_run() -> None:

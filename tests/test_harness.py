@@ -1,0 +1,141 @@
+"""The Harness: rollouts per experience, batching, seeded shuffling, empty experiences."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import torch
+
+from astra_core.errors import ConfigError
+from astra_core.graph import Graph, Node
+from astra_core.harness import Harness, rollout_metrics
+
+if TYPE_CHECKING:
+    from conftest import Kit, Parts
+
+
+def exact(kit: Kit) -> Parts:
+    return kit.parts(algorithm=lambda system: kit.ToyDPO(system, keep_ties=True))
+
+
+def test_batch_size_is_what_collate_fn_sees(kit: Kit) -> None:
+    parts = exact(kit)
+    harness = Harness(parts.sampler, parts.algorithm, num_episodes_per_experience=3, batch_size=4)
+    batches = list(harness.experience(0))
+    assert [len(b) for b in batches] == parts.algorithm.batch_sizes == [4, 4, 1]  # 9 pairs
+
+
+def test_batched_sampler_is_called_once_per_experience(kit: Kit) -> None:
+    parts = kit.parts()
+    harness = Harness(parts.sampler, parts.algorithm, num_episodes_per_experience=5, batch_size=4)
+    calls_before = parts.system.generate_calls
+    harness.experience(0)
+    assert len(harness.last_graphs) == 5
+    assert harness.last_metrics["episodes"] == 5.0
+    # depth 2: one tester and one target call per level for all five episodes together
+    assert parts.system.generate_calls - calls_before == 4
+
+
+def test_a_plain_sampler_is_called_once_per_episode(kit: Kit) -> None:
+    parts = kit.parts()
+    calls: list[int] = []
+
+    class OneAtATime:
+        system = parts.system
+
+        def rollout(self) -> Graph[str, str]:
+            calls.append(1)
+            return parts.sampler.rollout()
+
+        def eval_rollout(self, prompt: str) -> Graph[str, str]:
+            return parts.sampler.eval_rollout(prompt)
+
+    harness = Harness(OneAtATime(), parts.algorithm, num_episodes_per_experience=3, batch_size=4)
+    harness.experience(0)
+    assert len(calls) == 3 and len(harness.last_graphs) == 3
+
+
+def test_a_batched_sampler_returning_the_wrong_count_is_reported(kit: Kit) -> None:
+    parts = kit.parts()
+    parts.sampler.rollouts = lambda count: []  # type: ignore[method-assign]
+    harness = Harness(parts.sampler, parts.algorithm, num_episodes_per_experience=2)
+    with pytest.raises(RuntimeError, match=r"rollouts\(2\) returned 0 episodes"):
+        harness.experience(0)
+
+
+def test_shuffle_is_seeded_by_run_seed_and_step(kit: Kit) -> None:
+    parts = exact(kit)
+    torch.manual_seed(0)
+    harness = Harness(parts.sampler, parts.algorithm, num_episodes_per_experience=4, batch_size=5, seed=3)
+    loader = harness.experience(7)
+    steps = list(loader.dataset)  # type: ignore[call-overload]
+
+    def seen(seed: int, step: int) -> list[Any]:
+        again = Harness(parts.sampler, parts.algorithm, 4, 5, seed=seed)
+        again.rollouts = lambda: harness.last_graphs  # type: ignore[method-assign]
+        return [pair for batch in again.experience(step) for pair in batch]
+
+    first = [pair for batch in loader for pair in batch]
+    assert sorted(map(repr, first)) == sorted(map(repr, steps))
+    assert first != steps  # shuffled
+    assert seen(3, 7) == first  # same run seed and step: same order, whatever the global RNG did
+    assert seen(3, 8) != first
+    assert seen(4, 7) != first
+
+
+def test_shuffle_false_keeps_flatten_order(kit: Kit) -> None:
+    parts = exact(kit)
+    harness = Harness(parts.sampler, parts.algorithm, 4, 5, shuffle=False)
+    loader = harness.experience(0)
+    expected = [pair for graph in harness.last_graphs for pair in parts.algorithm.flatten(graph)]
+    assert [pair for batch in loader for pair in batch] == expected
+
+
+def test_an_empty_experience_yields_no_batches_and_warns(kit: Kit, caplog: pytest.LogCaptureFixture) -> None:
+    class NoPairs(kit.ToyDPO):  # type: ignore[name-defined,misc]
+        def flatten(self, graph: Any) -> list[Any]:
+            return []
+
+    parts = kit.parts(algorithm=NoPairs)
+    harness = Harness(parts.sampler, parts.algorithm, 3, 4)
+    with caplog.at_level(logging.WARNING):
+        assert list(harness.experience(5)) == []
+    assert harness.last_metrics["train_examples"] == 0.0
+    assert "experience at step 5 produced no training examples" in caplog.text
+
+
+@pytest.mark.parametrize(("episodes", "batch_size"), [(0, 4), (4, 0), (-1, 4)])
+def test_invalid_sizes_are_config_errors(kit: Kit, episodes: int, batch_size: int) -> None:
+    parts = kit.parts()
+    with pytest.raises(ConfigError, match="must be at least 1"):
+        Harness(parts.sampler, parts.algorithm, episodes, batch_size)
+
+
+def test_step_returns_the_algorithms_loss_and_logs(kit: Kit) -> None:
+    parts = exact(kit)
+    harness = Harness(parts.sampler, parts.algorithm, 2, 64)
+    (batch,) = list(harness.experience(0))
+    loss, logs = harness.step(batch)
+    assert loss.shape == () and loss.requires_grad
+    assert set(logs) == {"margin"}
+
+
+def test_rollout_metrics_count_nonfinite_rewards_and_average_score_parts() -> None:
+    graph: Graph[str, str] = Graph(
+        "c",
+        [
+            Node("c", "p", "r", 0.5, scores={"tox": 0.5}),
+            Node("c", "q", "r", math.nan, scores={"tox": 0.25}),
+            Node("c", "s", "r", 1.0, scores={"tox": 0.75}),
+        ],
+    )
+    metrics = rollout_metrics([graph])
+    assert metrics["turns"] == 3.0
+    assert metrics["reward/mean"] == 0.75
+    assert metrics["reward/min"] == 0.5 and metrics["reward/max"] == 1.0
+    assert metrics["reward/nonfinite"] == 1.0
+    assert metrics["score/tox"] == 0.5
+    assert rollout_metrics([Graph("c")]) == {"episodes": 1.0, "turns": 0.0}
