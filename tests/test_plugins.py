@@ -256,9 +256,8 @@ def test_a_run_file_with_a_bad_example_option_names_component_and_field() -> Non
 
 
 def test_the_trainer_finds_the_plugins_optimizer_by_name() -> None:
-    from astra_example_plugin.signsgd import SignSGD
-
     from astra_core import Trainer
+    from astra_example_plugin.signsgd import SignSGD
 
     config = parse_run_config(tomllib.loads(RUN_FILE))
     parts = build(resolve(config))
@@ -273,9 +272,8 @@ def test_the_trainer_finds_the_plugins_optimizer_by_name() -> None:
 
 
 def test_the_trainer_finds_an_in_process_plugins_optimizer_by_name() -> None:
-    from astra_example_plugin.reinforce import Reinforce
-
     from astra_core import Trainer
+    from astra_example_plugin.reinforce import Reinforce
 
     class Optimizers:
         @hookimpl
@@ -294,8 +292,8 @@ def test_the_trainer_finds_an_in_process_plugins_optimizer_by_name() -> None:
 _FENCE = re.compile(r"```(?P<lang>\w*)\n(?P<body>.*?)```", re.DOTALL)
 
 
-def _blocks(language: str) -> list[str]:
-    return [m["body"] for m in _FENCE.finditer(GUIDE.read_text(encoding="utf-8")) if m["lang"] == language]
+def _blocks(language: str, page: Path = GUIDE) -> list[str]:
+    return [m["body"] for m in _FENCE.finditer(page.read_text(encoding="utf-8")) if m["lang"] == language]
 
 
 def test_files_quoted_in_the_guide_match_the_example_package() -> None:
@@ -315,3 +313,11 @@ def test_python_snippets_in_the_guide_run() -> None:
     assert snippets
     for snippet in snippets:
         exec(compile(snippet, str(GUIDE), "exec"), {"__name__": "guide_snippet"})
+
+
+def test_python_snippets_in_the_concepts_page_run() -> None:
+    page = ROOT / "docs" / "concepts.md"
+    snippets = _blocks("python", page)
+    assert snippets
+    for snippet in snippets:
+        exec(compile(snippet, str(page), "exec"), {"__name__": "concepts_snippet"})

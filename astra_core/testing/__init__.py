@@ -418,7 +418,8 @@ def _check_step(
     if not loss.is_floating_point():
         raise ConformanceError(component, "dtype", f"step()'s loss has dtype {loss.dtype}; expected floating point")
     if not bool(torch.isfinite(loss)):
-        raise ConformanceError(component, "range", f"step()'s loss is {float(loss.detach())} (batch of {size}); expected finite")
+        value = float(loss.detach())
+        raise ConformanceError(component, "range", f"step()'s loss is {value} (batch of {size}); expected finite")
     if not loss.requires_grad:
         raise ConformanceError(component, "gradient", "step()'s loss does not require grad")
     grads = torch.autograd.grad(loss, parameters, allow_unused=True)

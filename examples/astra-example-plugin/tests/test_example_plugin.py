@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from astra_example_plugin.chain import ChainSampler
-from astra_example_plugin.reinforce import Reinforce
-from astra_example_plugin.signsgd import SignSGD
 
 from astra_core import Graph, Node, OptionsError
 from astra_core.plugins import discover
 from astra_core.registry import ComponentKind
 from astra_core.testing import check_algorithm, check_optimizer, check_sampler
 from astra_core.testing.toy import ToySampler, ToyScorer, ToySystem
+from astra_example_plugin.chain import ChainSampler
+from astra_example_plugin.reinforce import Reinforce
+from astra_example_plugin.signsgd import SignSGD
 
 
 @pytest.fixture

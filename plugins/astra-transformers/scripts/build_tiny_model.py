@@ -414,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="directory to write the model to")
     parser.add_argument("--steps", type=int, default=300, help="training steps (batches of 32 x 128 tokens)")
     parser.add_argument("--conversations", type=int, default=20000, help="conversations in the corpus")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: the same weights on any machine)")
     args = parser.parse_args(argv)
 
     began = time.perf_counter()

@@ -8,9 +8,9 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-from typing import TYPE_CHECKING  # noqa: E402
+from typing import TYPE_CHECKING
 
-import pytest  # noqa: E402
+import pytest
 
 if TYPE_CHECKING:
     from astra_transformers.system import TransformersSystem

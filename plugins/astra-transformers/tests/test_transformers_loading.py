@@ -61,7 +61,7 @@ def test_a_missing_model_path_is_a_config_error_naming_it(tmp_path: Path) -> Non
     missing = tmp_path / "no" / "such-model"
     with pytest.raises(ConfigError, match="such-model"):
         TransformersSystem(ToyScorer(), model=str(missing))
-    with pytest.raises(ConfigError, match="config.json"):
+    with pytest.raises(ConfigError, match=r"config\.json"):
         TransformersSystem(ToyScorer(), target=str(tmp_path))  # exists, but is no model directory
 
 

@@ -108,9 +108,8 @@ def test_padding_does_not_change_logprobs(system: TransformersSystem) -> None:
     alone = torch.cat([system.target_logprobs([c], [k]) for c, k in zip(CONTEXTS, CONTINUATIONS, strict=True)])
     assert torch.allclose(batched, alone, atol=1e-5)
     mean_batched = system.tester_logprobs(CONTEXTS, CONTINUATIONS, reduction="mean").detach()
-    mean_alone = torch.cat(
-        [system.tester_logprobs([c], [k], reduction="mean").detach() for c, k in zip(CONTEXTS, CONTINUATIONS, strict=True)]
-    )
+    pairs = zip(CONTEXTS, CONTINUATIONS, strict=True)
+    mean_alone = torch.cat([system.tester_logprobs([c], [k], reduction="mean").detach() for c, k in pairs])
     assert torch.allclose(mean_batched, mean_alone, atol=1e-5)
 
 
@@ -167,7 +166,7 @@ def test_baseline_keeps_the_starting_weights_when_the_tester_trains() -> None:
     baseline_before = trained.baseline_logprobs(CONTEXTS, CONTINUATIONS)
     tester_before = trained.tester_logprobs(CONTEXTS, CONTINUATIONS).detach()
     assert torch.allclose(baseline_before, tester_before, atol=1e-5)
-    optimizer = torch.optim.SGD(trained.parameters(), lr=0.01)
+    optimizer = torch.optim.SGD(trained.parameters(), lr=1e-3)
     (-trained.tester_logprobs(CONTEXTS, CONTINUATIONS).sum()).backward()
     optimizer.step()
     tester_after = trained.tester_logprobs(CONTEXTS, CONTINUATIONS).detach()
