@@ -13,6 +13,7 @@ astra 0.1.0
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import shutil
@@ -42,6 +43,8 @@ METRICS_FILE = "metrics.jsonl"
 # What marks a directory as written by `astra train` (so --overwrite may delete it).
 _RUN_MARKERS = (RUN_FILE, CONFIG_FILE, METRICS_FILE, "checkpoints")
 _MAX_RUN_FILE_BYTES = 1 << 20
+# OSError numbers that mean the run directory's disk failed us (full, read-only, gone).
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
 
 
 class UsageError(AstraError):
@@ -436,6 +439,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"no run file given: training the built-in default ({_describe_default(config)})", flush=True)
     resolved = _resolve(config, source)
     _check_output_dir(run_dir, args.overwrite)
+    _check_writable(run_dir)
     trainer = _make_trainer(resolved, source)
     # Only now, with every component built, touch the file system.
     try:
@@ -503,6 +507,7 @@ def _resume(args: argparse.Namespace) -> int:
         raise CheckpointError(
             f"{run_dir}: cannot resume: {why}; start again with `astra train {run_file} --overwrite --output {run_dir}`"
         )
+    _check_writable(run_dir)
     trainer = _make_trainer(resolved, source)
     newest = ckpt.list_checkpoints(run_dir)[-1]
     checkpoint = trainer.resume(run_dir)
@@ -512,6 +517,13 @@ def _resume(args: argparse.Namespace) -> int:
     print(f"resuming {run_dir} from checkpoint {checkpoint} (step {trainer.global_step} of {total})", flush=True)
     _write_json(run_dir / CONFIG_FILE, resolved.describe())
     return _run_training(trainer, run_dir)
+
+
+def _check_writable(run_dir: Path) -> None:
+    """A probe write, before anything is built: a full disk or unwritable directory fails now, not at step K."""
+    from astra_core.checkpoint import check_writable
+
+    check_writable(run_dir)
 
 
 def _run_training(trainer: Trainer[Any, Any, Any, Any], run_dir: Path) -> int:
@@ -525,6 +537,18 @@ def _run_training(trainer: Trainer[Any, Any, Any, Any], run_dir: Path) -> int:
         print(f"{name}: stopped after step {trainer.global_step} of {trainer.config.training_steps}; {where}")
         print(f"resume with: {PROG} train --resume {run_dir}", flush=True)
         return 0 if stop.signum == signal.SIGINT else 128 + stop.signum
+    except OSError as error:
+        # A disk that fills up (or turns read-only) mid-run, say under metrics.jsonl: one line,
+        # not a traceback. A failed checkpoint is already a CheckpointWriteError saying as much.
+        if isinstance(error, AstraError) or error.errno not in _DISK_ERRNOS:
+            raise
+        from astra_core.checkpoint import describe_os_error
+
+        where = f" ({error.filename})" if error.filename else ""
+        raise AstraError(
+            f"{run_dir}: training stopped at step {trainer.global_step}: {describe_os_error(error)}{where}; "
+            f"free space or make it writable, then: {PROG} train --resume {run_dir}"
+        ) from None
     print(f"run directory: {run_dir}")
     print(_reward_summary(_read_metrics(run_dir / METRICS_FILE)), flush=True)
     return 0

@@ -22,6 +22,7 @@ Missing tables take the defaults in `RunConfig`. Unknown keys are errors.
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -109,8 +110,8 @@ class TrainingConfiguration(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingConfiguration:
-        if self.checkpoint_every is not None and self.output_dir is None:
-            raise ValueError("checkpoint_every needs output_dir (where checkpoints go)")
+        # checkpoint_every without output_dir is checked by the Trainer, not here: `astra train`
+        # gives every run a directory, so a run file may leave output_dir out.
         given = self.lr_scheduler.options.get("warmup_steps")
         if self.warmup_steps and given is not None and given != self.warmup_steps:
             raise ValueError(
@@ -172,13 +173,34 @@ class RunConfig(BaseModel):
         return data
 
 
+def _model_at(location: tuple[Any, ...]) -> tuple[type[BaseModel], str] | None:
+    """The model whose keys an unknown key at `location` was checked against, and how to name them."""
+    if len(location) == 1:
+        return RunConfig, "top-level key"
+    if len(location) == 2 and location[0] == "training":
+        return TrainingConfiguration, "[training] key"
+    return None
+
+
+def _unknown_key(location: tuple[Any, ...]) -> str:
+    """'unknown key' with the closest valid keys (difflib) and every valid key, on one line."""
+    found = _model_at(location)
+    if found is None:
+        return "unknown key (check the spelling; see docs/configuration.md for valid keys)"
+    model, where = found
+    key, valid = str(location[-1]), list(model.model_fields)
+    close = difflib.get_close_matches(key, valid, n=2, cutoff=0.6)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return f"unknown key (there is no {where} {key!r}); {hint}valid {where}s: {', '.join(valid)}"
+
+
 def _describe(error: ValidationError, source: str) -> str:
     problems = []
     for item in error.errors():
         location = ".".join(str(p) for p in item["loc"] if p not in ("function-after",))
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; see docs/configuration.md for valid keys)"
+            message = _unknown_key(tuple(p for p in item["loc"] if p != "function-after"))
         problems.append(f"{location}: {message}" if location else message)
     return f"{source}: " + "; ".join(problems)
 
@@ -194,8 +216,13 @@ def parse_run_config(data: Mapping[str, Any], source: str = "run config") -> Run
 MAX_RUN_FILE_BYTES = 1 << 20
 
 
-def load_run_file(path: str | Path) -> RunConfig:
-    """Read and validate a TOML run file."""
+def read_run_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML run file into plain data, without validating it against `RunConfig`.
+
+    Checks that `path` is a readable UTF-8 file of at most `MAX_RUN_FILE_BYTES` holding valid
+    TOML; each failure is a one-line `ConfigError` naming the file. Use it where the data is
+    changed before validation (the CLI applies its overrides), then call `parse_run_config`.
+    """
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such run file (give the path to a .toml run file)")
@@ -209,8 +236,17 @@ def load_run_file(path: str | Path) -> RunConfig:
         raise ConfigError(f"{path}: not UTF-8 text; a run file is a UTF-8 TOML file") from None
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    return parse_run_text(text, str(path))
+
+
+def parse_run_text(text: str, source: str) -> dict[str, Any]:
+    """Parse run-file TOML `text` into plain data; a syntax error is a `ConfigError` naming `source`."""
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: invalid TOML: {error}") from None
-    return parse_run_config(data, str(path))
+        raise ConfigError(f"{source}: invalid TOML: {error}") from None
+
+
+def load_run_file(path: str | Path) -> RunConfig:
+    """Read and validate a TOML run file (`read_run_file`, then `parse_run_config`)."""
+    return parse_run_config(read_run_file(path), str(path))

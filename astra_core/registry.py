@@ -70,7 +70,7 @@ class Provider:
     version: str
 
     def __str__(self) -> str:
-        return f"{self.plugin} ({self.distribution} {self.version})"
+        return f"{self.plugin} ({' '.join(filter(None, (self.distribution, self.version)))})"
 
 
 def import_path(path: str) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from astra_core.errors import AstraError
 from astra_core.protocols import Scorer
@@ -16,7 +16,7 @@ class ScorerError(AstraError):
     """A scorer broke its contract: wrong number of scores, or values outside [0, 1]."""
 
 
-def checked_scores(scorer: Scorer[ItemT, ItemT], items: Sequence[ItemT]) -> list[float]:
+def checked_scores(scorer: Scorer[ItemT, Any], items: Sequence[ItemT]) -> list[float]:
     """`scorer.score(items)`, verified: one float per item, each in [0, 1].
 
     NaN passes through on purpose: a non-finite reward is a numeric fault that the trainer

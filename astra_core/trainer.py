@@ -4,6 +4,16 @@ One training step = one experience (``num_episodes_per_experience`` rollouts) an
 over it: batches of ``batch_size`` steps, ``gradient_accumulation_steps`` batches per optimizer
 update (a short last group is applied, not dropped), gradient clipping, then one scheduler step.
 
+Seeding: the Trainer calls `seed_everything` with ``training.seed`` in its constructor, which is
+*after* the sampler, system and algorithm were built. Anything they initialise at random (a value
+head, a toy policy) was drawn before that, so call ``seed_everything(seed)`` yourself before
+building them when the run must repeat exactly (``astra train`` does).
+
+Under ``torchrun`` (see `astra_core.distributed` and docs/scaling.md) each process collects its
+share of the experience, gradients are averaged over processes before clipping, and rank 0 alone
+writes metrics, checkpoints and reports.
+
+>>> # seed_everything(0); sampler, algorithm = build_components()
 >>> # trainer = Trainer(TrainingConfiguration(training_steps=10), sampler, algorithm)
 >>> # trainer.train()
 """
@@ -18,7 +28,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +56,9 @@ from astra_core.types import ActionT, BatchT, StateT, StepT
 
 log = logging.getLogger(__name__)
 
+# Keeps ranks' shuffling seeds apart (rank 0 keeps the run's seed, so one process is unchanged).
+_RANK_SEED_STRIDE = 1 << 20
+
 # Settings that may change between an interrupted run and its resume.
 _RESUMABLE_CHANGES = {
     "training_steps",
@@ -67,7 +80,14 @@ class TrainingInterrupted(Exception):
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's global generators."""
+    """Seed Python's, NumPy's and torch's global generators (torch's on every CUDA device too).
+
+    Call it before building the components of a run whose random initialisation must repeat:
+    the Trainer seeds again in its constructor, but only after the components exist.
+
+    >>> seed_everything(0); a = torch.rand(1); seed_everything(0); bool(torch.rand(1) == a)
+    True
+    """
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -82,7 +102,12 @@ class _StepStats:
     skipped: int = 0
 
 
-def _unique(parameters: Sequence[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+def trainable_parameters(parameters: Iterable[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    """The parameters the Trainer optimises and checkpoints, in its order: those that require a
+    gradient, each once (first occurrence), whatever `algorithm.parameters()` repeats.
+
+    `astra_core.checkpoint.load_weights` expects exactly this list.
+    """
     seen: set[int] = set()
     unique = []
     for parameter in parameters:
@@ -106,19 +131,35 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         registries: Registries | None = None,
         resolved_config: Mapping[str, Any] | None = None,
     ) -> None:
+        if config.checkpoint_every is not None and config.output_dir is None:
+            raise ConfigError(
+                "training.checkpoint_every is set but training.output_dir is not; "
+                "set output_dir (where checkpoints go) or drop checkpoint_every"
+            )
         self.config = config
+        from astra_core import distributed
+
+        distributed.init_from_env()
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        if config.num_episodes_per_experience < self.world_size:
+            raise ConfigError(
+                f"training.num_episodes_per_experience ({config.num_episodes_per_experience}) is the global count, "
+                f"split over {self.world_size} processes; raise it to at least {self.world_size} or use fewer processes"
+            )
+        _, episodes = distributed.share(config.num_episodes_per_experience, self.rank, self.world_size)
         seed_everything(config.seed)
         self.harness: Harness[StateT, ActionT, StepT, BatchT] = Harness(
             sampler,
             algorithm,
-            config.num_episodes_per_experience,
+            episodes,
             config.batch_size,
-            seed=config.seed,
+            seed=config.seed + self.rank * _RANK_SEED_STRIDE,  # each rank shuffles its share its own way
             shuffle=config.shuffle,
         )
-        self.parameters = _unique(list(algorithm.parameters()))
+        self.parameters = trainable_parameters(algorithm.parameters())
         if not self.parameters:
             raise ConfigError("the algorithm has no trainable parameters (parameters() yielded none)")
+        distributed.broadcast_parameters(self.parameters)  # rank 0's initial weights everywhere
         if registries is None:
             from astra_core.plugins import registries as loaded
 
@@ -134,7 +175,8 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         self.evaluator = evaluator
         if config.eval_every is not None and evaluator is None:
             raise ConfigError("training.eval_every is set but there is no evaluator; add an [evaluator] table")
-        self.callbacks: list[Callback] = list(callbacks)
+        # Rank 0 alone reports: other ranks run no callbacks (no bars, no metrics files).
+        self.callbacks: list[Callback] = list(callbacks) if self.is_main else []
         self.resolved_config = (
             dict(resolved_config) if resolved_config is not None else {"training": config.model_dump(mode="json")}
         )
@@ -145,6 +187,11 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         self.history: list[dict[str, float]] = []
         self._stop_signal: int | None = None
         self._saved: tuple[tuple[int, str], Path] | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes metrics, checkpoints and reports (rank 0, or not distributed)."""
+        return self.rank == 0
 
     @property
     def run_dir(self) -> str | None:
@@ -167,7 +214,7 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         SIGINT or SIGTERM stops at the end of the current step, after a checkpoint (when
         ``output_dir`` is set), by raising `TrainingInterrupted`; a second SIGINT stops at once.
         """
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.is_main:
             Path(self.run_dir).mkdir(parents=True, exist_ok=True)
         self._stop_signal = None
         self._call("on_train_begin", self)
@@ -176,16 +223,19 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
                 while self.global_step < self.config.training_steps:
                     logs = self.train_step()
                     self._call("on_step_end", self, self.global_step, logs)
-                    if self._due(self.config.eval_every):
+                    if self._due(self.config.eval_every) and self.is_main:
                         self.evaluate()
                     if self._due(self.config.checkpoint_every):
-                        self.save_checkpoint()
-                    if self._stop_signal is not None:
-                        saved = self.save_checkpoint() if self.run_dir is not None else None
-                        raise TrainingInterrupted(self._stop_signal, saved)
+                        self._checkpoint_on_main()
+                    stop = self._agreed_stop_signal()
+                    if stop is not None:
+                        saved = self._checkpoint_on_main() if self.run_dir is not None else None
+                        raise TrainingInterrupted(stop, saved if self.is_main else None)
             if self.run_dir is not None:
-                self.save_checkpoint()
-                self.save_tester(Path(self.run_dir) / "tester")
+                if self.is_main:
+                    self.save_checkpoint()
+                    self.save_tester(Path(self.run_dir) / "tester")
+                self._barrier()
         finally:
             self._call("on_train_end", self)
         return self.history
@@ -197,6 +247,11 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         pairs arbitrarily); so is an update group with a non-finite loss or gradient. Each skip
         is counted, and `max_nonfinite_in_a_row` of them in a row raise `TrainingError`.
         """
+        if self.world_size > 1:
+            # Distinct per rank, and a function of the step alone, so a resumed run repeats exactly.
+            from astra_core.distributed import step_seed
+
+            seed_everything(step_seed(self.config.seed, self.rank, self.global_step))
         started = time.perf_counter()
         loader = self.harness.experience(self.global_step)
         rollout_seconds = time.perf_counter() - started
@@ -204,11 +259,18 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         lr = float(self.optimizer.param_groups[0]["lr"])  # the rate this step's updates use
         stats = _StepStats()
         bad_rewards = int(logs.get("reward/nonfinite", 0.0))
-        if bad_rewards:
+        groups = math.ceil(len(loader) * self._epochs() / self.config.gradient_accumulation_steps)
+        any_bad = bad_rewards > 0
+        if self.world_size > 1:
+            # Every rank must skip together and take as many updates as the rank with the most data.
+            agreed = self._all_reduce_max([float(any_bad), float(groups)])
+            any_bad, groups = agreed[0] > 0, int(agreed[1])
+        if any_bad:
             stats.skipped += 1
-            self._record_nonfinite(f"reward ({bad_rewards} in the experience)")
+            where = f"{bad_rewards} in the experience" if bad_rewards else "on another rank"
+            self._record_nonfinite(f"reward ({where})")
         else:
-            self._update_over(loader, stats)
+            self._update_over(loader, stats, groups)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
             self.scheduler.step()
@@ -229,14 +291,22 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
             logs["grad_norm"] = sum(stats.grad_norms) / len(stats.grad_norms)
         for key, values in stats.algorithm_logs.items():
             logs[key] = sum(values) / len(values)
+        if self.world_size > 1:
+            from astra_core.distributed import reduce_metrics
+
+            logs = reduce_metrics(logs)
         self.history.append(logs)
         return logs
 
-    def _update_over(self, loader: DataLoader[StepT], stats: _StepStats) -> None:
-        """Every optimizer update over one experience: groups of `gradient_accumulation_steps`
-        batches (across all epochs), the last group possibly shorter."""
+    def _epochs(self) -> int:
         algorithm = self.harness.algorithm
-        epochs = algorithm.epochs_per_experience if isinstance(algorithm, MultiEpochAlgorithm) else 1
+        return algorithm.epochs_per_experience if isinstance(algorithm, MultiEpochAlgorithm) else 1
+
+    def _update_over(self, loader: DataLoader[StepT], stats: _StepStats, groups: int) -> None:
+        """Every optimizer update over one experience: groups of `gradient_accumulation_steps`
+        batches (across all epochs), the last group possibly shorter; then, when distributed,
+        empty updates until `groups` (the most any rank takes), so every rank steps alike."""
+        epochs = self._epochs()
         total = len(loader) * epochs
         accumulation = self.config.gradient_accumulation_steps
         index = 0
@@ -260,9 +330,15 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
                 if index - group_start == group_size:
                     self._apply_update(finite, stats)
                     finite = True
+        applied = math.ceil(total / accumulation)
+        for _ in range(groups - applied):
+            self._apply_update(True, stats, contributed=False)  # this rank ran out of data: zero gradient
 
-    def _apply_update(self, finite: bool, stats: _StepStats) -> None:
-        """Clip and step, unless the loss or the gradient is non-finite: then skip and count."""
+    def _apply_update(self, finite: bool, stats: _StepStats, contributed: bool = True) -> None:
+        """Clip and step, unless the loss or the gradient is non-finite: then skip and count.
+        Distributed, the gradients are averaged over ranks first and the skip is agreed."""
+        if self.world_size > 1:
+            finite = self._average_gradients(finite, contributed)
         norm = self._gradient_norm() if finite else math.nan
         if math.isfinite(norm):
             self.optimizer.step()
@@ -274,6 +350,36 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         self.optimizer.zero_grad(set_to_none=True)
         if not math.isfinite(norm):
             self._record_nonfinite("loss or gradient")
+
+    def _average_gradients(self, finite: bool, contributed: bool) -> bool:
+        """Average the gradients over the ranks that contributed data to this update; return
+        whether every rank's loss was finite (if not, nothing is reduced and all ranks skip).
+
+        One small collective agrees on the contributors, the skip and which parameters have a
+        gradient anywhere (a parameter with none stays None, as it would in one process); one
+        flattened SUM per (device, dtype) bucket then reduces the gradients.
+        """
+        from astra_core.distributed import all_reduce_sum_
+
+        device = self.parameters[0].device
+        flags = [float(contributed), float(not finite)] + [float(p.grad is not None) for p in self.parameters]
+        control = torch.tensor(flags, dtype=torch.float32, device=device)
+        all_reduce_sum_([control])
+        counts = control.tolist()
+        if counts[1] > 0:
+            return False
+        grads = []
+        for parameter, has_grad in zip(self.parameters, counts[2:], strict=True):
+            if has_grad == 0:
+                parameter.grad = None
+                continue
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+            grads.append(parameter.grad)
+        all_reduce_sum_(grads)
+        for grad in grads:
+            grad.div_(max(counts[0], 1.0))
+        return True
 
     def _gradient_norm(self) -> float:
         """The total gradient norm before clipping; clips to `max_grad_norm` when it is set."""
@@ -311,12 +417,14 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
             raise ConfigError("no evaluator configured; add an [evaluator] table to the run file")
         with _preserved_rng():
             report = self.evaluator.evaluate()
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.is_main:
             directory = Path(self.run_dir) / "eval"
             directory.mkdir(parents=True, exist_ok=True)
             stem = directory / f"step-{self.global_step:08d}"
             payload = {"step": self.global_step, "metrics": report.metrics, "details": report.details}
-            stem.with_suffix(".json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
+            # Strict JSON: NaN and infinities become null, so every JSON reader accepts the file.
+            text = json.dumps(_json_safe(payload), indent=1, allow_nan=False)
+            stem.with_suffix(".json").write_text(text, encoding="utf-8")
             if report.markdown:
                 stem.with_suffix(".md").write_text(report.markdown, encoding="utf-8")
         self._call("on_evaluate", self, self.global_step, report)
@@ -325,9 +433,16 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
     # --- checkpoints --------------------------------------------------------------------------
 
     def save_checkpoint(self) -> Path:
-        """Write an atomic checkpoint of everything needed to resume exactly."""
+        """Write an atomic checkpoint of everything needed to resume exactly.
+
+        Distributed, only rank 0 writes (every rank holds the same weights and optimizer state,
+        and per-rank randomness is derived from the seed and the step); other ranks return the
+        path rank 0 writes to without touching the disk.
+        """
         if self.run_dir is None:
             raise ConfigError("set training.output_dir to save checkpoints")
+        if not self.is_main:
+            return Path(self.run_dir) / ckpt.CHECKPOINTS / f"step-{self.global_step:08d}"
         key = (self.global_step, self.run_dir)
         if self._saved is not None and self._saved[0] == key and self._saved[1].is_dir():
             return self._saved[1]  # nothing changed since (a state change always advances the step)
@@ -335,6 +450,7 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
             "global_step": self.global_step,
             "nonfinite_total": self.nonfinite_total,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
+            "world_size": self.world_size,
         }
         path = ckpt.save_checkpoint(
             self.run_dir,
@@ -364,21 +480,7 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
             raise CheckpointError(f"{source}: no complete checkpoint to resume from")
         ckpt.verify(checkpoint)
         self._check_same_run(ckpt.read_json(checkpoint, "config.json"), checkpoint)
-        weights = ckpt.load_tensors(checkpoint, "weights.safetensors")
-        if len(weights) != len(self.parameters):
-            raise CheckpointError(
-                f"{checkpoint}: holds {len(weights)} parameter tensors, this run trains "
-                f"{len(self.parameters)}; it is from a different model"
-            )
-        with torch.no_grad():
-            for i, parameter in enumerate(self.parameters):
-                saved = weights[f"param.{i:05d}"]
-                if saved.shape != parameter.shape:
-                    raise CheckpointError(
-                        f"{checkpoint}: parameter {i} has shape {tuple(saved.shape)}, "
-                        f"expected {tuple(parameter.shape)}; it is from a different model"
-                    )
-                parameter.copy_(saved)
+        ckpt.load_weights(checkpoint, self.parameters)
         ckpt.load_optimizer_state(
             self.optimizer,
             ckpt.load_tensors(checkpoint, "optimizer.safetensors"),
@@ -392,6 +494,15 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         self.global_step = int(state["global_step"])
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
         self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world_size:
+            log.warning(
+                "%s was written by %d process(es), resuming with %d: rollouts from here differ from "
+                "the uninterrupted run's (training is still valid)",
+                checkpoint,
+                saved_world,
+                self.world_size,
+            )
         self._saved = None
         return checkpoint
 
@@ -424,6 +535,30 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
     def _due(self, every: int | None) -> bool:
         return every is not None and self.global_step % every == 0
 
+    def _all_reduce_max(self, values: Sequence[float]) -> list[float]:
+        from astra_core.distributed import all_reduce_max
+
+        return all_reduce_max(values, self.parameters[0].device)
+
+    def _barrier(self) -> None:
+        if self.world_size > 1:
+            from astra_core.distributed import barrier
+
+            barrier()
+
+    def _checkpoint_on_main(self) -> Path:
+        """Rank 0 saves; the others wait, so nobody runs ahead of a checkpoint being written."""
+        path = self.save_checkpoint()
+        self._barrier()
+        return path
+
+    def _agreed_stop_signal(self) -> int | None:
+        """The stop signal any rank received (torchrun forwards signals, but not at the same instant)."""
+        if self.world_size == 1:
+            return self._stop_signal
+        agreed = int(self._all_reduce_max([float(self._stop_signal or 0)])[0])
+        return agreed or None
+
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
             method = getattr(callback, hook, None)
@@ -448,6 +583,16 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+def _json_safe(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, Mapping):
+        return {str(k): _json_safe(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_json_safe(v) for v in data]
+    return data
 
 
 @contextmanager

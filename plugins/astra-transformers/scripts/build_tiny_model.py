@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import random
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -94,7 +95,7 @@ SLOTS: dict[str, tuple[str, ...]] = {
         "album",
         "match",
     ),
-    "item": ("phone", "keys", "jacket", "wallet", "umbrella", "laptop", "bag", "glasses", "shoes", "bike"),
+    "item": ("phone", "scarf", "jacket", "wallet", "umbrella", "laptop", "bag", "watch", "hat", "bike"),
     "good": ("great", "nice", "fun", "amazing", "lovely", "cool", "awesome", "pretty good", "really good"),
     "bad": ("boring", "awful", "terrible", "annoying", "weird", "too long", "not great", "a mess"),
     "feeling": ("tired", "happy", "busy", "hungry", "bored", "excited", "sleepy", "fine", "okay", "stressed"),
@@ -279,6 +280,8 @@ def _fill(template: str, rng: random.Random) -> str:
         end = template.index("}", start)
         choice = rng.choice(SLOTS[template[start + 1 : end]])
         template = template[:start] + choice + template[end + 1 :]
+    template = re.sub(r"\b([Aa]) ([aeiou])", r"\1n \2", template)  # "a idiot" -> "an idiot"
+    template = re.sub(r"\b([Aa])n ([^aeiou\W])", r"\1 \2", template)  # "an jerk" -> "a jerk"
     return template[0].upper() + template[1:]
 
 
@@ -352,7 +355,8 @@ def new_model(tokenizer: PreTrainedTokenizerFast) -> GPT2LMHeadModel:
         attn_pdrop=0.0,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.eos_token_id,
+        # No pad_token_id, as in GPT-2: the system pads with eos and masks, and a config pad id
+        # equal to eos makes transformers warn whenever a generated sequence ends.
     )
     return GPT2LMHeadModel(config)
 
@@ -412,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Build the corpus, the tokenizer and the model, and save them to `--output`."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="directory to write the model to")
-    parser.add_argument("--steps", type=int, default=300, help="training steps (batches of 32 x 128 tokens)")
+    parser.add_argument("--steps", type=int, default=400, help="training steps (batches of 32 x 128 tokens)")
     parser.add_argument("--conversations", type=int, default=20000, help="conversations in the corpus")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: the same weights on any machine)")
     args = parser.parse_args(argv)
