@@ -41,7 +41,7 @@ from astra_core.registry import ComponentInfo, Provider, Registrar, Registries, 
 if TYPE_CHECKING:
     from astra_core.callbacks import BaseCallback
     from astra_core.harness import Harness
-    from astra_core.trainer import Trainer
+    from astra_core.trainer import Trainer, seed_everything
 
 __version__ = "0.1.0"
 
@@ -49,6 +49,7 @@ _LAZY = {
     "Trainer": "astra_core.trainer",
     "Harness": "astra_core.harness",
     "BaseCallback": "astra_core.callbacks",
+    "seed_everything": "astra_core.trainer",
 }
 
 
@@ -95,4 +96,5 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "load_run_file",
+    "seed_everything",
 ]

@@ -11,6 +11,7 @@ lets a command find such a directory before training starts.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -44,6 +45,9 @@ REQUIRED_FILES = frozenset(
     }
 )
 FORMAT = "astra-checkpoint/1"
+# A manifest lists a handful of files; it is read before any checksum can vouch for it, so a
+# damaged or hostile one must not make `verify` read gigabytes.
+MAX_MANIFEST_BYTES = 1 << 20
 CHECKPOINTS = "checkpoints"
 
 
@@ -186,20 +190,22 @@ def check_writable(run_dir: str | Path) -> None:
         for directory in reversed(missing):
             directory.mkdir()
             created.append(directory)
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, b"\0" * 4096)
             os.fsync(fd)  # a full disk may only refuse the data when it is flushed
         finally:
             os.close(fd)
     except OSError as error:
-        where = f" ({error.filename})" if error.filename and Path(error.filename) != path else ""
+        # Name the failing path only when it is not the run directory or the probe in it.
+        where = f" ({error.filename})" if error.filename and Path(error.filename) not in (path, probe) else ""
         raise ConfigError(
             f"{path}: cannot write the run directory: {describe_os_error(error)}{where}; "
             f"pass --output DIR with a writable directory that has free space"
         ) from None
     finally:
-        probe.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # under a file, even unlink fails (ENOTDIR)
+            probe.unlink(missing_ok=True)
         for directory in reversed(created):
             try:
                 directory.rmdir()
@@ -313,6 +319,11 @@ def verify(checkpoint: str | Path) -> dict[str, Any]:
             f"{path}: not a checkpoint (no {MANIFEST}); pass a run directory or a "
             f"checkpoints/step-N directory written by astra"
         )
+    size = manifest_path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise CheckpointError(
+            f"{path}: {MANIFEST} is {size} bytes, over the {MAX_MANIFEST_BYTES}-byte limit; the checkpoint is corrupted"
+        )
     try:
         manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
@@ -327,6 +338,12 @@ def verify(checkpoint: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: manifest lists no {', '.join(missing)}; the checkpoint is corrupted, resume from an older one"
         )
+    for name in manifest["files"]:  # before hashing anything: never read outside the checkpoint
+        if Path(name).name != name or name in {"", ".", ".."}:
+            raise CheckpointError(
+                f"{path}: the manifest lists {name!r}, which is not a file name inside the checkpoint; "
+                f"the checkpoint is corrupted or was tampered with"
+            )
     for name, digest in manifest["files"].items():
         file = path / name
         if not file.is_file() or _sha256(file) != digest:

@@ -16,11 +16,11 @@ import argparse
 import errno
 import json
 import math
+import os
 import shutil
 import signal
 import sys
 import time
-import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,7 +42,6 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 # What marks a directory as written by `astra train` (so --overwrite may delete it).
 _RUN_MARKERS = (RUN_FILE, CONFIG_FILE, METRICS_FILE, "checkpoints")
-_MAX_RUN_FILE_BYTES = 1 << 20
 # OSError numbers that mean the run directory's disk failed us (full, read-only, gone).
 _DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
 
@@ -123,6 +122,7 @@ def _parser() -> _Parser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its newest checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     train.add_argument("--steps", metavar="N", type=_positive_int, help="override training.training_steps")
+    train.add_argument("--nproc", metavar="N", type=_positive_int, help="train data-parallel in N processes (torchrun)")
     train.set_defaults(handler=_cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a trained tester (or the base model)")
@@ -213,56 +213,16 @@ def _default_run_text() -> tuple[str, str]:
     return resource.read_text(encoding="utf-8"), f"built-in default run file (astra_core/{DEFAULT_RUN_FILE})"
 
 
-def _read_run_text(path: Path) -> str:
-    """The text of a run file, with the checks of `astra_core.config.load_run_file`."""
-    if not path.exists():
-        raise ConfigError(f"{path}: no such run file (give the path to a .toml run file)")
-    if not path.is_file():
-        raise ConfigError(f"{path}: not a file (give the path to a .toml run file)")
-    if path.stat().st_size > _MAX_RUN_FILE_BYTES:
-        raise ConfigError(f"{path}: larger than {_MAX_RUN_FILE_BYTES} bytes; a run file is a small TOML file")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text; a run file is a UTF-8 TOML file") from None
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
-
-
 def _parse_toml(text: str, source: str) -> dict[str, Any]:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{source}: invalid TOML: {error}") from None
+    from astra_core.config import parse_run_text
 
-
-def _unknown_key(source: str, key: str, where: str, valid: Sequence[str]) -> ConfigError:
-    import difflib
-
-    close = difflib.get_close_matches(key, valid, n=2, cutoff=0.6)
-    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-    return ConfigError(f"{source}: unknown {where} {key!r}: {hint}valid {where}s: {', '.join(valid)}")
-
-
-def _check_keys(data: Mapping[str, Any], source: str) -> None:
-    """Unknown keys with a did-you-mean and the valid keys (pydantic alone says only 'extra')."""
-    from astra_core.config import RunConfig, TrainingConfiguration
-
-    for key in data:
-        if key not in RunConfig.model_fields:
-            raise _unknown_key(source, key, "top-level key", list(RunConfig.model_fields))
-    training = data.get("training")
-    if isinstance(training, Mapping):
-        for key in training:
-            if key not in TrainingConfiguration.model_fields:
-                raise _unknown_key(source, key, "[training] key", list(TrainingConfiguration.model_fields))
+    return parse_run_text(text, source)
 
 
 def _run_config(data: dict[str, Any], source: str, training_overrides: Mapping[str, Any]) -> RunConfig:
     """Validate run-file data with CLI overrides applied to its ``[training]`` table."""
     from astra_core.config import parse_run_config
 
-    _check_keys(data, source)
     training = data.setdefault("training", {})
     if isinstance(training, dict):
         training.update(training_overrides)
@@ -310,9 +270,11 @@ def _resolve(config: RunConfig, source: str, *, for_training: bool = True) -> Re
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from astra_core.config import read_run_file
+
     path = Path(args.run_file)
     source = str(path)
-    data = _parse_toml(_read_run_text(path), source)
+    data = read_run_file(path)
     # `astra train` gives every run a directory, so a file may set checkpoint_every without one.
     overrides = {} if _file_output_dir(data) else {"output_dir": "runs/<timestamp>"}
     resolved = _resolve(_run_config(data, source, overrides), source)
@@ -354,21 +316,12 @@ def _check_output_dir(run_dir: Path, overwrite: bool) -> None:
         )
 
 
-def _unique_trainable(parameters: Any) -> list[Any]:
-    """The parameters the Trainer optimises and checkpoints, in its order (trainable, first occurrence)."""
-    seen: set[int] = set()
-    unique = []
-    for parameter in parameters:
-        if parameter.requires_grad and id(parameter) not in seen:
-            seen.add(id(parameter))
-            unique.append(parameter)
-    return unique
-
-
 def _build(resolved: ResolvedRun, source: str, *, with_evaluator: bool) -> BuiltRun:
     from astra_core.build import build
+    from astra_core.distributed import init_from_env
     from astra_core.trainer import seed_everything
 
+    init_from_env()  # under torchrun: join the group and pick this rank's GPU before building on "cuda"
     # Seed before building so randomly initialised parts (value heads, toy policies) repeat.
     seed_everything(resolved.config.training.seed)
     with _about(source):
@@ -421,14 +374,19 @@ def _describe_default(config: RunConfig) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc is not None and "WORLD_SIZE" not in os.environ:
+        return _relaunch_under_torchrun(args)
     if args.resume is not None:
         return _resume(args)
     if args.run_file is None:
         text, source = _default_run_text()
+        data = _parse_toml(text, source)
     else:
-        source = args.run_file
-        text = _read_run_text(Path(source))
-    data = _parse_toml(text, source)
+        from astra_core.config import read_run_file
+
+        source = str(Path(args.run_file))
+        data = read_run_file(source)
+        text = Path(source).read_text(encoding="utf-8")  # copied into the run directory as is
     file_dir = _file_output_dir(data)
     run_dir = Path(args.output) if args.output else Path(file_dir) if file_dir else _timestamped(Path("runs"))
     overrides: dict[str, Any] = {"output_dir": str(run_dir)}
@@ -438,6 +396,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.run_file is None:
         print(f"no run file given: training the built-in default ({_describe_default(config)})", flush=True)
     resolved = _resolve(config, source)
+    if not _is_main_process():
+        return _train_other_rank(_make_trainer(resolved, source))
     _check_output_dir(run_dir, args.overwrite)
     _check_writable(run_dir)
     trainer = _make_trainer(resolved, source)
@@ -478,6 +438,7 @@ def _run_file_of(run_dir: Path, what: str) -> Path:
 
 def _resume(args: argparse.Namespace) -> int:
     from astra_core import checkpoint as ckpt
+    from astra_core.config import read_run_file
 
     run_dir = Path(args.resume)
     if args.run_file is not None:
@@ -490,12 +451,14 @@ def _resume(args: argparse.Namespace) -> int:
         )
     run_file = _run_file_of(run_dir, "--resume")
     source = str(run_file)
-    data = _parse_toml(_read_run_text(run_file), source)
+    data = read_run_file(run_file)
     steps = args.steps if args.steps is not None else _saved_steps(run_dir)
     overrides: dict[str, Any] = {"output_dir": str(run_dir)}
     if steps is not None:
         overrides["training_steps"] = steps
     resolved = _resolve(_run_config(data, source, overrides), source)
+    if not _is_main_process():
+        return _train_other_rank(_make_trainer(resolved, source), resume=run_dir)
     if ckpt.latest_checkpoint(run_dir) is None:
         found = ckpt.list_checkpoints(run_dir)
         why = "it has no checkpoint"
@@ -597,12 +560,55 @@ def _reward_summary(records: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
+# --- data-parallel training (torchrun) ---------------------------------------------------------
+
+
+def _is_main_process() -> bool:
+    """Rank 0 under torchrun (or no torchrun): the process that checks and writes the run directory."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _relaunch_under_torchrun(args: argparse.Namespace) -> int:
+    """`astra train --nproc N ...`: run ``astra train ...`` (without --nproc) in N torchrun processes."""
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
+    command += ["-m", "astra_core", "train"] + ([args.run_file] if args.run_file is not None else [])
+    for flag, value in (("--output", args.output), ("--resume", args.resume), ("--steps", args.steps)):
+        if value is not None:
+            command += [flag, str(value)]
+    command += ["--overwrite"] if args.overwrite else []
+    print(f"launching {args.nproc} training processes: {' '.join(command)}", flush=True)
+    with subprocess.Popen(command) as process:
+        # Ctrl-C reaches the workers directly (same process group); forward SIGTERM to torchrun.
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        previous_term = signal.signal(signal.SIGTERM, lambda signum, frame: process.send_signal(signum))
+        try:
+            return process.wait()
+        finally:
+            signal.signal(signal.SIGINT, previous_int)
+            signal.signal(signal.SIGTERM, previous_term)
+
+
+def _train_other_rank(trainer: Trainer[Any, Any, Any, Any], resume: Path | None = None) -> int:
+    """A rank other than 0: train in step with rank 0, silently; rank 0 checks, writes and reports."""
+    from astra_core.trainer import TrainingInterrupted
+
+    if resume is not None:
+        trainer.resume(resume)
+    try:
+        trainer.train()
+    except TrainingInterrupted as stop:
+        return 0 if stop.signum == signal.SIGINT else 128 + stop.signum
+    return 0
+
+
 # --- astra evaluate ---------------------------------------------------------------------------
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from astra_core import checkpoint as ckpt
-    from astra_core.config import ComponentRef
+    from astra_core.config import ComponentRef, read_run_file
 
     target = Path(args.target)
     if args.base and args.compare_base:
@@ -616,7 +622,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     is_run = target.is_dir()
     run_file = _run_file_of(target, "evaluate") if is_run else target
     source = str(run_file)
-    data = _parse_toml(_read_run_text(run_file), source)
+    data = read_run_file(run_file)
     placeholder = {} if _file_output_dir(data) else {"output_dir": str(target if is_run else "runs/<timestamp>")}
     config = _run_config(data, source, placeholder)
     if config.evaluator is None:
@@ -684,29 +690,15 @@ def _evaluate_once(built: BuiltRun, seed: int, source: str) -> EvaluationReport:
 
 
 def _load_tester(built: BuiltRun, checkpoint: Path) -> int:
-    """Copy a checkpoint's weights into the system by index, as the Trainer saved them; return its step."""
-    import torch
-
+    """Copy a checkpoint's weights into the system, as the Trainer saved them; return its step."""
     from astra_core import checkpoint as ckpt
+    from astra_core.trainer import trainable_parameters
 
+    ckpt.load_weights(checkpoint, trainable_parameters(built.algorithm.parameters()))
     try:
-        weights = ckpt.load_tensors(checkpoint, "weights.safetensors")
-        step = int(ckpt.read_json(checkpoint, "state.json")["global_step"])
+        return int(ckpt.read_json(checkpoint, "state.json")["global_step"])
     except Exception as error:  # a file that passed its checksum but is not ours
-        raise CheckpointError(f"{checkpoint}: unreadable ({type(error).__name__}: {error})") from None
-    parameters = _unique_trainable(built.algorithm.parameters())
-    if len(weights) != len(parameters):
-        raise CheckpointError(
-            f"{checkpoint}: holds {len(weights)} parameter tensors but this run's tester has {len(parameters)}; "
-            f"it is from a different model"
-        )
-    with torch.no_grad():
-        for i, parameter in enumerate(parameters):
-            saved = weights.get(f"param.{i:05d}")
-            if saved is None or saved.shape != parameter.shape:
-                raise CheckpointError(f"{checkpoint}: parameter {i} is missing or has another shape; wrong model")
-            parameter.copy_(saved)
-    return step
+        raise CheckpointError(f"{checkpoint}: unreadable state.json ({type(error).__name__}: {error})") from None
 
 
 def _metrics_table(columns: Mapping[str, Mapping[str, Any]]) -> str:

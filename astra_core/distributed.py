@@ -171,7 +171,15 @@ def reduce_metrics(logs: Mapping[str, float]) -> dict[str, float]:
         return dict(logs)
     gathered: list[dict[str, float] | None] = [None] * world_size()
     dist.all_gather_object(gathered, dict(logs))
-    ranks = [g for g in gathered if g is not None]
+    return merge_metrics([g for g in gathered if g is not None])
+
+
+def merge_metrics(ranks: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Merge per-rank metrics by the rules of `reduce_metrics` (the pure part, usable anywhere).
+
+    >>> merge_metrics([{"episodes": 3.0, "loss": 1.0}, {"episodes": 2.0, "loss": 3.0}])
+    {'episodes': 5.0, 'loss': 2.0}
+    """
     keys = list(dict.fromkeys(k for g in ranks for k in g))
     merged: dict[str, float] = {}
     for key in keys:
@@ -203,6 +211,7 @@ __all__ = [
     "is_initialized",
     "is_main",
     "launched_by_torchrun",
+    "merge_metrics",
     "rank",
     "reduce_metrics",
     "share",

@@ -6,6 +6,9 @@ bash scripts/install.sh
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== mypy --strict"
-.venv/bin/mypy astra_core plugins/*/astra_* examples/astra-example-plugin/astra_example_plugin bench
+.venv/bin/mypy astra_core bench \
+    plugins/astra-algorithms/astra_algorithms plugins/astra-ast/astra_ast \
+    plugins/astra-scorers/astra_scorers plugins/astra-transformers/astra_transformers \
+    examples/astra-example-plugin/astra_example_plugin
 echo "== pytest"
 .venv/bin/pytest "$@"

@@ -23,17 +23,23 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from pydantic import ValidationError
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from astra_core.errors import ComponentBuildError, ConfigError, OptionsError
 from astra_core.protocols import Reduction, Scorer
 from astra_transformers import TINY_MODEL_DIR
+from astra_transformers.generation import Decoder, Sampling, sample
+from astra_transformers.logprobs import LogprobMemo, length_buckets
 from astra_transformers.options import TransformersOptions
 
 if TYPE_CHECKING:
     from astra_core.protocols import FeatureSystem, System
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_TAIL_SLACK = 8
+"""Extra prompt tokens whose log-probs the target's prefill keeps: a probe decoded and tokenised
+again may take a few more tokens than were generated."""
 
 
 @dataclass
@@ -86,6 +92,8 @@ def load_model(source: str, dtype: torch.dtype, device: torch.device) -> LoadedM
     """Load a causal LM and its tokenizer through `from_pretrained`, the same way for the
     embedded model, a hub id or a local directory; failures become a `ComponentBuildError`."""
     location = resolve_source(source)
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # the CLI draws its own progress; no "Loading weights" bars
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
         module = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
@@ -94,6 +102,9 @@ def load_model(source: str, dtype: torch.dtype, device: torch.device) -> LoadedM
             f"cannot load model {source!r} (from {location!r}): {type(error).__name__}: {error}; "
             f"give a local model directory, a hub id that is cached (runs are offline), or 'tiny'"
         ) from error
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
     _as_torch(module).to(device).eval()
     config = module.config
     n_positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
@@ -180,6 +191,11 @@ class TransformersSystem:
             self._target = load_model(target_source, dtype, target_device)
             _freeze(self._target.module)
 
+        self._sampling = Sampling(opts.temperature, opts.top_k, opts.top_p)
+        self._decoders: dict[int, Decoder] = {}
+        # Frozen weights never change, so the target's prompt log-probs stay exact (see rollout_target).
+        self._memos: dict[int, LogprobMemo] = {id(self._target): LogprobMemo()}
+        self._bucket_logprobs = True
         self.tester_context_tokens = self._budget(self._tester, opts.probe_tokens, "tester", "probe_tokens")
         self.target_context_tokens = self._budget(self._target, opts.response_tokens, "target", "response_tokens")
 
@@ -263,25 +279,17 @@ class TransformersSystem:
 
     # -- log-probs -------------------------------------------------------------------------
 
-    def _logprobs(
-        self,
-        model: LoadedModel,
-        budget: int,
-        contexts: Sequence[str],
-        continuations: Sequence[str],
-        reduction: Reduction,
-    ) -> torch.Tensor:
+    def _rows(
+        self, model: LoadedModel, budget: int, contexts: Sequence[str], continuations: Sequence[str]
+    ) -> tuple[list[list[int]], list[int]]:
+        """Each pair's token ids (truncated context, then continuation) and where its continuation starts."""
         if len(contexts) != len(continuations):
             raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations")
-        if reduction not in ("sum", "mean"):
-            raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-        device = model.device
-        if not contexts:
-            return torch.zeros(0, device=device)
-        follow = self._ids(model, continuations)
         rows: list[list[int]] = []
         starts: list[int] = []
-        for context_ids, continuation_ids in zip(self._ids(model, contexts), follow, strict=True):
+        for context_ids, continuation_ids in zip(
+            self._ids(model, contexts), self._ids(model, continuations), strict=True
+        ):
             room = model.n_positions - len(continuation_ids)
             if room < 1:
                 raise ValueError(
@@ -291,6 +299,12 @@ class TransformersSystem:
             context_ids = self._truncate(model, context_ids, min(budget, room))
             starts.append(len(context_ids))
             rows.append(context_ids + continuation_ids)
+        return rows, starts
+
+    @staticmethod
+    def _forward_logprobs(model: LoadedModel, rows: Sequence[list[int]], starts: Sequence[int]) -> torch.Tensor:
+        """Summed continuation log-probs of right-padded `rows` in one forward: (B,)."""
+        device = model.device
         batch, width = len(rows), max(len(row) for row in rows)
         input_ids = torch.full((batch, width), model.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((batch, width), dtype=torch.long)
@@ -320,11 +334,53 @@ class TransformersSystem:
             )
             logits = out.logits[rows_t, at_t]
         token_logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        totals = torch.zeros(batch, dtype=token_logprobs.dtype, device=device).index_add(0, rows_t, token_logprobs)
+        return torch.zeros(batch, dtype=token_logprobs.dtype, device=device).index_add(0, rows_t, token_logprobs)
+
+    def _logprobs(
+        self,
+        model: LoadedModel,
+        budget: int,
+        contexts: Sequence[str],
+        continuations: Sequence[str],
+        reduction: Reduction,
+        memo: LogprobMemo | None = None,
+    ) -> torch.Tensor:
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+        rows, starts = self._rows(model, budget, contexts, continuations)
+        device = model.device
+        if not rows:
+            return torch.zeros(0, device=device)
+        counts = [len(row) - start for row, start in zip(rows, starts, strict=True)]
+        known: dict[int, float] = {}
+        if memo is not None:
+            for i, (context, continuation) in enumerate(zip(contexts, continuations, strict=True)):
+                value = memo.lookup(self.join(context, continuation), rows[i], counts[i])
+                if value is not None:
+                    known[i] = value
+        missing = [i for i in range(len(rows)) if i not in known]
+        if not known:
+            totals = self._bucketed_logprobs(model, rows, starts)
+        else:
+            totals = torch.tensor([known.get(i, 0.0) for i in range(len(rows))], dtype=torch.float32, device=device)
+            if missing:
+                fresh = self._bucketed_logprobs(model, [rows[i] for i in missing], [starts[i] for i in missing])
+                totals = totals.index_copy(0, torch.tensor(missing, dtype=torch.long, device=device), fresh)
         if reduction == "mean":
-            counts = torch.tensor([len(row) - start for row, start in zip(rows, starts, strict=True)], device=device)
-            totals = totals / counts.clamp(min=1)
+            totals = totals / torch.tensor(counts, device=device).clamp(min=1)
         return totals
+
+    def _bucketed_logprobs(self, model: LoadedModel, rows: Sequence[list[int]], starts: Sequence[int]) -> torch.Tensor:
+        """`_forward_logprobs` over batches of similar length (padding is expensive on CPU)."""
+        if not self._bucket_logprobs:
+            return self._forward_logprobs(model, rows, starts)
+        buckets = length_buckets([len(row) for row in rows])
+        if len(buckets) == 1:
+            return self._forward_logprobs(model, rows, starts)
+        parts = [self._forward_logprobs(model, [rows[i] for i in b], [starts[i] for i in b]) for b in buckets]
+        order = torch.tensor([i for b in buckets for i in b], dtype=torch.long, device=model.device)
+        values = torch.cat(parts)
+        return torch.empty_like(values).index_copy(0, order, values)
 
     def _frozen_logprobs(
         self,
@@ -335,7 +391,7 @@ class TransformersSystem:
         reduction: Reduction,
     ) -> torch.Tensor:
         with torch.inference_mode():
-            values = self._logprobs(model, budget, contexts, continuations, reduction)
+            values = self._logprobs(model, budget, contexts, continuations, reduction, self._memos.get(id(model)))
         # A normal tensor (not an inference tensor), so losses may save it for backward.
         return values.to(self._tester.device).clone()
 
@@ -349,58 +405,58 @@ class TransformersSystem:
     def baseline_logprobs(
         self, contexts: Sequence[str], continuations: Sequence[str], reduction: Reduction = "sum"
     ) -> torch.Tensor:
-        """Log-probs under the frozen baseline (no gradients), contexts truncated as the tester's."""
+        """Log-probs under the frozen baseline (no gradients), contexts truncated as the tester's.
+        When the baseline is the target, turns the target has answered come from its memo."""
         return self._frozen_logprobs(self._baseline, self.tester_context_tokens, contexts, continuations, reduction)
 
     def target_logprobs(
         self, contexts: Sequence[str], continuations: Sequence[str], reduction: Reduction = "sum"
     ) -> torch.Tensor:
-        """Log-probs under the frozen target (no gradients)."""
+        """Log-probs under the frozen target (no gradients). A (context, probe) whose joined text
+        the target has answered comes from the memo its prefill filled, without another forward."""
         return self._frozen_logprobs(self._target, self.target_context_tokens, contexts, continuations, reduction)
 
     # -- generation ------------------------------------------------------------------------
 
-    def _generate(self, model: LoadedModel, budget: int, contexts: Sequence[str], new_tokens: int) -> list[str]:
+    def _decoder(self, model: LoadedModel) -> Decoder:
+        decoder = self._decoders.get(id(model))
+        if decoder is None:
+            head = output_head(model.module) if model.sliced_head else None
+            decoder = Decoder(model.module, head, model.pad_id, model.eos_id)
+            self._decoders[id(model)] = decoder
+        return decoder
+
+    def _generate(
+        self, model: LoadedModel, budget: int, contexts: Sequence[str], new_tokens: int, memo: LogprobMemo | None
+    ) -> list[str]:
         self.generate_calls += 1
         if not contexts:
             return []
         rows = [self._truncate(model, ids, budget) for ids in self._ids(model, contexts)]
-        batch, width = len(rows), max(len(row) for row in rows)
-        # Left padding, so every row's next token is generated at the same column.
-        input_ids = torch.full((batch, width), model.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((batch, width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, width - len(row) :] = torch.tensor(row)
-            attention_mask[i, width - len(row) :] = 1
-        opts = self.options
+        # The memo serves log-probs of continuations up to this many tokens at a prompt's end.
+        tail = self.options.probe_tokens + _TAIL_SLACK if memo is not None else 0
         with torch.inference_mode():
-            output = cast(GenerationMixin, model.module).generate(
-                input_ids=input_ids.to(model.device),
-                attention_mask=attention_mask.to(model.device),
-                max_new_tokens=new_tokens,
-                min_new_tokens=1,
-                do_sample=True,
-                temperature=opts.temperature,
-                top_p=opts.top_p,
-                top_k=opts.top_k,
-                pad_token_id=model.pad_id,
-                eos_token_id=model.eos_id,
-            )
-        sequences = output if isinstance(output, torch.Tensor) else output.sequences
-        new_ids = sequences[:, width:].tolist()  # cut by token position, never by characters
+            decoded = sample(self._decoder(model), rows, new_tokens, self._sampling, model.device, tail=tail)
+        if memo is not None and decoded.prompt_tails is not None:
+            for text, row, logprobs in zip(contexts, rows, decoded.prompt_tails, strict=True):
+                memo.record(text, row, logprobs)
+        # Cut by token position, never by characters.
         return [
             str(model.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
-            for ids in new_ids
+            for ids in decoded.new_ids
         ]
 
     def rollout_tester(self, contexts: Sequence[str]) -> list[str]:
-        """Sample one probe per context from the tester, in one batched `generate` call."""
-        return self._generate(self._tester, self.tester_context_tokens, contexts, self.options.probe_tokens)
+        """Sample one probe per context from the tester, in one batched generation call."""
+        return self._generate(self._tester, self.tester_context_tokens, contexts, self.options.probe_tokens, None)
 
     def rollout_target(self, contexts: Sequence[str]) -> list[str]:
         """Sample one response per context (each already ending with its probe) from the target,
-        in one batched `generate` call."""
-        return self._generate(self._target, self.target_context_tokens, contexts, self.options.response_tokens)
+        in one batched generation call; its prefill also fills the target's log-prob memo."""
+        memo = self._memos.get(id(self._target))
+        return self._generate(
+            self._target, self.target_context_tokens, contexts, self.options.response_tokens, memo
+        )
 
     # -- features --------------------------------------------------------------------------
 

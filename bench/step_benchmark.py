@@ -1,0 +1,387 @@
+"""Benchmark one Astra Core training step, side by side with the reference's per-node rollout.
+
+Trains the default configuration (``transformers`` system on the embedded ``tiny`` model, ``ast``
+sampler, ``dpo``, profanity scorer), built through the registries and seeded, for one warm-up step
+and then ``--steps`` measured steps, and prints ONE JSON line (see docs/performance.md for every
+field). Everything is measured from outside the components (`bench.recorder`): wall time per
+category, token positions per model and kind, generate calls and model forwards per step, and the
+reference toolbox's work on the same trees (`bench.reference`).
+
+    python -m bench.step_benchmark                      # both modes, 8 episodes, width 2, depth 3
+    python -m bench.step_benchmark --shape gpt2-21m     # the 21.5 M-parameter GPT-2 shape
+    python -m bench.step_benchmark --mode batched --scaling
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.per_node import PerNodeSampler
+from bench.recorder import CATEGORIES, POSITION_KINDS, Recorder, StepCounts
+from bench.reference import preference_groups, reference_positions, total
+
+MODES = ("batched", "per-node")
+SCALING_EPISODES = (8, 16, 32, 64)
+SHAPES = ("gpt2-21m",)
+WARMUP_STEPS = 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One benchmark run's settings; None keeps the default configuration's value."""
+
+    episodes: int | None = None
+    width: int | None = None
+    depth: int | None = None
+    batch_size: int | None = None
+    steps: int = 3
+    model: str = "tiny"
+    probe_tokens: int | None = None
+    response_tokens: int | None = None
+    seed: int = 0
+
+
+def run_config(settings: Settings) -> Any:
+    """The default `RunConfig` with the benchmark's overrides (no evaluator: it is not timed)."""
+    from astra_core.config import ComponentRef, RunConfig, TrainingConfiguration
+
+    training: dict[str, Any] = {"training_steps": WARMUP_STEPS + settings.steps, "seed": settings.seed}
+    if settings.episodes is not None:
+        training["num_episodes_per_experience"] = settings.episodes
+    if settings.batch_size is not None:
+        training["batch_size"] = settings.batch_size
+    system: dict[str, Any] = {"model": settings.model}
+    if settings.probe_tokens is not None:
+        system["probe_tokens"] = settings.probe_tokens
+    if settings.response_tokens is not None:
+        system["response_tokens"] = settings.response_tokens
+    sampler: dict[str, Any] = {}
+    if settings.width is not None:
+        sampler["tree_width"] = settings.width
+    if settings.depth is not None:
+        sampler["tree_depth"] = settings.depth
+    return RunConfig(
+        training=TrainingConfiguration(**training),
+        system=ComponentRef(name="transformers", options=system),
+        sampler=ComponentRef(name="ast", options=sampler),
+        evaluator=None,
+    )
+
+
+def build_trainer(settings: Settings, mode: str) -> Any:
+    """A seeded Trainer over the registries' components; `mode` ``per-node`` swaps in `PerNodeSampler`."""
+    from astra_core.build import build, resolve
+    from astra_core.trainer import Trainer, seed_everything
+
+    config = run_config(settings)
+    resolved = resolve(config)
+    seed_everything(settings.seed)
+    built = build(resolved, with_evaluator=False)
+    sampler = built.sampler
+    if mode == "per-node":
+        sampler = PerNodeSampler(built.system, **resolved.components["sampler"].options.model_dump())
+    return Trainer(config.training, sampler, built.algorithm, resolved_config=resolved.describe())
+
+
+def _token_counter(system: Any, attribute: str) -> Any:
+    tokenizer = getattr(system, attribute, None)
+
+    def count(texts: Sequence[str]) -> list[int]:
+        if not texts:
+            return []
+        if tokenizer is None:
+            return [len(text.split()) for text in texts]
+        return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    return count
+
+
+def peak_rss_mib() -> float:
+    """The process's peak resident set size (VmHWM) in MiB; NaN where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def measure(settings: Settings, mode: str) -> dict[str, Any]:
+    """Build, warm up, and time `settings.steps` training steps in `mode`; the mode's record."""
+    trainer = build_trainer(settings, mode)
+    system = trainer.sampler.system
+    tester_tokens = _token_counter(system, "tokenizer")
+    target_tokens = _token_counter(system, "target_tokenizer") if hasattr(system, "target_tokenizer") else tester_tokens
+    budgets = (getattr(system, "tester_context_tokens", None), getattr(system, "target_context_tokens", None))
+    steps: list[dict[str, Any]] = []
+    with Recorder() as recorder:
+        recorder.watch_system(system)
+        recorder.watch_optimizer(trainer.optimizer)
+        recorder.watch_backward()
+        for index in range(WARMUP_STEPS + settings.steps):
+            calls_before = getattr(system, "generate_calls", None)
+            recorder.reset()
+            recorder.enabled = True
+            started = time.perf_counter()
+            logs = trainer.train_step()
+            seconds = time.perf_counter() - started
+            recorder.enabled = False  # counting tokens below is the benchmark's work, not the step's
+            counts = recorder.snapshot()
+            calls_after = getattr(system, "generate_calls", None)
+            if index < WARMUP_STEPS:
+                continue
+            graphs = trainer.harness.last_graphs
+            nodes = [node for graph in graphs for node in graph.nodes()]
+            generated = sum(tester_tokens([n.probe for n in nodes])) + sum(target_tokens([n.response for n in nodes]))
+            generate_calls = (
+                calls_after - calls_before
+                if isinstance(calls_before, int) and isinstance(calls_after, int)
+                else sum(v for k, v in counts.calls.items() if "rollout" in k)
+            )
+            steps.append(
+                {
+                    "seconds": seconds,
+                    "counts": counts,
+                    "generated": generated,
+                    "generate_calls": generate_calls,
+                    "reference": reference_positions(graphs, tester_tokens, target_tokens, *budgets),
+                    "pairs": sum(len(preference_groups(graph)) for graph in graphs),
+                    "examples": logs.get("train_examples", 0.0),
+                    "updates": logs.get("updates", 0.0),
+                    "episodes": len(graphs),
+                }
+            )
+    record = summarise(mode, settings, steps, trainer)
+    del trainer, system
+    gc.collect()
+    return record
+
+
+def summarise(mode: str, settings: Settings, steps: list[dict[str, Any]], trainer: Any) -> dict[str, Any]:
+    """One mode's JSON record from its measured steps (medians for time, means for counts)."""
+    seconds = [step["seconds"] for step in steps]
+    median = statistics.median(seconds)
+    mean_step = _mean(seconds)
+    counts: list[StepCounts] = [step["counts"] for step in steps]
+    breakdown = {key: _mean([c.seconds[key] for c in counts]) for key in CATEGORIES}
+    breakdown["other"] = mean_step - sum(breakdown.values())
+    models = sorted({name for c in counts for name in c.positions})
+    positions: dict[str, dict[str, float]] = {}
+    for name in models:
+        kinds = {kind: _mean([c.positions.get(name, {}).get(kind, 0) for c in counts]) for kind in POSITION_KINDS}
+        kinds["total"] = sum(kinds.values())
+        positions[name] = kinds
+    ours = sum(kinds["total"] for kinds in positions.values())
+    reference: dict[str, dict[str, float]] = {}
+    for name in ("tester", "target", "baseline"):
+        kinds = {kind: _mean([step["reference"][name][kind] for step in steps]) for kind in POSITION_KINDS}
+        kinds["total"] = sum(kinds.values())
+        reference[name] = kinds
+    reference_total = _mean([float(total(step["reference"])) for step in steps])
+    forwards = {name: _mean([c.forwards.get(name, 0) for c in counts]) for name in models}
+    forwards["total"] = sum(forwards.values())
+    episodes = _mean([step["episodes"] for step in steps])
+    generated = _mean([step["generated"] for step in steps])
+    options = trainer.harness.sampler.options if hasattr(trainer.harness.sampler, "options") else None
+    return {
+        "mode": mode,
+        "episodes": episodes,
+        "width": getattr(options, "tree_width", None),
+        "depth": getattr(options, "tree_depth", None),
+        "batch_size": trainer.config.batch_size,
+        "steps": len(steps),
+        "seconds_per_step": median,
+        "step_seconds": [round(s, 4) for s in seconds],
+        "episodes_per_second": episodes / median if median > 0 else 0.0,
+        "generated_tokens_per_step": generated,
+        "generated_tokens_per_second": generated / median if median > 0 else 0.0,
+        "breakdown_seconds": {key: round(value, 4) for key, value in breakdown.items()},
+        "breakdown_fraction": {key: round(value / mean_step, 4) for key, value in breakdown.items()},
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "generate_calls_per_step": _mean([step["generate_calls"] for step in steps]),
+        "model_forwards_per_step": forwards,
+        "token_positions_per_step": positions,
+        "token_positions_total_per_step": ours,
+        "reference_token_positions_per_step": reference,
+        "reference_token_positions_total_per_step": reference_total,
+        "token_positions_vs_reference": ours / reference_total if reference_total else None,
+        "dpo_pairs_per_step": _mean([step["pairs"] for step in steps]),
+        "train_examples_per_step": _mean([step["examples"] for step in steps]),
+        "optimizer_updates_per_step": _mean([step["updates"] for step in steps]),
+    }
+
+
+def build_shape(shape: str, directory: Path, seed: int = 0) -> Path:
+    """Write a randomly initialised model of `shape` with the embedded tokenizer to `directory`.
+
+    ``gpt2-21m``: GPT-2, 6 layers, 512 wide, 8 heads, 1024 positions, the embedded model's
+    vocabulary and special tokens. Timing needs no trained weights, so nothing is downloaded.
+    """
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; known shapes: {', '.join(SHAPES)}")
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from astra_transformers import TINY_MODEL_DIR
+
+    tiny = AutoConfig.from_pretrained(TINY_MODEL_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL_DIR)
+    config = GPT2Config(
+        vocab_size=tiny.vocab_size,
+        n_positions=1024,
+        n_embd=512,
+        n_layer=6,
+        n_head=8,
+        bos_token_id=tiny.bos_token_id,
+        eos_token_id=tiny.eos_token_id,
+        attn_pdrop=0.0,
+        embd_pdrop=0.0,
+        resid_pdrop=0.0,
+    )
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _parameters(settings: Settings) -> int:
+    import torch
+
+    from astra_transformers.system import load_model
+
+    model = load_model(settings.model, torch.float32, torch.device("cpu")).module
+    return sum(p.numel() for p in model.parameters())
+
+
+def scaling(settings: Settings) -> list[dict[str, float]]:
+    """Batched step time for 8, 16, 32 and 64 episodes, and the time per episode."""
+    rows = []
+    for episodes in SCALING_EPISODES:
+        record = measure(Settings(**{**settings.__dict__, "episodes": episodes}), "batched")
+        rows.append(
+            {
+                "episodes": float(episodes),
+                "seconds_per_step": record["seconds_per_step"],
+                "seconds_per_episode": record["seconds_per_step"] / episodes,
+                "token_positions_vs_reference": record["token_positions_vs_reference"] or 0.0,
+            }
+        )
+    return rows
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line (``--help`` lists every flag)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.step_benchmark", description=__doc__.split("\n")[0])
+    parser.add_argument("--episodes", type=int, help="episodes per experience (default: the config's 8)")
+    parser.add_argument("--width", type=int, help="tree width (default 2)")
+    parser.add_argument("--depth", type=int, help="tree depth (default 3)")
+    parser.add_argument("--batch-size", type=int, help="training batch size (default 16)")
+    parser.add_argument("--steps", type=int, default=3, help="measured steps after one warm-up step (default 3)")
+    parser.add_argument("--model", default="tiny", help="'tiny' (embedded) or a model directory")
+    parser.add_argument("--shape", choices=SHAPES, help="build a random-weight model of this shape and use it")
+    parser.add_argument("--probe-tokens", type=int, help="max tokens per probe (default 24)")
+    parser.add_argument("--response-tokens", type=int, help="max tokens per response (default 24)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--mode", choices=("batched", "per-node", "both"), default="both")
+    parser.add_argument("--scaling", action="store_true", help="also time 8, 16, 32, 64 episodes (batched)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    for flag in ("episodes", "width", "depth", "batch_size", "steps", "probe_tokens", "response_tokens", "threads"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything the command line asks for, as the one JSON object it prints."""
+    import torch
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    temporary = None
+    model = args.model
+    try:
+        if args.shape is not None:
+            temporary = Path(tempfile.mkdtemp(prefix=f"astra-bench-{args.shape}-"))
+            model = str(build_shape(args.shape, temporary, args.seed))
+        settings = Settings(
+            episodes=args.episodes,
+            width=args.width,
+            depth=args.depth,
+            batch_size=args.batch_size,
+            steps=args.steps,
+            model=model,
+            probe_tokens=args.probe_tokens,
+            response_tokens=args.response_tokens,
+            seed=args.seed,
+        )
+        modes = list(MODES) if args.mode == "both" else [args.mode]
+        result: dict[str, Any] = {
+            "benchmark": "astra-step",
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": {
+                "platform": platform.platform(),
+                "processor": platform.processor() or platform.machine(),
+                "cpus": os.cpu_count(),
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+            },
+            "model": args.shape or args.model,
+            "parameters": _parameters(settings),
+            "warmup_steps": WARMUP_STEPS,
+            "modes": {mode: measure(settings, mode) for mode in modes},
+        }
+        if len(modes) == 2:
+            batched, per_node = result["modes"]["batched"], result["modes"]["per-node"]
+            result["batched_over_per_node"] = {
+                "seconds_per_step": batched["seconds_per_step"] / per_node["seconds_per_step"],
+                "speedup": per_node["seconds_per_step"] / batched["seconds_per_step"],
+                "token_positions": batched["token_positions_total_per_step"]
+                / per_node["token_positions_total_per_step"],
+                "generate_calls": batched["generate_calls_per_step"] / per_node["generate_calls_per_step"],
+            }
+        if args.scaling:
+            table = scaling(settings)
+            result["scaling"] = table
+            print("episodes  s/step  s/episode", file=sys.stderr)
+            for row in table:
+                print(
+                    f"{int(row['episodes']):8d}  {row['seconds_per_step']:6.2f}  {row['seconds_per_episode']:9.3f}",
+                    file=sys.stderr,
+                )
+        return result
+    finally:
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print its one JSON line on stdout."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    print(json.dumps(run(parse_args(argv)), sort_keys=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,178 @@
+"""A lean sampling loop for causal LMs: one prefill per distinct context, then one token per step.
+
+`model.generate` spends most of a tiny model's decode step in per-token bookkeeping (processor
+lists, stopping criteria, input preparation). This loop does only what the system needs:
+left-padded prefill with a KV cache, the sampling warpers `generate` would apply (in its order:
+min-new-tokens, temperature, top-k, top-p), multinomial sampling from torch's global generator,
+and eos handling (a finished row is padded). Rows with identical token ids are prefilled once and
+their cache is expanded to every copy: tree siblings share their context.
+
+On one context without padding it draws the same tokens as ``generate(do_sample=True, ...)``
+under the same seed; greedy (``top_k=1``) it gives the same tokens whatever the batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How each next token is drawn: temperature, then top-k (0: off), then top-p (1.0: off)."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+@dataclass
+class Decoded:
+    """What a sampling call returns: the new token ids per row (padded after eos, cut at the
+    last step taken), and, when asked for, the log-probs of each distinct row's last prompt tokens."""
+
+    new_ids: list[list[int]]
+    prompt_tails: list[torch.Tensor] | None
+    """Per input row: log p(token_i | tokens before it) for its last ``min(tail, len - 1)`` prompt tokens."""
+
+
+def process_scores(scores: torch.Tensor, sampling: Sampling, eos_id: int | None, first: bool) -> torch.Tensor:
+    """Next-token scores after the warpers `generate` applies for sampling, in its order.
+
+    The first token may not be eos (``min_new_tokens=1``); temperature 1, top-k 0 and top-p 1
+    are skipped, as `generate` skips them.
+    """
+    if first and eos_id is not None:
+        scores = scores.clone()
+        scores[:, eos_id] = -float("inf")
+    if sampling.temperature != 1.0:
+        scores = scores / sampling.temperature
+    if sampling.top_k:
+        k = min(sampling.top_k, scores.size(-1))
+        kth = torch.topk(scores, k)[0][..., -1, None]
+        scores = scores.masked_fill(scores < kth, -float("inf"))
+    if sampling.top_p < 1.0:
+        sorted_logits, sorted_indices = torch.sort(scores, descending=False)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove_sorted = cumulative <= (1 - sampling.top_p)
+        remove_sorted[..., -1:] = False  # keep at least the likeliest token
+        remove = remove_sorted.scatter(1, sorted_indices, remove_sorted)
+        scores = scores.masked_fill(remove, -float("inf"))
+    return scores
+
+
+class Decoder:
+    """Drives one causal LM for `sample`: its forward with a KV cache and logits where needed.
+
+    `head` is the model's LM head when logits are exactly ``head(base_model(...))``; then the
+    head runs only on the positions whose logits are used. Otherwise the full forward runs.
+    """
+
+    def __init__(self, module: PreTrainedModel, head: nn.Module | None, pad_id: int, eos_id: int | None) -> None:
+        self.module = module
+        self.head = head
+        self.pad_id = pad_id
+        self.eos_id = eos_id
+        runner: Any = module.base_model if head is not None else module
+        # transformers 5 renamed past_key_values to cache (the old name is deprecated).
+        names = inspect.signature(runner.forward).parameters
+        self._cache_name = "cache" if "cache" in names else "past_key_values"
+        self._runner = runner
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor,
+        cache: Any,
+        keep: int,
+    ) -> tuple[torch.Tensor, Any]:
+        """Float32 logits of the last `keep` positions, (B, keep, V), and the updated cache."""
+        kwargs: dict[str, Any] = {self._cache_name: cache}
+        out = self._runner(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **kwargs
+        )
+        new_cache = out.get("cache") if "cache" in out else out.get("past_key_values")
+        if self.head is not None:
+            logits: torch.Tensor = self.head(out[0][:, -keep:])
+        else:
+            logits = out.logits[:, -keep:]
+        return logits.float(), new_cache
+
+
+def sample(
+    decoder: Decoder,
+    rows: Sequence[Sequence[int]],
+    new_tokens: int,
+    sampling: Sampling,
+    device: torch.device,
+    *,
+    tail: int = 0,
+) -> Decoded:
+    """Sample up to `new_tokens` tokens after each row of prompt ids (at least one each).
+
+    Identical rows are prefilled once. With ``tail > 0`` the prefill's logits at the last `tail`
+    prompt positions also give each row's prompt-token log-probs (see `Decoded.prompt_tails`).
+    Call under `torch.inference_mode`.
+    """
+    if not rows:
+        return Decoded([], [] if tail else None)
+    slot: dict[tuple[int, ...], int] = {}
+    distinct: list[Sequence[int]] = []
+    expand: list[int] = []
+    for row in rows:
+        key = tuple(row)
+        index = slot.setdefault(key, len(distinct))
+        if index == len(distinct):
+            distinct.append(row)
+        expand.append(index)
+    count, width = len(distinct), max(len(row) for row in distinct)
+    # Left padding: every row's next token sits in the same column.
+    input_ids = torch.full((count, width), decoder.pad_id, dtype=torch.long)
+    mask = torch.zeros((count, width), dtype=torch.long)
+    for i, row in enumerate(distinct):
+        input_ids[i, width - len(row) :] = torch.tensor(list(row), dtype=torch.long)
+        mask[i, width - len(row) :] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    padded = bool((mask == 0).any())
+    keep = min(tail, width - 1) + 1
+    logits, cache = decoder.forward(input_ids, mask if padded else None, positions, None, keep)
+    prompt_tails: list[torch.Tensor] | None = None
+    if tail:
+        # Column c predicts the token in column c + 1: log-probs of the last keep - 1 prompt tokens.
+        targets = input_ids[:, width - keep + 1 :]
+        token_logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        per_row = [token_logprobs[i, max(0, keep - len(row)) :].cpu() for i, row in enumerate(distinct)]
+        prompt_tails = [per_row[i] for i in expand]
+    last = logits[:, -1]
+    next_position = positions[:, -1:] + 1
+    if count < len(rows):
+        index = torch.tensor(expand, dtype=torch.long, device=device)
+        cache.batch_select_indices(index)
+        last, mask, next_position = last[index], mask[index], next_position[index]
+    batch = len(rows)
+    unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+    produced: list[torch.Tensor] = []
+    ones = torch.ones((batch, 1), dtype=mask.dtype, device=device)
+    for step in range(new_tokens):
+        scores = process_scores(last, sampling, decoder.eos_id, first=step == 0)
+        tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+        if decoder.eos_id is not None:
+            tokens = torch.where(unfinished, tokens, torch.full_like(tokens, decoder.pad_id))
+            unfinished &= tokens != decoder.eos_id
+        produced.append(tokens)
+        if step == new_tokens - 1 or not bool(unfinished.any()):
+            break
+        mask = torch.cat([mask, ones], dim=1)
+        logits, cache = decoder.forward(tokens[:, None], mask if padded else None, next_position, cache, 1)
+        last = logits[:, -1]
+        next_position = next_position + 1
+    new_ids = torch.stack(produced, dim=1).tolist()
+    return Decoded(new_ids, prompt_tails)

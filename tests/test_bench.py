@@ -1,0 +1,175 @@
+"""The step benchmark's correctness parts: calls, pairs and token positions it reports (no timing)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import step_benchmark  # noqa: E402
+from bench.per_node import per_node_calls  # noqa: E402
+from bench.recorder import CATEGORIES, POSITION_KINDS, Recorder  # noqa: E402
+from bench.reference import preference_groups, reference_positions  # noqa: E402
+
+EPISODES, WIDTH, DEPTH = 2, 2, 2
+TINY_RUN = [
+    "--episodes", str(EPISODES), "--width", str(WIDTH), "--depth", str(DEPTH), "--steps", "1",
+    "--probe-tokens", "3", "--response-tokens", "3", "--batch-size", "4", "--mode", "both",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def report() -> dict[str, Any]:
+    """One tiny run of the benchmark in both modes, printed line parsed back."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert step_benchmark.main(TINY_RUN) == 0
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1, "the benchmark prints exactly one line"
+    parsed: dict[str, Any] = json.loads(lines[0])
+    return parsed
+
+
+@pytest.fixture(scope="module")
+def system() -> Any:
+    from astra_core.testing.toy import ToyScorer
+    from astra_transformers.system import TransformersSystem
+
+    torch.manual_seed(0)
+    return TransformersSystem(ToyScorer(), probe_tokens=3, response_tokens=3)
+
+
+def test_batched_mode_makes_two_generate_calls_per_level(report: dict[str, Any]) -> None:
+    assert report["modes"]["batched"]["generate_calls_per_step"] == 2 * DEPTH
+
+
+def test_per_node_mode_makes_two_generate_calls_per_parent_context(report: dict[str, Any]) -> None:
+    expected = per_node_calls(EPISODES, WIDTH, DEPTH)
+    assert expected == 2 * EPISODES * (1 + WIDTH)
+    assert report["modes"]["per-node"]["generate_calls_per_step"] == expected
+
+
+def test_per_node_calls_match_the_reference_toolbox_default() -> None:
+    assert per_node_calls(8, 2, 3) == 112
+
+
+@pytest.mark.parametrize("mode", ["batched", "per-node"])
+def test_pairs_per_step_are_the_branching_nodes_with_distinct_rewards(report: dict[str, Any], mode: str) -> None:
+    record = report["modes"][mode]
+    branching = EPISODES * (1 + WIDTH)  # the root and each first-level node of every episode
+    assert record["dpo_pairs_per_step"] == record["train_examples_per_step"]
+    assert 0 < record["dpo_pairs_per_step"] <= branching
+    assert record["optimizer_updates_per_step"] == -(-record["train_examples_per_step"] // 4)  # batch size 4
+
+
+def test_the_json_line_has_every_field(report: dict[str, Any]) -> None:
+    for key in ("date", "machine", "model", "parameters", "modes", "batched_over_per_node"):
+        assert key in report
+    for record in report["modes"].values():
+        for key in (
+            "seconds_per_step",
+            "episodes_per_second",
+            "generated_tokens_per_second",
+            "breakdown_seconds",
+            "peak_rss_mib",
+            "generate_calls_per_step",
+            "model_forwards_per_step",
+            "token_positions_per_step",
+            "reference_token_positions_per_step",
+            "token_positions_vs_reference",
+            "dpo_pairs_per_step",
+        ):
+            assert key in record, key
+        assert set(record["breakdown_seconds"]) == {*CATEGORIES, "other"}
+        assert record["peak_rss_mib"] > 0
+        for kinds in record["token_positions_per_step"].values():
+            assert set(kinds) == {*POSITION_KINDS, "total"}
+    assert set(report["batched_over_per_node"]) >= {"seconds_per_step", "speedup", "token_positions"}
+
+
+def test_both_modes_count_the_same_kinds_of_work(report: dict[str, Any]) -> None:
+    for record in report["modes"].values():
+        positions = record["token_positions_per_step"]
+        tester = positions["tester"]
+        assert tester["prefill"] > 0 and tester["decode"] > 0 and tester["train_forward"] > 0
+        assert tester["backward"] == tester["train_forward"]  # every training forward is backpropagated
+        frozen = sum(kinds["frozen_forward"] for name, kinds in positions.items() if name != "tester")
+        assert frozen > 0 and all(kinds["backward"] == 0 for name, kinds in positions.items() if name != "tester")
+
+
+def test_recorder_counts_positions_of_a_known_forward_by_phase(system: Any) -> None:
+    model = system.tester
+    ids = torch.ones((3, 5), dtype=torch.long)
+    with Recorder() as recorder:
+        recorder.watch_model(model, "tester")
+        loss = model(input_ids=ids).logits.sum()  # under autograd: a training forward
+        recorder.watch_backward()
+        torch.autograd.backward(loss)
+        with torch.inference_mode():
+            model.base_model(input_ids=ids)  # the base model alone counts once, as frozen
+            with recorder.phase("rollout_tester"):
+                model(input_ids=ids)
+                model(input_ids=ids[:, :1])
+        counts = recorder.snapshot()
+    model.zero_grad(set_to_none=True)
+    assert counts.positions["tester"] == {
+        "train_forward": 15,
+        "backward": 15,
+        "frozen_forward": 15,
+        "prefill": 15,
+        "decode": 3,
+    }
+    assert counts.forwards["tester"] == 4
+
+
+def test_recorder_counts_one_tester_logprobs_call(system: Any) -> None:
+    contexts, continuations = ["Hello there, how are you?", "Hi."], [" Fine, thanks.", " Good"]
+    lengths = [
+        len(system.tokenizer(c, add_special_tokens=False)["input_ids"])
+        + len(system.tokenizer(k, add_special_tokens=False)["input_ids"])
+        for c, k in zip(contexts, continuations, strict=True)
+    ]
+    with Recorder() as recorder:
+        recorder.watch_system(system)
+        system.tester_logprobs(contexts, continuations)
+        counts = recorder.snapshot()
+    tester = counts.positions["tester"]
+    # Every real token is processed once; padding may add up to a full rectangle.
+    assert sum(lengths) <= tester["train_forward"] <= len(lengths) * max(lengths)
+    assert tester["prefill"] == tester["decode"] == tester["frozen_forward"] == 0
+    assert counts.calls["tester_logprobs"] == 1
+    assert counts.seconds["logprob_forwards"] > 0
+
+
+def test_recorder_restores_what_it_wrapped(system: Any) -> None:
+    before = (system.tester_logprobs, torch.autograd.backward, type(system.tokenizer).__call__)
+    with Recorder() as recorder:
+        recorder.watch_system(system)
+        recorder.watch_backward()
+        assert system.tester_logprobs != before[0]
+    assert (system.tester_logprobs, torch.autograd.backward, type(system.tokenizer).__call__) == before
+
+
+def test_reference_work_counts_each_node_and_pair() -> None:
+    from astra_core.graph import Graph, Node
+
+    def words(texts: Any) -> list[int]:
+        return [len(text.split()) for text in texts]
+
+    graph = Graph("a b c", [Node("a b c", "p q", "r", 0.9), Node("a b c", "s", "t u v", 0.1)])
+    work = reference_positions([graph], words, words)
+    assert len(preference_groups(graph)) == 1
+    assert work["tester"] == {"prefill": 6, "decode": 1, "train_forward": 9, "frozen_forward": 0, "backward": 9}
+    assert work["target"] == {"prefill": 9, "decode": 2, "train_forward": 0, "frozen_forward": 9, "backward": 0}
+    assert work["baseline"] == {"prefill": 0, "decode": 0, "train_forward": 0, "frozen_forward": 9, "backward": 9}
