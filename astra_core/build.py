@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from astra_core.config import ComponentRef, RunConfig
-from astra_core.errors import AstraError, ComponentBuildError
+from astra_core.errors import ComponentBuildError, ComponentContractError
 from astra_core.registry import ComponentInfo, ComponentKind, Registries
 
 if TYPE_CHECKING:
@@ -100,8 +100,6 @@ class BuiltRun:
     callbacks: list[Any]
 
 
-class ComponentContractError(AstraError):
-    """A built component returned output that breaks its protocol (a bug in the plugin)."""
 
 
 # What a run calls on each kind of component (astra_core.protocols): a factory that returns

@@ -162,6 +162,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
                     "kind": info.kind,
                     "name": info.name,
                     "aliases": list(info.aliases),
+                    "provider": str(info.provider),
                     "plugin": info.provider.plugin,
                     "distribution": info.provider.distribution,
                     "version": info.provider.version,
@@ -190,7 +191,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         aliases = f" (aliases: {', '.join(c['aliases'])})" if c["aliases"] else ""
         flag = "  CONFLICT" if c["conflict"] else ""
         print(
-            f"  {c['name']:<{name_width}}  {c['plugin']} ({c['distribution']} {c['version']}){flag}"
+            f"  {c['name']:<{name_width}}  {c['provider']}{flag}"
             f"  {c['summary']}{aliases}"
         )
     if conflicts:

@@ -62,6 +62,10 @@ class ComponentBuildError(AstraError):
     """A registered component raised while being built from valid options."""
 
 
+class ComponentContractError(AstraError):
+    """A built component returned output that breaks its protocol (a bug in the plugin)."""
+
+
 class CheckpointError(AstraError):
     """A checkpoint is missing, incomplete, corrupted or from another run."""
 

@@ -16,7 +16,7 @@ from typing import Any, Generic, cast
 import torch
 from torch.utils.data import DataLoader
 
-from astra_core.errors import ConfigError
+from astra_core.errors import ComponentContractError, ConfigError
 from astra_core.graph import Graph
 from astra_core.protocols import Algorithm, BatchedSampler, Sampler
 from astra_core.types import ActionT, BatchT, StateT, StepT
@@ -98,8 +98,9 @@ class Harness(Generic[StateT, ActionT, StepT, BatchT]):
             batched = cast(BatchedSampler[StateT, ActionT], self.sampler)
             graphs = batched.rollouts(count)
             if len(graphs) != count:
-                raise RuntimeError(
-                    f"sampler {type(self.sampler).__name__}.rollouts({count}) returned {len(graphs)} episodes"
+                raise ComponentContractError(
+                    f"sampler {type(self.sampler).__name__}.rollouts({count}) returned {len(graphs)} episodes; "
+                    f"a batched sampler must return exactly the number asked for"
                 )
             return graphs
         return [self.sampler.rollout() for _ in range(count)]

@@ -151,7 +151,7 @@ def discover(extra: Iterable[tuple[str, object]] = ()) -> PluginSet:
             continue
         loader.add(ep.name, Provider(ep.name, distribution, version), ep.load)
     for name, plugin in extra:
-        loader.add(name, Provider(name, "(in-process)", ""), lambda plugin=plugin: plugin)
+        loader.add(name, Provider(name, "in-process", ""), lambda plugin=plugin: plugin)
     return loader.result
 
 

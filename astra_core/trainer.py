@@ -215,6 +215,7 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         ``output_dir`` is set), by raising `TrainingInterrupted`; a second SIGINT stops at once.
         """
         if self.run_dir is not None and self.is_main:
+            ckpt.check_writable(self.run_dir)  # fail before any work, not at the first checkpoint
             Path(self.run_dir).mkdir(parents=True, exist_ok=True)
         self._stop_signal = None
         self._call("on_train_begin", self)

@@ -253,7 +253,7 @@ def test_plugins_lists_components_with_their_provider(test_plugin: Any, capsys: 
     assert cli("plugins") == 0
     out = capsys.readouterr().out
     assert "algorithms:" in out and "test-pg" in out and "REINFORCE for the toy system" in out
-    assert "test-plugin ((in-process) )" in out
+    assert "test-plugin (in-process)" in out
     assert "core (astra-core" in out
 
 
@@ -285,7 +285,7 @@ def test_plugins_shows_broken_plugins_and_conflicts(
     assert cli("plugins") == 0
     out = capsys.readouterr().out
     assert "broken" in out and "BROKEN: RuntimeError: needs a GPU driver" in out
-    assert "CONFLICT" in out and "system 'toy': core (astra-core" in out and "clash ((in-process) )" in out
+    assert "CONFLICT" in out and "system 'toy': core (astra-core" in out and "clash (in-process)" in out
     assert cli("plugins", "--json") == 0
     listing = json.loads(capsys.readouterr().out)
     assert [c["name"] for c in listing["conflicts"]] == ["toy"]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import torch
 
-from astra_core.errors import ConfigError
+from astra_core.errors import ComponentContractError, ConfigError
 from astra_core.graph import Graph, Node
 from astra_core.harness import Harness, rollout_metrics
 
@@ -62,7 +62,7 @@ def test_a_batched_sampler_returning_the_wrong_count_is_reported(kit: Kit) -> No
     parts = kit.parts()
     parts.sampler.rollouts = lambda count: []  # type: ignore[method-assign]
     harness = Harness(parts.sampler, parts.algorithm, num_episodes_per_experience=2)
-    with pytest.raises(RuntimeError, match=r"rollouts\(2\) returned 0 episodes"):
+    with pytest.raises(ComponentContractError, match=r"rollouts\(2\) returned 0 episodes"):
         harness.experience(0)
 
 
