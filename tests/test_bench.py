@@ -104,8 +104,8 @@ def test_both_modes_count_the_same_kinds_of_work(report: dict[str, Any]) -> None
         tester = positions["tester"]
         assert tester["prefill"] > 0 and tester["decode"] > 0 and tester["train_forward"] > 0
         assert tester["backward"] == tester["train_forward"]  # every training forward is backpropagated
-        frozen = sum(kinds["frozen_forward"] for name, kinds in positions.items() if name != "tester")
-        assert frozen > 0 and all(kinds["backward"] == 0 for name, kinds in positions.items() if name != "tester")
+        # Frozen models never take a backward (how many frozen forwards they run is the system's business).
+        assert all(kinds["backward"] == 0 for name, kinds in positions.items() if name != "tester")
 
 
 def test_recorder_counts_positions_of_a_known_forward_by_phase(system: Any) -> None:

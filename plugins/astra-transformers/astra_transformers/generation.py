@@ -154,9 +154,12 @@ def sample(
     last = logits[:, -1]
     next_position = positions[:, -1:] + 1
     if count < len(rows):
-        index = torch.tensor(expand, dtype=torch.long, device=device)
-        cache.batch_select_indices(index)
-        last, mask, next_position = last[index], mask[index], next_position[index]
+        copies = torch.tensor(expand, dtype=torch.long, device=device)
+        last, mask, next_position = last[copies], mask[copies], next_position[copies]
+        if hasattr(cache, "batch_select_indices"):
+            cache.batch_select_indices(copies)
+        else:  # a cache that cannot be expanded: prefill every copy instead
+            _, cache = decoder.forward(input_ids[copies], mask if padded else None, positions[copies], None, 1)
     batch = len(rows)
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
     produced: list[torch.Tensor] = []

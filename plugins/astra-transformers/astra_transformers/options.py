@@ -7,6 +7,27 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 DType = Literal["float32", "bfloat16", "float16"]
+Autocast = Literal["bf16"]
+
+
+class LoraOptions(BaseModel):
+    """A LoRA adapter for the tester (``peft``, the ``lora`` extra): rank, scale, dropout, targets.
+
+    ``[system.lora]`` with no keys gives rank 8, alpha 16, no dropout, and peft's default target
+    modules for the architecture (``c_attn`` for GPT-2).
+
+    >>> LoraOptions(r=4).alpha
+    16.0
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(8, ge=1, description="rank of each adapter's A and B matrices")
+    alpha: float = Field(16.0, gt=0, description="scale numerator: the update is (alpha / r) * B A")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input in training forwards")
+    target_modules: list[str] | None = Field(
+        None, min_length=1, description="module names to adapt (None: peft's default for the architecture)"
+    )
 
 
 class TransformersOptions(BaseModel):
@@ -15,7 +36,10 @@ class TransformersOptions(BaseModel):
     `model` names the default for every role: ``"tiny"`` (the embedded offline GPT-2), a hub id
     such as ``"gpt2"``, or a local directory written by ``save_pretrained``. `tester`, `target`
     and `baseline` override it per role; the baseline defaults to a frozen copy of the tester's
-    starting weights. Target and baseline that resolve to the same source share one copy.
+    starting weights. Target and baseline that resolve to the same source share one copy. With
+    `lora` set (or `tester` naming a saved adapter directory) the tester is a LoRA adapter over its
+    base model and the default baseline is that base model with the adapter disabled: no copy.
+    `dtype` and `device` are the defaults that the per-role ``*_dtype`` and ``*_device`` override.
 
     >>> TransformersOptions(probe_tokens=16).response_tokens
     24
@@ -24,15 +48,27 @@ class TransformersOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field("tiny", min_length=1, description="default source of every role: 'tiny', a hub id or a path")
-    tester: str | None = Field(None, min_length=1, description="the trainable tester's source (None: model)")
+    tester: str | None = Field(
+        None,
+        min_length=1,
+        description="the trainable tester's source (None: model); a dir with adapter_config.json: a LoRA adapter",
+    )
     target: str | None = Field(None, min_length=1, description="the frozen target's source (None: model)")
     baseline: str | None = Field(
         None, min_length=1, description="the frozen baseline's source (None: a copy of the tester's starting weights)"
     )
     dtype: DType = Field("float32", description="parameter dtype of every model")
+    tester_dtype: DType | None = Field(None, description="the tester's dtype (None: dtype)")
+    target_dtype: DType | None = Field(None, description="the target's dtype (None: dtype)")
+    baseline_dtype: DType | None = Field(None, description="the baseline's dtype (None: the tester's)")
+    autocast: Autocast | None = Field(
+        None, description="'bf16': run the tester's forwards (and so its backward) under bfloat16 autocast"
+    )
     device: str = Field("cpu", min_length=1, description="torch device of every model")
-    tester_device: str | None = Field(None, min_length=1, description="the tester's (and baseline's) device")
-    target_device: str | None = Field(None, min_length=1, description="the target's device")
+    tester_device: str | None = Field(None, min_length=1, description="the tester's device (None: device)")
+    target_device: str | None = Field(None, min_length=1, description="the target's device (None: device)")
+    baseline_device: str | None = Field(None, min_length=1, description="the baseline's device (None: the tester's)")
+    lora: LoraOptions | None = Field(None, description="train the tester as a LoRA adapter (None: full fine-tuning)")
     probe_tokens: int = Field(24, ge=1, description="max new tokens the tester writes per probe")
     response_tokens: int = Field(24, ge=1, description="max new tokens the target writes per response")
     temperature: float = Field(1.0, gt=0, description="sampling temperature")
