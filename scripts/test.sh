@@ -11,4 +11,4 @@ echo "== mypy --strict"
     plugins/astra-scorers/astra_scorers plugins/astra-transformers/astra_transformers \
     examples/astra-example-plugin/astra_example_plugin
 echo "== pytest"
-.venv/bin/pytest "$@"
+.venv/bin/pytest -q "$@"
