@@ -661,7 +661,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if checkpoint is not None:
         step = _load_tester(built, checkpoint)
         reports["trained"] = _evaluate_once(built, resolved.config.training.seed, source)
-    markdown = _evaluation_markdown(reports, target, checkpoint)
+    markdown = _evaluation_markdown(reports, target, checkpoint, built.evaluator)
     payload = {
         "target": str(target),
         "checkpoint": str(checkpoint) if checkpoint else None,
@@ -719,21 +719,22 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _evaluation_markdown(reports: Mapping[str, EvaluationReport], target: Path, checkpoint: Path | None) -> str:
+def _evaluation_markdown(
+    reports: Mapping[str, EvaluationReport], target: Path, checkpoint: Path | None, evaluator: object
+) -> str:
     header = f"# Evaluation of {target}\n\n" + (f"Trained tester: `{checkpoint}`\n\n" if checkpoint else "")
     if len(reports) == 1:
         (report,) = reports.values()
         body = report.markdown or _metrics_table({label: r.metrics for label, r in reports.items()})
         return header + body.rstrip() + "\n"
-    try:
-        from astra_ast.evaluator import compare  # type: ignore[import-not-found, unused-ignore]
-    except ImportError:
-        compare = None
-    if compare is not None:
+    from astra_core.protocols import ComparingEvaluator
+
+    if isinstance(evaluator, ComparingEvaluator):
         try:
-            return header + str(compare(reports)).rstrip() + "\n"
+            return header + str(evaluator.compare(reports)).rstrip() + "\n"
         except Exception as error:  # a plugin's renderer failing must not lose the evaluation
-            print(f"warning: astra_ast.evaluator.compare failed ({error}); writing a plain table", file=sys.stderr)
+            name = type(evaluator).__name__
+            print(f"warning: {name}.compare failed ({error}); writing a plain table", file=sys.stderr)
     return header + _metrics_table({label: r.metrics for label, r in reports.items()}) + "\n"
 
 

@@ -177,6 +177,15 @@ class Evaluator(Protocol):
         ...
 
 
+@runtime_checkable
+class ComparingEvaluator(Protocol):
+    """An evaluator that can lay several reports side by side (e.g. base vs trained tester)."""
+
+    def compare(self, reports: Mapping[str, EvaluationReport]) -> str:
+        """One markdown document comparing the labelled reports."""
+        ...
+
+
 class TrainerView(Protocol):
     """What callbacks may read of a running trainer."""
 

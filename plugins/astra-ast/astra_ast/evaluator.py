@@ -82,6 +82,10 @@ class ASTEvaluator:
             return self.sampler.eval_rollouts(self.prompts, self.options.turns)
         return [self.sampler.eval_rollout(prompt) for prompt in self.prompts]
 
+    def compare(self, reports: Mapping[str, EvaluationReport]) -> str:
+        """One markdown table comparing labelled reports (see the module-level `compare`)."""
+        return compare(reports)
+
     def evaluate(self) -> EvaluationReport:
         """Roll out every held-out prompt (seeded) and summarize."""
         with _seeded(self.options.seed):

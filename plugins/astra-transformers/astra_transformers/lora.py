@@ -17,6 +17,7 @@ True
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -169,7 +170,7 @@ class LoraTester:
             for dropout in dropouts:
                 dropout.train(False)
 
-    def save(self, directory: str | Path) -> None:
+    def save(self, directory: str | os.PathLike[str]) -> None:
         """Write the adapter (``adapter_config.json`` and ``adapter_model.safetensors``) to
         `directory`; its config names `base_source`, so ``tester = "<directory>"`` loads it back."""
         # The vocabulary is never resized, so embeddings need no saving (peft's "auto" would look

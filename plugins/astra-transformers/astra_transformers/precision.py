@@ -64,9 +64,7 @@ def check_autocast(mode: str | None, device: torch.device) -> None:
             f"or put the tester on a device that supports it (tester_device = 'cpu' or 'cuda')"
         )
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(
-            f"autocast='bf16': the GPU {str(device)!r} does not support bfloat16; leave autocast unset"
-        )
+        raise ConfigError(f"autocast='bf16': the GPU {str(device)!r} does not support bfloat16; leave autocast unset")
 
 
 def autocast(mode: str | None, device: torch.device) -> AbstractContextManager[object]:
@@ -91,9 +89,7 @@ def weight_devices(module: nn.Module) -> list[str]:
 
 
 @contextmanager
-def placement_guard(
-    role: str, device: torch.device, module: nn.Module, option: str | None = None
-) -> Iterator[None]:
+def placement_guard(role: str, device: torch.device, module: nn.Module, option: str | None = None) -> Iterator[None]:
     """Re-raise torch's device-mismatch `RuntimeError` inside the block as a `DevicePlacementError`
     naming the `role`, the device its inputs were put on, the devices its weights are on, and the
     option that places it (`option`, by default ``"<role>_device"``).

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -31,13 +32,14 @@ from astra_core.protocols import Reduction, Scorer
 from astra_transformers import TINY_MODEL_DIR
 from astra_transformers.generation import Decoder, Sampling, sample
 from astra_transformers.logprobs import LogprobMemo, length_buckets
+from astra_transformers.lora import ADAPTER_CONFIG, LoraTester, adapter_base, adapter_directory
 from astra_transformers.options import TransformersOptions
+from astra_transformers.precision import autocast, check_autocast, placement_guard, resolve_dtype
 
 if TYPE_CHECKING:
     from astra_core.protocols import FeatureSystem, System
 
 hf_logging: Any = _hf_logging  # its progress-bar switches are untyped
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _TAIL_SLACK = 8
 """Extra prompt tokens whose log-probs the target's prefill keeps: a probe decoded and tokenised
 again may take a few more tokens than were generated."""
@@ -67,6 +69,11 @@ def resolve_source(source: str) -> str:
         return str(TINY_MODEL_DIR)
     path = Path(source).expanduser()
     if path.exists():
+        if (path / ADAPTER_CONFIG).is_file() and not (path / "config.json").is_file():
+            raise ConfigError(
+                f"{source!r} is a LoRA adapter directory, which only `tester` may name; give a model "
+                f"directory, a hub id or 'tiny' here"
+            )
         if not (path / "config.json").is_file():
             raise ConfigError(
                 f"model path {source!r} has no config.json; give a directory written by save_pretrained, "
@@ -197,24 +204,50 @@ class TransformersSystem:
         opts = self.options
         self.scorer = scorer
         self.generate_calls = 0
-        dtype = _DTYPES[opts.dtype]
+        tester_dtype = resolve_dtype(opts.tester_dtype or opts.dtype)
+        target_dtype = resolve_dtype(opts.target_dtype or opts.dtype)
+        baseline_dtype = resolve_dtype(opts.baseline_dtype or opts.tester_dtype or opts.dtype)
         tester_device = _device(opts.tester_device or opts.device)
         target_device = _device(opts.target_device or opts.device)
+        baseline_device = _device(opts.baseline_device) if opts.baseline_device else tester_device
+        check_autocast(opts.autocast, tester_device)
         tester_source = opts.tester or opts.model
+        adapter = adapter_directory(tester_source)
+        if adapter is not None and opts.lora is not None:
+            raise ConfigError(
+                f"tester {tester_source!r} is a saved LoRA adapter, which carries its own r, alpha and targets; "
+                f"remove the lora options, or set tester to a model to start a new adapter"
+            )
+        base_source = adapter_base(adapter) if adapter is not None else tester_source
         target_source = opts.target or opts.model
-        baseline_source = opts.baseline or tester_source
+        baseline_source = opts.baseline or base_source
 
-        self._tester = load_model(tester_source, dtype, tester_device)
+        self._tester = load_model(base_source, tester_dtype, tester_device)
         _as_torch(self._tester.module).train(False)  # no dropout: log-probs must match what was sampled
-        if opts.baseline is None:
-            self._baseline = replace(self._tester, module=_freeze(copy.deepcopy(self._tester.module)))
+        self._lora: LoraTester | None = None
+        if adapter is not None:
+            self._lora = LoraTester.load(self._tester.module, adapter, base_source)
+        elif opts.lora is not None:
+            self._lora = LoraTester.attach(self._tester.module, opts.lora, base_source)
+        beside_tester = baseline_device == tester_device and baseline_dtype == tester_dtype
+        if opts.baseline is None and self._lora is not None and beside_tester:
+            # The tester's own weights with the adapter off (see _running): the base model, no copy.
+            self._baseline = replace(self._tester)
+        elif opts.baseline is None and self._lora is None:
+            starting = _freeze(copy.deepcopy(self._tester.module))
+            _as_torch(starting).to(device=baseline_device, dtype=baseline_dtype)
+            self._baseline = replace(self._tester, module=starting, device=baseline_device)
         else:
-            self._baseline = load_model(baseline_source, dtype, tester_device)
+            self._baseline = load_model(baseline_source, baseline_dtype, baseline_device)
             _freeze(self._baseline.module)
-        if resolve_source(target_source) == resolve_source(baseline_source) and target_device == tester_device:
+        if (
+            resolve_source(target_source) == resolve_source(baseline_source)
+            and target_device == baseline_device
+            and target_dtype == baseline_dtype
+        ):
             self._target = self._baseline  # one frozen copy serves both roles
         else:
-            self._target = load_model(target_source, dtype, target_device)
+            self._target = load_model(target_source, target_dtype, target_device)
             _freeze(self._target.module)
 
         largest = max(sum(p.numel() for p in m.module.parameters()) for m in (self._tester, self._target))
@@ -258,8 +291,15 @@ class TransformersSystem:
 
     @property
     def baseline(self) -> PreTrainedModel:
-        """The frozen baseline model: by default a copy of the tester's starting weights."""
+        """The frozen baseline model: by default a copy of the tester's starting weights. With a
+        LoRA tester it is the tester's own model object, which computes the base model only with
+        the adapter off (``with system.lora.adapter_off():``), as `baseline_logprobs` runs it."""
         return self._baseline.module
+
+    @property
+    def lora(self) -> LoraTester | None:
+        """The tester's LoRA adapter (`LoraTester`), or None when the whole tester trains."""
+        return self._lora
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -272,14 +312,42 @@ class TransformersSystem:
         return self._target.tokenizer
 
     def parameters(self) -> Iterator[nn.Parameter]:
-        """The tester's parameters (everything the optimiser trains in this system)."""
-        return self._tester.module.parameters()
+        """The tester's trainable parameters, in a stable order: all of its weights, or with
+        `lora` only the adapter's (the base model's weights are frozen)."""
+        return (p for p in self._tester.module.parameters() if p.requires_grad)
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
         """Write the tester and its tokenizer so ``AutoModelForCausalLM.from_pretrained(directory)``
-        (and this system's ``model=directory``) load it."""
-        self._tester.module.save_pretrained(directory)
+        (and this system's ``model=directory``) load it. A LoRA tester writes only its adapter
+        (``adapter_config.json``, ``adapter_model.safetensors``), which ``tester=directory`` and
+        ``peft.PeftModel.from_pretrained(base_model, directory)`` load."""
+        if self._lora is not None:
+            self._lora.save(directory)
+        else:
+            self._tester.module.save_pretrained(directory)
         self._tester.tokenizer.save_pretrained(directory)
+
+    @contextmanager
+    def _running(self, model: LoadedModel) -> Iterator[None]:
+        """The context of every forward of `model`: device mix-ups named with the role, bf16
+        autocast (and adapter dropout when training) for the tester, the adapter off for a
+        frozen role that shares the LoRA tester's weights."""
+        if model is self._tester:
+            role, option = "tester", "tester_device"
+        elif model is self._target:
+            role = "target (also the baseline)" if model is self._baseline else "target"
+            option = "target_device"
+        else:
+            role, option = "baseline", "baseline_device"
+        with ExitStack() as stack:
+            stack.enter_context(placement_guard(role, model.device, model.module, option))
+            if model is self._tester:
+                stack.enter_context(autocast(self.options.autocast, model.device))
+                if self._lora is not None:
+                    stack.enter_context(self._lora.training_dropout())
+            elif self._lora is not None and model.module is self._tester.module:
+                stack.enter_context(self._lora.adapter_off())
+            yield
 
     # -- text ------------------------------------------------------------------------------
 
@@ -379,6 +447,20 @@ class TransformersSystem:
         device = model.device
         if not rows:
             return torch.zeros(0, device=device)
+        with self._running(model):
+            return self._memo_or_forward(model, contexts, continuations, rows, starts, reduction, memo)
+
+    def _memo_or_forward(
+        self,
+        model: LoadedModel,
+        contexts: Sequence[str],
+        continuations: Sequence[str],
+        rows: list[list[int]],
+        starts: list[int],
+        reduction: Reduction,
+        memo: LogprobMemo | None,
+    ) -> torch.Tensor:
+        device = model.device
         counts = [len(row) - start for row, start in zip(rows, starts, strict=True)]
         known: dict[int, float] = {}
         if memo is not None:
@@ -463,7 +545,7 @@ class TransformersSystem:
         rows = [self._truncate(model, ids, budget) for ids in self._ids(model, contexts)]
         # The memo serves log-probs of continuations up to this many tokens at a prompt's end.
         tail = self.options.probe_tokens + _TAIL_SLACK if memo is not None else 0
-        with torch.inference_mode():
+        with torch.inference_mode(), self._running(model):
             decoded = sample(self._decoder(model), rows, new_tokens, self._sampling, model.device, tail=tail)
         if memo is not None and decoded.prompt_tails is not None:
             for text, row, logprobs in zip(contexts, rows, decoded.prompt_tails, strict=True):
@@ -500,7 +582,7 @@ class TransformersSystem:
             attention_mask[i, : len(row)] = 1
         position_ids = torch.arange(width).expand(batch, width)
         last = torch.tensor([len(row) - 1 for row in rows])
-        with torch.no_grad():
+        with torch.no_grad(), self._running(model):
             hidden: torch.Tensor = model.module.base_model(
                 input_ids=input_ids.to(model.device),
                 attention_mask=attention_mask.to(model.device),

@@ -150,8 +150,8 @@ def test_adapter_dropout_applies_to_training_forwards_only() -> None:
 
 LORA_RUN = """\
 scorer = "toy"
-sampler = "ast"
 algorithm = "dpo"
+evaluator = "ast"
 
 [system]
 name = "transformers"
@@ -163,6 +163,7 @@ r = 4
 alpha = 8
 
 [sampler]
+name = "ast"
 tree_width = 2
 tree_depth = 2
 
@@ -203,8 +204,12 @@ def test_lora_dpo_run_resumes_to_the_same_adapter_and_evaluate_loads_it(tmp_path
     assert len(a) == 8 and a.keys() == b.keys()  # the adapter's A and B per layer, nothing else
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], base[k]) for k in a)  # training moved the adapter
+    assert (straight / "tester" / "adapter_config.json").is_file()  # the final tester: its adapter
 
-    # `astra evaluate` loads a checkpoint by index into the algorithm's trainable parameters.
+    assert _cli("evaluate", straight, "--num-prompts", "1") == 0
+    assert json.loads((straight / "eval" / "evaluation.json").read_text())["step"] == 4
+
+    # What `astra evaluate` does: copy a checkpoint by index into the trainable parameters.
     system = lora_system({"r": 4, "alpha": 8})
     checkpoint = straight / "checkpoints" / "step-00000004"
     ckpt.load_weights(checkpoint, trainable_parameters(system.parameters()))
