@@ -37,6 +37,7 @@ def _rss_bytes() -> int:
 
 def measure(source: str, mode: str) -> dict[str, Any]:
     """Build one system over `source` in `mode` and take one training step; return the numbers."""
+    import peft  # noqa: F401  (imported before the first reading, so its import is not counted)
     import torch
 
     from astra_core.testing.toy import ToyScorer
@@ -64,11 +65,22 @@ def measure(source: str, mode: str) -> dict[str, Any]:
 def _random_model(directory: Path, layers: int, width: int, heads: int, vocab: int) -> None:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
 
     from astra_transformers import TINY_MODEL_DIR
 
+    hf_logging.disable_progress_bar()
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=layers, n_embd=width, n_head=heads, vocab_size=vocab, n_positions=256)
+    eos = json.loads((TINY_MODEL_DIR / "config.json").read_text())["eos_token_id"]
+    config = GPT2Config(
+        n_layer=layers,
+        n_embd=width,
+        n_head=heads,
+        vocab_size=vocab,
+        n_positions=256,
+        bos_token_id=eos,
+        eos_token_id=eos,
+    )
     GPT2LMHeadModel(config).save_pretrained(directory)
     for name in ("tokenizer.json", "tokenizer_config.json"):  # the tiny tokenizer: its ids fit any vocab here
         shutil.copy(TINY_MODEL_DIR / name, directory / name)
