@@ -184,9 +184,14 @@ class TransformersSystem:
 
     Built as ``TransformersSystem(scorer, **options)`` with the fields of `TransformersOptions`.
     The baseline defaults to a frozen copy of the tester's starting weights; when target and
-    baseline come from the same source they are one object. Contexts longer than a model's
-    budget (``max_context_tokens``, by default its ``n_positions`` minus the tokens it may add)
-    lose their oldest tokens. Sampling uses torch's global generator, so a seeded run repeats.
+    baseline come from the same source (and device and dtype) they are one object. With
+    ``lora`` the tester is a LoRA adapter (`astra_transformers.lora`) and the baseline is the
+    tester's own model with the adapter off: no copy. Each role has its own dtype and device;
+    ``autocast="bf16"`` runs the tester's forwards under bfloat16 autocast, and a device mix-up
+    in a forward is a `DevicePlacementError` naming the role (`astra_transformers.precision`).
+    Contexts longer than a model's budget (``max_context_tokens``, by default its
+    ``n_positions`` minus the tokens it may add) lose their oldest tokens. Sampling uses torch's
+    global generator, so a seeded run repeats.
 
     Speed: generation is a lean decode loop (`astra_transformers.generation`) that prefills each
     distinct context once; the target's prefill also records log p_target(probe | context) in a
@@ -230,7 +235,8 @@ class TransformersSystem:
         elif opts.lora is not None:
             self._lora = LoraTester.attach(self._tester.module, opts.lora, base_source)
         beside_tester = baseline_device == tester_device and baseline_dtype == tester_dtype
-        if opts.baseline is None and self._lora is not None and beside_tester:
+        base_is_baseline = opts.baseline is None or resolve_source(opts.baseline) == resolve_source(base_source)
+        if self._lora is not None and base_is_baseline and beside_tester:
             # The tester's own weights with the adapter off (see _running): the base model, no copy.
             self._baseline = replace(self._tester)
         elif opts.baseline is None and self._lora is None:

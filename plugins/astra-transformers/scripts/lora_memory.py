@@ -51,7 +51,7 @@ def measure(source: str, mode: str) -> dict[str, Any]:
     built = _rss_bytes()
     optimizer = torch.optim.AdamW(list(system.parameters()), lr=1e-4)
     loss = -system.tester_logprobs(["Hi there, how are you?"] * 4, [" I'm fine, thanks."] * 4).mean()
-    loss.backward()
+    torch.autograd.backward(loss)
     optimizer.step()
     stepped = _rss_bytes()
     return {
@@ -65,10 +65,11 @@ def measure(source: str, mode: str) -> dict[str, Any]:
 def _random_model(directory: Path, layers: int, width: int, heads: int, vocab: int) -> None:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging
 
     from astra_transformers import TINY_MODEL_DIR
 
+    hf_logging: Any = logging  # its progress-bar switches are untyped
     hf_logging.disable_progress_bar()
     torch.manual_seed(0)
     eos = json.loads((TINY_MODEL_DIR / "config.json").read_text())["eos_token_id"]

@@ -20,6 +20,11 @@ def build(**options: object) -> TransformersSystem:
     return TransformersSystem(ToyScorer(), probe_tokens=8, response_tokens=8, **options)
 
 
+def block(model: nn.Module, index: int) -> nn.Module:
+    """One transformer block of a GPT-2 model."""
+    return model.get_submodule(f"transformer.h.{index}")
+
+
 def dtype_of(module: nn.Module) -> torch.dtype:
     (dtype,) = {p.dtype for p in module.parameters()}
     return dtype
@@ -56,7 +61,7 @@ def test_bf16_autocast_runs_the_tester_and_returns_float32_logprobs_with_gradien
     assert values.dtype == torch.float32 and values.requires_grad
     assert not torch.equal(values.detach(), exact)  # the matmuls ran in bfloat16
     torch.testing.assert_close(values.detach(), exact, atol=0.5, rtol=0.05)
-    values.sum().backward()
+    torch.autograd.backward(values.sum())
     grads = [p.grad for p in system.parameters()]
     assert all(g is not None and g.dtype == torch.float32 for g in grads)  # float32 weights, float32 grads
     # Autocast is the tester's: the frozen baseline computes exactly as without it.
@@ -89,7 +94,7 @@ def test_roles_on_different_devices_load_separately_and_answer_on_the_testers_de
 
 def test_a_tensor_crossing_devices_in_the_tester_names_role_and_devices() -> None:
     system = build()
-    system.tester.transformer.h[1].to("meta")  # one block left behind on another device
+    block(system.tester, 1).to("meta")  # one block left behind on another device
     with pytest.raises(DevicePlacementError) as caught:
         system.tester_logprobs(CONTEXTS, CONTINUATIONS)
     message = str(caught.value)
@@ -102,7 +107,7 @@ def test_a_tensor_crossing_devices_in_the_tester_names_role_and_devices() -> Non
 
 def test_a_tensor_crossing_devices_in_the_target_names_the_target() -> None:
     system = build()
-    system.target.transformer.h[0].to("meta")
+    block(system.target, 0).to("meta")
     with pytest.raises(DevicePlacementError, match=r"the target \(also the baseline\) model.*target_device"):
         system.target_logprobs(CONTEXTS, CONTINUATIONS)
 
