@@ -90,6 +90,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _print_error("interrupted (a second Ctrl-C stops at once, without a checkpoint)")
         return 130
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    # A rank that exits with gloo still running aborts ("terminate called without an active exception").
+    if "astra_core.distributed" not in sys.modules:
+        return
+    from astra_core import distributed
+
+    if distributed.is_initialized():
+        distributed.destroy()
 
 
 def _print_error(message: str) -> None:

@@ -11,6 +11,6 @@ fi
     -e '.[dev]' \
     -e plugins/astra-scorers \
     -e plugins/astra-algorithms \
-    -e plugins/astra-transformers \
+    -e 'plugins/astra-transformers[lora]' \
     -e plugins/astra-ast \
     -e examples/astra-example-plugin

@@ -84,6 +84,7 @@ def test_roles_on_different_devices_load_separately_and_answer_on_the_testers_de
 ) -> None:
     # "cpu:0" is another torch.device than "cpu" (it compares unequal) on the same memory: the
     # placement logic runs as it would for two accelerators.
+    pytest.importorskip("peft")
     system = build(target_device="cpu:0", lora={"r": 4}, baseline_device="cpu:0")
     assert system.target is system.baseline and system.baseline is not system.tester
     base = plain.baseline_logprobs(CONTEXTS, CONTINUATIONS)
