@@ -36,6 +36,7 @@ from astra_core.protocols import (
     Scorer,
     System,
     TrainerView,
+    TreeSampler,
 )
 from astra_core.registry import ComponentInfo, Provider, Registrar, Registries, Registry
 
@@ -94,6 +95,7 @@ __all__ = [
     "TrainerView",
     "TrainingConfiguration",
     "TrainingError",
+    "TreeSampler",
     "UnknownComponentError",
     "hookimpl",
     "hookspec",

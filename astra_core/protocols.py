@@ -132,6 +132,14 @@ class BatchedSampler(Protocol[StateT, ActionT]):
         ...
 
 
+@runtime_checkable
+class TreeSampler(Protocol):
+    """A sampler whose episodes are trees of a known shape (bounds what an experience can yield)."""
+
+    tree_width: int
+    tree_depth: int
+
+
 class Algorithm(Protocol[StateT, ActionT, StepT, BatchT]):
     """Turns rollout trees into training steps, and batches of steps into a loss."""
 

@@ -50,6 +50,7 @@ from astra_core.protocols import (
     Evaluator,
     MultiEpochAlgorithm,
     Sampler,
+    TreeSampler,
 )
 from astra_core.registry import Registries
 from astra_core.types import ActionT, BatchT, StateT, StepT
@@ -117,6 +118,21 @@ def trainable_parameters(parameters: Iterable[torch.nn.Parameter]) -> list[torch
     return unique
 
 
+def _check_accumulation_fits(config: TrainingConfiguration, sampler: object, algorithm: object, episodes: int) -> None:
+    """Refuse an accumulation no experience can fill (it would silently make every update short)."""
+    if not isinstance(sampler, TreeSampler) or config.gradient_accumulation_steps == 1:
+        return
+    turns = sum(sampler.tree_width**depth for depth in range(1, sampler.tree_depth + 1))
+    epochs = algorithm.epochs_per_experience if isinstance(algorithm, MultiEpochAlgorithm) else 1
+    most = math.ceil(episodes * turns / config.batch_size) * epochs
+    if config.gradient_accumulation_steps > most:
+        raise ConfigError(
+            f"training.gradient_accumulation_steps ({config.gradient_accumulation_steps}) is larger than the at most "
+            f"{most} batch(es) one experience yields ({episodes} episodes x {turns} turns / batch_size "
+            f"{config.batch_size}); lower it to at most {most} or raise num_episodes_per_experience"
+        )
+
+
 class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
     """Trains the tester of `sampler.system` with `algorithm`, as `config` says."""
 
@@ -156,6 +172,7 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
             seed=config.seed + self.rank * _RANK_SEED_STRIDE,  # each rank shuffles its share its own way
             shuffle=config.shuffle,
         )
+        _check_accumulation_fits(config, sampler, algorithm, episodes)
         self.parameters = trainable_parameters(algorithm.parameters())
         if not self.parameters:
             raise ConfigError("the algorithm has no trainable parameters (parameters() yielded none)")

@@ -221,6 +221,12 @@ CASES = [
         {RUN: _training('optimizer = { name = "adamw", weight_decay = -1 }')},
     ),
     Case(
+        "accumulation-larger-than-an-experience",
+        ["train", RUN],
+        ("gradient_accumulation_steps (1000)", "lower it to at most"),
+        {RUN: _training("gradient_accumulation_steps = 1000")},
+    ),
+    Case(
         "lr-wrong-type",
         ["train", RUN],
         ("run.toml", "training.lr", "valid number"),

@@ -94,16 +94,28 @@ class Decoder:
         keep: int,
     ) -> tuple[torch.Tensor, Any]:
         """Float32 logits of the last `keep` positions, (B, keep, V), and the updated cache."""
+        features, new_cache = self.run(input_ids, attention_mask, position_ids, cache)
+        logits = self.logits(features[:, -keep:])
+        return logits.float(), new_cache
+
+    def run(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor, cache: Any
+    ) -> tuple[torch.Tensor, Any]:
+        """Every position's features (hidden states when `head` is set, else logits) and the cache."""
         kwargs: dict[str, Any] = {self._cache_name: cache}
         out = self._runner(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **kwargs
         )
         new_cache = out.get("cache") if "cache" in out else out.get("past_key_values")
-        if self.head is not None:
-            logits: torch.Tensor = self.head(out[0][:, -keep:])
-        else:
-            logits = out.logits[:, -keep:]
-        return logits.float(), new_cache
+        features: torch.Tensor = out[0] if self.head is not None else out.logits
+        return features, new_cache
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from `run`'s features (the head applied where `run` stopped before it)."""
+        if self.head is None:
+            return features
+        logits: torch.Tensor = self.head(features)
+        return logits
 
 
 def sample(

@@ -518,6 +518,61 @@ class TransformersSystem:
         summed over the continuation's tokens, or averaged with ``reduction="mean"``."""
         return self._logprobs(self._tester, self.tester_context_tokens, contexts, continuations, reduction)
 
+    def tester_pair_logprobs(
+        self,
+        contexts: Sequence[str],
+        chosen: Sequence[str],
+        rejected: Sequence[str],
+        reduction: Reduction = "sum",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tester's log-probs of `chosen` and of `rejected` after each context, with gradients:
+        the same values as two `tester_logprobs` calls, but each context runs once and both
+        continuations run on its KV cache (a DPO pair's shared work). Pairs whose context would be
+        truncated differently for the two continuations take the plain path."""
+        if not len(contexts) == len(chosen) == len(rejected):
+            raise ValueError(f"{len(contexts)} contexts, {len(chosen)} chosen and {len(rejected)} rejected")
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+        model = self._tester
+        n = len(contexts)
+        if n == 0:
+            empty = torch.zeros(0, device=model.device)
+            return empty, empty
+        rows_w, starts_w = self._rows(model, self.tester_context_tokens, contexts, chosen)
+        rows_l, starts_l = self._rows(model, self.tester_context_tokens, contexts, rejected)
+        shared = [
+            sw == sl and rw[:sw] == rl[:sl] for rw, sw, rl, sl in zip(rows_w, starts_w, rows_l, starts_l, strict=True)
+        ]
+        if not all(shared):
+            both = self.tester_logprobs(list(contexts) * 2, list(chosen) + list(rejected), reduction)
+            return both[:n], both[n:]
+        with self._running(model):
+            parts: list[torch.Tensor] = []
+            order: list[int] = []
+            buckets = length_buckets([len(row) for row in rows_w]) if self._bucket_logprobs else [list(range(n))]
+            for bucket in buckets:
+                parts.append(
+                    _pair_forward(
+                        self._decoder(model),
+                        model,
+                        [rows_w[i][: starts_w[i]] for i in bucket],
+                        [rows_w[i][starts_w[i] :] for i in bucket] + [rows_l[i][starts_l[i] :] for i in bucket],
+                    )
+                )
+                order.extend(bucket)
+            # Each bucket's part holds its chosen values, then its rejected ones.
+            chosen_part = torch.cat([p[: len(p) // 2] for p in parts])
+            rejected_part = torch.cat([p[len(p) // 2 :] for p in parts])
+            index = torch.tensor(order, dtype=torch.long, device=model.device)
+            totals_w = torch.empty_like(chosen_part).index_copy(0, index, chosen_part)
+            totals_l = torch.empty_like(rejected_part).index_copy(0, index, rejected_part)
+        if reduction == "mean":
+            count_w = torch.tensor([len(r) - s for r, s in zip(rows_w, starts_w, strict=True)], device=model.device)
+            count_l = torch.tensor([len(r) - s for r, s in zip(rows_l, starts_l, strict=True)], device=model.device)
+            totals_w = totals_w / count_w.clamp(min=1)
+            totals_l = totals_l / count_l.clamp(min=1)
+        return totals_w, totals_l
+
     def baseline_logprobs(
         self, contexts: Sequence[str], continuations: Sequence[str], reduction: Reduction = "sum"
     ) -> torch.Tensor:
@@ -596,6 +651,64 @@ class TransformersSystem:
                 use_cache=False,
             )[0]
         return hidden[torch.arange(batch, device=model.device), last.to(model.device)].float().detach()
+
+
+def _pair_forward(
+    decoder: Decoder, model: LoadedModel, contexts: Sequence[list[int]], continuations: Sequence[list[int]]
+) -> torch.Tensor:
+    """Summed log-probs of ``continuations`` (B chosen, then B rejected) after their shared
+    ``contexts`` (B rows): the right-padded contexts run once, their KV cache is repeated to the
+    2B continuation rows, and the continuations run on it. (2B,), differentiable."""
+    device = model.device
+    batch = len(contexts)
+    rows = 2 * batch
+    context_width = max(len(row) for row in contexts)
+    cont_width = max(len(row) for row in continuations)
+    context_ids = torch.full((batch, context_width), model.pad_id, dtype=torch.long)
+    context_mask = torch.zeros((batch, context_width), dtype=torch.long)
+    for i, row in enumerate(contexts):
+        context_ids[i, : len(row)] = torch.tensor(row)
+        context_mask[i, : len(row)] = 1
+    context_ids, context_mask = context_ids.to(device), context_mask.to(device)
+    positions = torch.arange(context_width, device=device).expand(batch, context_width)
+    context_features, cache = decoder.run(context_ids, context_mask, positions, None)
+    lengths = [len(row) for row in contexts] * 2
+    # Each continuation's first token is predicted by its context's last real token.
+    pair = torch.tensor([i % batch for i in range(rows)], dtype=torch.long, device=device)
+    last = context_features[pair, torch.tensor(lengths, device=device) - 1]  # (2B, F)
+    picked = [last]
+    row_index: list[int] = list(range(rows))
+    targets: list[int] = [row[0] if row else model.pad_id for row in continuations]
+    first_valid = [bool(row) for row in continuations]
+    valid: list[bool] = list(first_valid)
+    if cont_width > 1:
+        cont_ids = torch.full((rows, cont_width), model.pad_id, dtype=torch.long)
+        cont_mask = torch.zeros((rows, cont_width), dtype=torch.long)
+        for i, row in enumerate(continuations):
+            cont_ids[i, : len(row)] = torch.tensor(row)
+            cont_mask[i, : len(row)] = 1
+        cont_ids, cont_mask = cont_ids.to(device), cont_mask.to(device)
+        cache.batch_select_indices(pair)
+        mask = torch.cat([context_mask[pair], cont_mask], dim=1)
+        cont_positions = torch.tensor(lengths, device=device)[:, None] + torch.arange(cont_width, device=device)
+        cont_features, _ = decoder.run(cont_ids[:, :-1], mask[:, :-1], cont_positions[:, :-1], cache)
+        at_rows: list[int] = []
+        at_cols: list[int] = []
+        for i, row in enumerate(continuations):
+            at_rows.extend([i] * max(0, len(row) - 1))
+            at_cols.extend(range(len(row) - 1))
+            targets.extend(row[1:])
+        valid.extend([True] * len(at_rows))
+        row_index.extend(at_rows)
+        rows_t = torch.tensor(at_rows, dtype=torch.long, device=device)
+        picked.append(cont_features[rows_t, torch.tensor(at_cols, dtype=torch.long, device=device)])
+    features = torch.cat(picked)
+    logits = decoder.logits(features)
+    target_t = torch.tensor(targets, dtype=torch.long, device=device)
+    token_logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, target_t.unsqueeze(-1)).squeeze(-1)
+    token_logprobs = token_logprobs * torch.tensor(valid, dtype=token_logprobs.dtype, device=device)
+    index = torch.tensor(row_index, dtype=torch.long, device=device)
+    return torch.zeros(rows, dtype=token_logprobs.dtype, device=device).index_add(0, index, token_logprobs)
 
 
 if TYPE_CHECKING:
