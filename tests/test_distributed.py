@@ -187,8 +187,17 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Run `_worker` in two processes joined by gloo; return their output directory."""
-    out = tmp_path_factory.mktemp("ddp")
+    """Run `_worker` in two processes joined by gloo; return their output directory.
+
+    A second try on a fresh port covers the race between probing a free port and binding it.
+    """
+    try:
+        return _launch_two_ranks(tmp_path_factory.mktemp("ddp"))
+    except AssertionError:
+        return _launch_two_ranks(tmp_path_factory.mktemp("ddp-retry"))
+
+
+def _launch_two_ranks(out: Path) -> Path:
     port = _free_port()
     processes = []
     for rank in range(WORLD):

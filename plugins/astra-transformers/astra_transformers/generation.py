@@ -4,7 +4,7 @@
 lists, stopping criteria, input preparation). This loop does only what the system needs:
 left-padded prefill with a KV cache, the sampling warpers `generate` would apply (in its order:
 min-new-tokens, temperature, top-k, top-p), multinomial sampling from torch's global generator,
-and eos handling (a finished row is padded). Rows with identical token ids are prefilled once and
+and eos handling (a finished row leaves the batch and its KV cache, and is padded in the output). Rows with identical token ids are prefilled once and
 their cache is expanded to every copy: tree siblings share their context.
 
 On one context without padding it draws the same tokens as ``generate(do_sample=True, ...)``
@@ -131,7 +131,8 @@ def sample(
 
     Identical rows are prefilled once. With ``tail > 0`` the prefill's logits at the last `tail`
     prompt positions also give each row's prompt-token log-probs (see `Decoded.prompt_tails`).
-    Call under `torch.inference_mode`.
+    Call under `torch.inference_mode`; the model's cache must offer ``batch_select_indices``
+    (transformers' `Cache` classes do), which expands shared prefills and drops finished rows.
     """
     if not rows:
         return Decoded([], [] if tail else None)
@@ -168,26 +169,38 @@ def sample(
     if count < len(rows):
         copies = torch.tensor(expand, dtype=torch.long, device=device)
         last, mask, next_position = last[copies], mask[copies], next_position[copies]
-        if hasattr(cache, "batch_select_indices"):
-            cache.batch_select_indices(copies)
-        else:  # a cache that cannot be expanded: prefill every copy instead
-            _, cache = decoder.forward(input_ids[copies], mask if padded else None, positions[copies], None, 1)
+        cache.batch_select_indices(copies)
     batch = len(rows)
-    unfinished = torch.ones(batch, dtype=torch.bool, device=device)
-    produced: list[torch.Tensor] = []
-    ones = torch.ones((batch, 1), dtype=mask.dtype, device=device)
+    produced = torch.full((batch, new_tokens), decoder.pad_id, dtype=torch.long, device=device)
+    # Rows still decoding, by their index in `rows`; a finished row leaves the batch and its cache.
+    active = torch.arange(batch, device=device)
+    # The mask grows by one column per step: preallocated, then sliced, instead of a cat per step.
+    full_mask = torch.ones((batch, mask.size(1) + new_tokens), dtype=mask.dtype, device=device)
+    full_mask[:, : mask.size(1)] = mask
+    width_now = mask.size(1)
+    taken = 0
     for step in range(new_tokens):
         scores = process_scores(last, sampling, decoder.eos_id, first=step == 0)
         tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
-        if decoder.eos_id is not None:
-            tokens = torch.where(unfinished, tokens, torch.full_like(tokens, decoder.pad_id))
-            unfinished &= tokens != decoder.eos_id
-        produced.append(tokens)
-        if step == new_tokens - 1 or not bool(unfinished.any()):
+        produced[active, step] = tokens
+        taken = step + 1
+        if step == new_tokens - 1:
             break
-        mask = torch.cat([mask, ones], dim=1)
-        logits, cache = decoder.forward(tokens[:, None], mask if padded else None, next_position, cache, 1)
+        if decoder.eos_id is not None:
+            running = tokens != decoder.eos_id
+            if not bool(running.all()):
+                if not bool(running.any()):
+                    break
+                keep_rows = running.nonzero().squeeze(1)
+                active, tokens = active[keep_rows], tokens[keep_rows]
+                full_mask, next_position = full_mask[keep_rows], next_position[keep_rows]
+                cache.batch_select_indices(keep_rows)
+        width_now += 1
+        logits, cache = decoder.forward(
+            tokens[:, None], full_mask[:, :width_now] if padded else None, next_position, cache, 1
+        )
         last = logits[:, -1]
         next_position = next_position + 1
-    new_ids = torch.stack(produced, dim=1).tolist()
+    new_ids = produced[:, :taken].tolist()
     return Decoded(new_ids, prompt_tails)
+

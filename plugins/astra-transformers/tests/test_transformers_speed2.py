@@ -85,3 +85,30 @@ def test_dpo_uses_the_pair_pass_with_the_plain_path_values_and_gradients(system:
     loss_plain = (plain[0] - plain[1]).sum()
     for a, b in zip(_grads(system, loss_shared), _grads(system, loss_plain), strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_finished_rows_leave_the_decode_batch_and_the_rest_write_the_same_tokens(system: TransformersSystem) -> None:
+    from astra_transformers.generation import Decoder, Sampling, sample
+    from astra_transformers.system import output_head
+
+    module = system.tester
+    rows = [ids for ids in system.tokenizer([CONTEXTS[0], "I left my keys at the park."], add_special_tokens=False)["input_ids"]]
+    greedy = Sampling(top_k=1)
+    pad = int(system.tokenizer.eos_token_id)
+    with torch.inference_mode():
+        free = sample(Decoder(module, output_head(module), pad, None), rows, 6, greedy, torch.device("cpu")).new_ids
+    # Make one of row 0's tokens (after the first) the "eos", one row 1 never writes: row 0 stops there.
+    at = next(k for k in range(1, 5) if free[0][k] not in free[1] and free[0][k] not in free[0][:k])
+    stop = free[0][at]
+    batch_sizes: list[int] = []
+    hook = module.base_model.register_forward_pre_hook(
+        lambda _m, _a, kwargs: batch_sizes.append(int(kwargs["input_ids"].shape[0])), with_kwargs=True
+    )
+    try:
+        with torch.inference_mode():
+            decoded = sample(Decoder(module, output_head(module), pad, stop), rows, 6, greedy, torch.device("cpu"))
+    finally:
+        hook.remove()
+    assert decoded.new_ids[0] == free[0][: at + 1] + [pad] * (5 - at)
+    assert decoded.new_ids[1] == free[1]
+    assert batch_sizes == [2] * (at + 1) + [1] * (5 - at)  # prefill and decodes of both, then row 1 alone
