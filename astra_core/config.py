@@ -3,6 +3,8 @@
 A run file has a ``[training]`` table (the `TrainingConfiguration` fields) and one table per
 component kind, each a registered ``name`` plus that component's options::
 
+    sampler = "ast"          # a plain string where no options are needed (before any table)
+
     [training]
     lr = 3e-4
     training_steps = 64
@@ -11,8 +13,6 @@ component kind, each a registered ``name`` plus that component's options::
     [algorithm]
     name = "dpo"
     beta = 0.1
-
-    sampler = "ast"          # a plain string where no options are needed (before any table)
 
     [[callbacks]]
     name = "tensorboard"

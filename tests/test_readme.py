@@ -33,3 +33,13 @@ def test_the_readme_names_two_setup_scripts_that_exist() -> None:
 def test_every_docs_page_the_readme_links_exists() -> None:
     for link in re.findall(r"\]\((docs/[^)]+)\)", README):
         assert (ROOT / link).is_file(), link
+
+
+@pytest.mark.parametrize("run_file", sorted((ROOT / "examples").glob("*.toml")), ids=lambda p: p.name)
+def test_every_example_run_file_validates(run_file: Path) -> None:
+    pytest.importorskip("astra_ast")
+    from astra_core.build import resolve
+    from astra_core.config import load_run_file
+
+    resolved = resolve(load_run_file(run_file))
+    assert {"scorer", "system", "sampler", "algorithm"} <= set(resolved.components)

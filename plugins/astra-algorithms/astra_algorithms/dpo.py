@@ -17,7 +17,7 @@ Log-probs are summed over each probe's tokens.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -30,16 +30,16 @@ from astra_core.types import ActionT, StateT
 
 
 @runtime_checkable
-class PairLogprobSystem(Protocol[StateT, ActionT]):
+class PairLogprobSystem(Protocol):
     """A system that scores a preference pair's two continuations on one pass of their shared
     context: `tester_pair_logprobs` returns (chosen, rejected) log-probs, each (B,), with the same
     values and gradients as two `tester_logprobs` calls."""
 
     def tester_pair_logprobs(
         self,
-        contexts: Sequence[StateT],
-        chosen: Sequence[ActionT],
-        rejected: Sequence[ActionT],
+        contexts: Sequence[Any],
+        chosen: Sequence[Any],
+        rejected: Sequence[Any],
         reduction: Reduction = "sum",
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(chosen, rejected) tester log-probs after each context, with gradients."""

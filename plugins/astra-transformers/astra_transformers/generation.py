@@ -4,8 +4,10 @@
 lists, stopping criteria, input preparation). This loop does only what the system needs:
 left-padded prefill with a KV cache, the sampling warpers `generate` would apply (in its order:
 min-new-tokens, temperature, top-k, top-p), multinomial sampling from torch's global generator,
-and eos handling (a finished row leaves the batch and its KV cache, and is padded in the output). Rows with identical token ids are prefilled once and
-their cache is expanded to every copy: tree siblings share their context.
+and eos handling (a finished row leaves the batch and its KV cache; its output is padded).
+Rows with identical token ids are prefilled once and their cache is expanded to every copy:
+tree siblings share their context. A row may also start from an earlier call's cache (`Prefix`,
+kept in a `PrefixStore`): a turn then prefills only what the last turn added.
 
 On one context without padding it draws the same tokens as ``generate(do_sample=True, ...)``
 under the same seed; greedy (``top_k=1``) it gives the same tokens whatever the batch.
@@ -14,6 +16,7 @@ under the same seed; greedy (``top_k=1``) it gives the same tokens whatever the 
 from __future__ import annotations
 
 import inspect
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +43,8 @@ class Decoded:
     new_ids: list[list[int]]
     prompt_tails: list[torch.Tensor] | None
     """Per input row: log p(token_i | tokens before it) for its last ``min(tail, len - 1)`` prompt tokens."""
+    caches: list[Prefix | None] | None = None
+    """Per input row, with ``keep_caches``: its final KV cache, for a later call to start from."""
 
 
 def process_scores(scores: torch.Tensor, sampling: Sampling, eos_id: int | None, first: bool) -> torch.Tensor:
@@ -118,6 +123,74 @@ class Decoder:
         return logits
 
 
+@dataclass
+class Prefix:
+    """The KV cache of a row's first ``len(ids)`` tokens: per layer a (key, value) pair of
+    (heads, len(ids), head_dim) tensors, computed from position 0 without padding."""
+
+    ids: list[int]
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the tensors hold."""
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.layers)
+
+
+class PrefixStore:
+    """A bounded LRU of `Prefix` caches, keyed by the text their ids came from.
+
+    A row may reuse an entry whose key its text starts with; `sample` then checks the ids
+    themselves (the common prefix of ids is what is reused), so a tokenisation that differs at
+    the boundary costs only the positions after it, never exactness.
+    """
+
+    def __init__(self, capacity_bytes: int = 512 * 2**20) -> None:
+        self.capacity_bytes = capacity_bytes
+        self._entries: OrderedDict[str, Prefix] = OrderedDict()
+        self._bytes = 0
+        self.fingerprint: object = None
+        """What the cached weights were (see the system): a change clears the store."""
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        self._entries.clear()
+        self._bytes = 0
+
+    def put(self, key: str, prefix: Prefix) -> None:
+        """Remember `prefix` under `key`, evicting the least recently used beyond the capacity."""
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= old.nbytes
+        self._entries[key] = prefix
+        self._bytes += prefix.nbytes
+        while self._bytes > self.capacity_bytes and len(self._entries) > 1:
+            _, evicted = self._entries.popitem(last=False)
+            self._bytes -= evicted.nbytes
+
+    def find(self, text: str) -> Prefix | None:
+        """The entry with the longest key that `text` starts with, or None."""
+        best: str | None = None
+        for key in self._entries:
+            if text.startswith(key) and (best is None or len(key) > len(best)):
+                best = key
+        if best is None:
+            return None
+        self._entries.move_to_end(best)
+        return self._entries[best]
+
+
+def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
 def sample(
     decoder: Decoder,
     rows: Sequence[Sequence[int]],
@@ -126,43 +199,72 @@ def sample(
     device: torch.device,
     *,
     tail: int = 0,
+    prefixes: Sequence[Prefix | None] | None = None,
+    keep_caches: bool = False,
 ) -> Decoded:
     """Sample up to `new_tokens` tokens after each row of prompt ids (at least one each).
 
     Identical rows are prefilled once. With ``tail > 0`` the prefill's logits at the last `tail`
     prompt positions also give each row's prompt-token log-probs (see `Decoded.prompt_tails`).
+    `prefixes` (one per row, or None) are caches of earlier calls: the tokens a row shares with
+    its prefix's ids are not prefilled again (the new tokens after them, and one before, always
+    are, so the prompt tails cover the text added since the prefix).
+    With `keep_caches`, `Decoded.caches` holds each row's final cache (prompt and the generated
+    tokens fed back) for a later call's `prefixes`.
     Call under `torch.inference_mode`; the model's cache must offer ``batch_select_indices``
     (transformers' `Cache` classes do), which expands shared prefills and drops finished rows.
     """
     if not rows:
-        return Decoded([], [] if tail else None)
+        return Decoded([], [] if tail else None, [] if keep_caches else None)
     slot: dict[tuple[int, ...], int] = {}
     distinct: list[Sequence[int]] = []
+    distinct_prefix: list[Prefix | None] = []
     expand: list[int] = []
-    for row in rows:
+    for r, row in enumerate(rows):
         key = tuple(row)
         index = slot.setdefault(key, len(distinct))
         if index == len(distinct):
             distinct.append(row)
+            distinct_prefix.append(prefixes[r] if prefixes is not None else None)
         expand.append(index)
-    count, width = len(distinct), max(len(row) for row in distinct)
-    # Left padding: every row's next token sits in the same column.
+    count = len(distinct)
+    # How many leading tokens of each row come from its prefix's cache.
+    reused = [0] * count
+    for i, (row, prefix) in enumerate(zip(distinct, distinct_prefix, strict=True)):
+        if prefix is not None:
+            common = _common_length(row, prefix.ids)
+            # The prompt log-probs asked for are those of the new text after the prefix (a probe
+            # after the last turn), so the run covers it and one token more, within `tail`.
+            must_run = min(tail, len(row) - 1, len(row) - common + 1) + 1
+            reused[i] = max(0, min(common, len(row) - must_run))
+    cached = max(reused)
+    width = max(len(row) - k for row, k in zip(distinct, reused, strict=True))
+    # Left padding: every row's next token sits in the same column; a row's reused tokens sit in
+    # the cache columns just before its input.
     input_ids = torch.full((count, width), decoder.pad_id, dtype=torch.long)
-    mask = torch.zeros((count, width), dtype=torch.long)
-    for i, row in enumerate(distinct):
-        input_ids[i, width - len(row) :] = torch.tensor(list(row), dtype=torch.long)
-        mask[i, width - len(row) :] = 1
+    mask = torch.zeros((count, cached + width), dtype=torch.long)
+    for i, (row, k) in enumerate(zip(distinct, reused, strict=True)):
+        run = list(row[k:])
+        input_ids[i, width - len(run) :] = torch.tensor(run, dtype=torch.long)
+        mask[i, cached + width - len(run) :] = 1
+        mask[i, cached - k : cached] = 1
     input_ids, mask = input_ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    input_mask = mask[:, cached:]
+    offsets = torch.tensor(reused, dtype=torch.long, device=device)[:, None]
+    positions = (input_mask.cumsum(-1) - 1 + offsets).masked_fill(input_mask == 0, 0)
     padded = bool((mask == 0).any())
     keep = min(tail, width - 1) + 1
-    logits, cache = decoder.forward(input_ids, mask if padded else None, positions, None, keep)
+    start_cache = _stacked(distinct_prefix, reused, cached, device) if cached else None
+    logits, cache = decoder.forward(input_ids, mask if padded else None, positions, start_cache, keep)
     prompt_tails: list[torch.Tensor] | None = None
     if tail:
         # Column c predicts the token in column c + 1: log-probs of the last keep - 1 prompt tokens.
         targets = input_ids[:, width - keep + 1 :]
         token_logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        per_row = [token_logprobs[i, max(0, keep - len(row)) :].cpu() for i, row in enumerate(distinct)]
+        per_row = [
+            token_logprobs[i, max(0, keep - (len(row) - k)) :].cpu()
+            for i, (row, k) in enumerate(zip(distinct, reused, strict=True))
+        ]
         prompt_tails = [per_row[i] for i in expand]
     last = logits[:, -1]
     next_position = positions[:, -1:] + 1
@@ -172,6 +274,25 @@ def sample(
         cache.batch_select_indices(copies)
     batch = len(rows)
     produced = torch.full((batch, new_tokens), decoder.pad_id, dtype=torch.long, device=device)
+    caches: list[Prefix | None] = [None] * batch
+    lengths = [len(row) for row in rows]
+
+    def capture(local: torch.Tensor, fed: int) -> None:
+        # A row's real cache columns are where its mask is 1 (padding sits left of its reused
+        # prefix and between that prefix and its input): prompt + fed tokens, in order.
+        if not keep_caches:
+            return
+        layers = getattr(cache, "layers", None)
+        if layers is None:
+            return
+        columns = int(layers[0].keys.shape[-2])
+        for j, r in zip(local.tolist(), active[local].tolist(), strict=True):
+            real = full_mask[j, :columns].nonzero().squeeze(1)
+            if real.numel() != lengths[r] + fed:
+                continue  # not the layout assumed here: keep no cache rather than a wrong one
+            kv = [(layer.keys[j, :, real].clone(), layer.values[j, :, real].clone()) for layer in layers]
+            caches[r] = Prefix(list(rows[r]) + produced[r, :fed].tolist(), kv)
+
     # Rows still decoding, by their index in `rows`; a finished row leaves the batch and its cache.
     active = torch.arange(batch, device=device)
     # The mask grows by one column per step: preallocated, then sliced, instead of a cat per step.
@@ -185,10 +306,12 @@ def sample(
         produced[active, step] = tokens
         taken = step + 1
         if step == new_tokens - 1:
+            capture(torch.arange(len(active), device=device), step)
             break
         if decoder.eos_id is not None:
             running = tokens != decoder.eos_id
             if not bool(running.all()):
+                capture((~running).nonzero().squeeze(1), step)
                 if not bool(running.any()):
                     break
                 keep_rows = running.nonzero().squeeze(1)
@@ -202,5 +325,23 @@ def sample(
         last = logits[:, -1]
         next_position = next_position + 1
     new_ids = produced[:, :taken].tolist()
-    return Decoded(new_ids, prompt_tails)
+    return Decoded(new_ids, prompt_tails, caches if keep_caches else None)
 
+
+def _stacked(prefixes: Sequence[Prefix | None], reused: Sequence[int], width: int, device: torch.device) -> Any:
+    """A batch cache of `width` columns holding each row's first ``reused[i]`` prefix positions,
+    right-aligned (the columns before them are padding the mask hides)."""
+    from transformers import DynamicCache
+
+    template = next(p for p, k in zip(prefixes, reused, strict=True) if p is not None and k > 0)
+    layers = []
+    for index, (key, value) in enumerate(template.layers):
+        heads, _, dim = key.shape
+        keys = key.new_zeros((len(prefixes), heads, width, dim), device=device)
+        values = value.new_zeros((len(prefixes), value.shape[0], width, value.shape[2]), device=device)
+        for i, (prefix, k) in enumerate(zip(prefixes, reused, strict=True)):
+            if prefix is not None and k > 0:
+                keys[i, :, width - k :] = prefix.layers[index][0][:, :k]
+                values[i, :, width - k :] = prefix.layers[index][1][:, :k]
+        layers.append((keys, values))
+    return DynamicCache(ddp_cache_data=layers)

@@ -74,6 +74,9 @@ class TransformersOptions(BaseModel):
     temperature: float = Field(1.0, gt=0, description="sampling temperature")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass (1.0: off)")
     top_k: int = Field(0, ge=0, description="sample among the k likeliest tokens (0: off)")
+    num_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads (None: chosen for the models' size, see tune_threads)"
+    )
     max_context_tokens: int | None = Field(
         None,
         ge=1,

@@ -30,7 +30,7 @@ from transformers.utils import logging as _hf_logging
 from astra_core.errors import ComponentBuildError, ConfigError, OptionsError
 from astra_core.protocols import Reduction, Scorer
 from astra_transformers import TINY_MODEL_DIR
-from astra_transformers.generation import Decoder, Sampling, sample
+from astra_transformers.generation import Decoder, PrefixStore, Sampling, sample
 from astra_transformers.logprobs import LogprobMemo, length_buckets
 from astra_transformers.lora import ADAPTER_CONFIG, LoraTester, adapter_base, adapter_directory
 from astra_transformers.options import TransformersOptions
@@ -89,8 +89,10 @@ def resolve_source(source: str) -> str:
     return source
 
 
-def tune_threads(parameters: int) -> int:
+def tune_threads(parameters: int, wanted: int | None = None) -> int:
     """Set torch's intra-op threads for models of `parameters` parameters; returns the count in use.
+
+    `wanted` (the ``num_threads`` option) sets the count outright, over everything below.
 
     A small model's ops take microseconds, so splitting them over threads costs more in
     synchronisation than it gains: measured on 2 cores, one thread ran a training step of the
@@ -98,10 +100,13 @@ def tune_threads(parameters: int) -> int:
     and backward faster too. So: one thread below 5 M parameters, or below 50 M on at most two
     cores. An explicit ``OMP_NUM_THREADS`` or ``ASTRA_NUM_THREADS`` is respected.
     """
+    if wanted is not None:
+        torch.set_num_threads(wanted)
+        return torch.get_num_threads()
     if "OMP_NUM_THREADS" in os.environ or "ASTRA_NUM_THREADS" in os.environ:
-        wanted = os.environ.get("ASTRA_NUM_THREADS")
-        if wanted is not None and wanted.isdigit() and int(wanted) > 0:
-            torch.set_num_threads(int(wanted))
+        variable = os.environ.get("ASTRA_NUM_THREADS")
+        if variable is not None and variable.isdigit() and int(variable) > 0:
+            torch.set_num_threads(int(variable))
         return torch.get_num_threads()
     if parameters < 5_000_000 or (parameters < 50_000_000 and torch.get_num_threads() <= 2):
         torch.set_num_threads(1)
@@ -257,11 +262,13 @@ class TransformersSystem:
             _freeze(self._target.module)
 
         largest = max(sum(p.numel() for p in m.module.parameters()) for m in (self._tester, self._target))
-        self.num_threads = tune_threads(largest)
+        self.num_threads = tune_threads(largest, opts.num_threads)
         self._sampling = Sampling(opts.temperature, opts.top_k, opts.top_p)
         self._decoders: dict[int, Decoder] = {}
         # Frozen weights never change, so the target's prompt log-probs stay exact (see rollout_target).
         self._memos: dict[int, LogprobMemo] = {id(self._target): LogprobMemo()}
+        # KV caches carried across turns: a turn's context starts with the last turn's text.
+        self._prefix_stores: dict[int, PrefixStore] = {id(m): PrefixStore() for m in (self._tester, self._target)}
         self._bucket_logprobs = True
         self.tester_context_tokens = self._budget(self._tester, opts.probe_tokens, "tester", "probe_tokens")
         self.target_context_tokens = self._budget(self._target, opts.response_tokens, "target", "response_tokens")
@@ -549,7 +556,8 @@ class TransformersSystem:
         with self._running(model):
             parts: list[torch.Tensor] = []
             order: list[int] = []
-            buckets = length_buckets([len(row) for row in rows_w]) if self._bucket_logprobs else [list(range(n))]
+            # Bucketed by context length: the contexts are what gets padded to a common width.
+            buckets = length_buckets(starts_w, 0.05, 2) if self._bucket_logprobs else [list(range(n))]
             for bucket in buckets:
                 parts.append(
                     _pair_forward(
@@ -606,16 +614,47 @@ class TransformersSystem:
         rows = [self._truncate(model, ids, budget) for ids in self._ids(model, contexts)]
         # The memo serves log-probs of continuations up to this many tokens at a prompt's end.
         tail = self.options.probe_tokens + _TAIL_SLACK if memo is not None else 0
+        store = self._prefix_store(model)
+        prefixes = [store.find(text) for text in contexts] if store is not None else None
         with torch.inference_mode(), self._running(model):
-            decoded = sample(self._decoder(model), rows, new_tokens, self._sampling, model.device, tail=tail)
+            decoded = sample(
+                self._decoder(model),
+                rows,
+                new_tokens,
+                self._sampling,
+                model.device,
+                tail=tail,
+                prefixes=prefixes,
+                keep_caches=store is not None,
+            )
         if memo is not None and decoded.prompt_tails is not None:
             for text, row, logprobs in zip(contexts, rows, decoded.prompt_tails, strict=True):
                 memo.record(text, row, logprobs)
         # Cut by token position, never by characters.
-        return [
+        texts = [
             str(model.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
             for ids in decoded.new_ids
         ]
+        if store is not None and decoded.caches is not None:
+            # The next turn's context starts with context + continuation (advance concatenates).
+            for context, text, prefix in zip(contexts, texts, decoded.caches, strict=True):
+                if prefix is not None:
+                    store.put(context + text, prefix)
+        return texts
+
+    def _prefix_store(self, model: LoadedModel) -> PrefixStore | None:
+        """`model`'s store of KV caches carried across turns. Every store is cleared when the
+        tester's weights changed (in-place updates bump the tensors' versions): the tester's
+        caches are stale then, and a training step means a new experience has begun, whose
+        turns share nothing with the last one's (the target's entries would only hold memory)."""
+        store = self._prefix_stores.get(id(model))
+        if store is None:
+            return None
+        fingerprint = tuple(p._version for p in self._tester.module.parameters())
+        if fingerprint != store.fingerprint:
+            store.clear()
+            store.fingerprint = fingerprint
+        return store
 
     def rollout_tester(self, contexts: Sequence[str]) -> list[str]:
         """Sample one probe per context from the tester, in one batched generation call."""

@@ -92,7 +92,8 @@ def test_finished_rows_leave_the_decode_batch_and_the_rest_write_the_same_tokens
     from astra_transformers.system import output_head
 
     module = system.tester
-    rows = [ids for ids in system.tokenizer([CONTEXTS[0], "I left my keys at the park."], add_special_tokens=False)["input_ids"]]
+    texts = [CONTEXTS[0], "I left my keys at the park."]
+    rows = [list(ids) for ids in system.tokenizer(texts, add_special_tokens=False)["input_ids"]]
     greedy = Sampling(top_k=1)
     pad = int(system.tokenizer.eos_token_id)
     with torch.inference_mode():
@@ -112,3 +113,88 @@ def test_finished_rows_leave_the_decode_batch_and_the_rest_write_the_same_tokens
     assert decoded.new_ids[0] == free[0][: at + 1] + [pad] * (5 - at)
     assert decoded.new_ids[1] == free[1]
     assert batch_sizes == [2] * (at + 1) + [1] * (5 - at)  # prefill and decodes of both, then row 1 alone
+
+
+def _turns(system: TransformersSystem, contexts: list[str], turns: int) -> list[list[str]]:
+    """`turns` rounds of tester probe then target response, each context advanced in place."""
+    texts: list[list[str]] = []
+    for _ in range(turns):
+        probes = system.rollout_tester(contexts)
+        asked = [system.join(c, p) for c, p in zip(contexts, probes, strict=True)]
+        responses = system.rollout_target(asked)
+        texts.append(probes + responses)
+        contexts = [system.advance(c, p, r) for c, p, r in zip(contexts, probes, responses, strict=True)]
+    return texts
+
+
+def test_caches_carried_across_turns_give_what_full_prefills_give() -> None:
+    carried = TransformersSystem(ToyScorer(), probe_tokens=6, response_tokens=6, top_k=1)
+    contexts = [CONTEXTS[0], CONTEXTS[0], CONTEXTS[1], "A"]
+    prefill_positions: list[int] = []
+
+    def count(_m: object, _a: object, kwargs: dict[str, torch.Tensor]) -> None:
+        if kwargs["input_ids"].shape[1] > 1:
+            prefill_positions.append(int(kwargs["input_ids"].numel()))
+
+    hook = carried.target.base_model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        with_stores = _turns(carried, contexts, 3)
+    finally:
+        hook.remove()
+    assert len(carried._prefix_stores[id(carried._target)]) > 0
+    fresh = TransformersSystem(ToyScorer(), probe_tokens=6, response_tokens=6, top_k=1)
+    fresh._prefix_stores.clear()  # no store: every turn prefills its whole context
+    hook = fresh.target.base_model.register_forward_pre_hook(count, with_kwargs=True)
+    full_positions = len(prefill_positions)
+    try:
+        assert _turns(fresh, contexts, 3) == with_stores
+    finally:
+        hook.remove()
+    carried_total, full_total = sum(prefill_positions[:full_positions]), sum(prefill_positions[full_positions:])
+    assert carried_total < full_total  # later turns prefilled only their new tokens (and the memo's tail)
+
+
+def test_memo_values_from_a_carried_cache_equal_fresh_forwards() -> None:
+    system = TransformersSystem(ToyScorer(), probe_tokens=6, response_tokens=6)
+    contexts = [CONTEXTS[0], CONTEXTS[1], CONTEXTS[3]]
+    for _ in range(3):
+        probes = system.rollout_tester(contexts)
+        responses = system.rollout_target([c + p for c, p in zip(contexts, probes, strict=True)])
+        memo_values = system.target_logprobs(contexts, probes)
+        system._bucket_logprobs = False
+        memo = system._memos[id(system._target)]
+        hits = memo.hits
+        system._memos.pop(id(system._target))
+        try:
+            fresh = system.target_logprobs(contexts, probes)
+        finally:
+            system._memos[id(system._target)] = memo
+        assert memo.hits == hits
+        torch.testing.assert_close(memo_values, fresh, atol=1e-5, rtol=1e-5)
+        contexts = [c + p + r for c, p, r in zip(contexts, probes, responses, strict=True)]
+
+
+def test_the_stores_are_cleared_when_the_tester_weights_change() -> None:
+    system = TransformersSystem(ToyScorer(), probe_tokens=4, response_tokens=4)
+    probes = system.rollout_tester(["Hello there."])
+    system.rollout_target(["Hello there." + probes[0]])
+    stores = [system._prefix_stores[id(system._tester)], system._prefix_stores[id(system._target)]]
+    assert [len(store) for store in stores] == [1, 1]
+    assert system._prefix_store(system._tester) is stores[0] and len(stores[0]) == 1  # unchanged weights
+    with torch.no_grad():
+        next(system.parameters()).add_(0.0)  # an in-place update, as an optimizer step makes
+    assert system._prefix_store(system._tester) is stores[0] and len(stores[0]) == 0
+    assert system._prefix_store(system._target) is stores[1] and len(stores[1]) == 0
+
+
+def test_num_threads_option_sets_torch_threads() -> None:
+    before = torch.get_num_threads()
+    try:
+        system = TransformersSystem(ToyScorer(), probe_tokens=4, response_tokens=4, num_threads=2)
+        assert system.num_threads == torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    from astra_core.errors import OptionsError
+
+    with pytest.raises(OptionsError, match="num_threads"):
+        TransformersSystem(ToyScorer(), num_threads=0)
