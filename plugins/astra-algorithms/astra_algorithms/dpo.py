@@ -16,56 +16,21 @@ Log-probs are summed over each probe's tokens.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from astra_algorithms._common import frozen, validated
+from astra_algorithms._common import validated
 from astra_algorithms.options import DPOOptions
-from astra_algorithms.preference import PreferenceAlgorithm, PreferenceBatch
-from astra_core.protocols import Reduction, System
+from astra_algorithms.preference import (  # noqa: F401  (re-exported for callers of the pair path)
+    PairLogprobSystem,
+    PreferenceAlgorithm,
+    PreferenceBatch,
+    pair_logprobs,
+)
+from astra_core.protocols import System
 from astra_core.types import ActionT, StateT
-
-
-@runtime_checkable
-class PairLogprobSystem(Protocol):
-    """A system that scores a preference pair's two continuations on one pass of their shared
-    context: `tester_pair_logprobs` returns (chosen, rejected) log-probs, each (B,), with the same
-    values and gradients as two `tester_logprobs` calls."""
-
-    def tester_pair_logprobs(
-        self,
-        contexts: Sequence[Any],
-        chosen: Sequence[Any],
-        rejected: Sequence[Any],
-        reduction: Reduction = "sum",
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(chosen, rejected) tester log-probs after each context, with gradients."""
-        ...
-
-
-def pair_logprobs(
-    system: System[StateT, ActionT], batch: PreferenceBatch[StateT, ActionT], reduction: Reduction = "sum"
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(policy chosen, policy rejected, reference chosen, reference rejected) log-probs, each (B,),
-    with the tester's pair pass when `system` is a `PairLogprobSystem` (each context runs once),
-    else one concatenated `tester_logprobs` call. The baseline's come
-    without gradients from one concatenated call either way."""
-    n = len(batch)
-    contexts = batch.contexts + batch.contexts
-    continuations = batch.chosen + batch.rejected
-    if isinstance(system, PairLogprobSystem):
-        pi_chosen, pi_rejected = system.tester_pair_logprobs(batch.contexts, batch.chosen, batch.rejected, reduction)
-        pi_chosen, pi_rejected = pi_chosen.float(), pi_rejected.float()
-    else:
-        policy = system.tester_logprobs(contexts, continuations, reduction).float()  # (2B,)
-        pi_chosen, pi_rejected = policy[:n], policy[n:]
-    with torch.no_grad():
-        reference = frozen(system.baseline_logprobs(contexts, continuations, reduction))  # (2B,)
-    reference = reference.to(pi_chosen.device)
-    return pi_chosen, pi_rejected, reference[:n], reference[n:]
 
 
 class DPOLoss(NamedTuple):
@@ -110,13 +75,6 @@ class DPO(PreferenceAlgorithm[StateT, ActionT]):
         self.options = validated(DPOOptions, "dpo", {"beta": beta, "label_smoothing": label_smoothing})
         self.beta = self.options.beta
         self.label_smoothing = self.options.label_smoothing
-
-    def logprobs(
-        self, batch: PreferenceBatch[StateT, ActionT], reduction: Reduction = "sum"
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The batch's four log-prob vectors (see `pair_logprobs`: a pair's context runs once
-        through the tester when the system can do that)."""
-        return pair_logprobs(self.system, batch, reduction)
 
     def step(self, batch: PreferenceBatch[StateT, ActionT]) -> tuple[torch.Tensor, dict[str, float]]:
         """The DPO loss of `batch` and its metrics (``dpo/...``)."""

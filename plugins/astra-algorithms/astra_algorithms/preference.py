@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Generic
+from typing import Any, Generic, Protocol, runtime_checkable
 
 import torch
 from torch.nn import Parameter
@@ -93,20 +93,48 @@ class PreferenceAlgorithm(Generic[StateT, ActionT]):
     def logprobs(
         self, batch: PreferenceBatch[StateT, ActionT], reduction: Reduction = "sum"
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(policy chosen, policy rejected, reference chosen, reference rejected) log-probs, each (B,).
-
-        Chosen and rejected go through each model in one call (the lists concatenated), as TRL
-        does; the baseline's are computed without gradients.
-        """
-        n = len(batch)
-        contexts = batch.contexts + batch.contexts
-        continuations = batch.chosen + batch.rejected
-        policy = self.system.tester_logprobs(contexts, continuations, reduction).float()  # (2B,)
-        with torch.no_grad():
-            reference = frozen(self.system.baseline_logprobs(contexts, continuations, reduction))  # (2B,)
-        reference = reference.to(policy.device)
-        return policy[:n], policy[n:], reference[:n], reference[n:]
+        """The batch's four log-prob vectors, each (B,) (see `pair_logprobs`)."""
+        return pair_logprobs(self.system, batch, reduction)
 
     def parameters(self) -> Iterator[Parameter]:
         """The tester's parameters (preference losses add none of their own)."""
         return self.system.parameters()
+
+
+@runtime_checkable
+class PairLogprobSystem(Protocol):
+    """A system that scores a preference pair's two continuations on one pass of their shared
+    context: `tester_pair_logprobs` returns (chosen, rejected) log-probs, each (B,), with the same
+    values and gradients as two `tester_logprobs` calls."""
+
+    def tester_pair_logprobs(
+        self,
+        contexts: Sequence[Any],
+        chosen: Sequence[Any],
+        rejected: Sequence[Any],
+        reduction: Reduction = "sum",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chosen, rejected) tester log-probs after each context, with gradients."""
+        ...
+
+
+def pair_logprobs(
+    system: System[StateT, ActionT], batch: PreferenceBatch[StateT, ActionT], reduction: Reduction = "sum"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(policy chosen, policy rejected, reference chosen, reference rejected) log-probs, each (B,),
+    with the tester's pair pass when `system` is a `PairLogprobSystem` (each context runs once),
+    else one concatenated `tester_logprobs` call. The baseline's come
+    without gradients from one concatenated call either way."""
+    n = len(batch)
+    contexts = batch.contexts + batch.contexts
+    continuations = batch.chosen + batch.rejected
+    if isinstance(system, PairLogprobSystem):
+        pi_chosen, pi_rejected = system.tester_pair_logprobs(batch.contexts, batch.chosen, batch.rejected, reduction)
+        pi_chosen, pi_rejected = pi_chosen.float(), pi_rejected.float()
+    else:
+        policy = system.tester_logprobs(contexts, continuations, reduction).float()  # (2B,)
+        pi_chosen, pi_rejected = policy[:n], policy[n:]
+    with torch.no_grad():
+        reference = frozen(system.baseline_logprobs(contexts, continuations, reduction))  # (2B,)
+    reference = reference.to(pi_chosen.device)
+    return pi_chosen, pi_rejected, reference[:n], reference[n:]
