@@ -11,7 +11,7 @@ import math
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -157,16 +157,19 @@ class TensorBoard(BaseCallback):
             self._writer.close()
 
 
+WandBMode = Literal["online", "offline", "disabled"]
+
+
 class WandBOptions(_Options):
     project: str = "astra"
-    mode: str = Field("offline", pattern="^(online|offline|disabled)$")
+    mode: WandBMode = "offline"
     name: str | None = None
 
 
 class WandB(BaseCallback):
     """Logs to Weights & Biases; ``mode = "offline"`` (the default) needs no account."""
 
-    def __init__(self, project: str = "astra", mode: str = "offline", name: str | None = None) -> None:
+    def __init__(self, project: str = "astra", mode: WandBMode = "offline", name: str | None = None) -> None:
         try:
             import wandb  # noqa: F401
         except ImportError:
