@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from astra_core.errors import AstraError, CheckpointError, ConfigError
+from astra_core.types import json_safe
 
 if TYPE_CHECKING:
     from astra_core.build import BuiltRun, ResolvedRun
@@ -366,19 +367,10 @@ def _make_trainer(resolved: ResolvedRun, source: str) -> Trainer[Any, Any, Any, 
         )
 
 
-def _json_safe(data: Any) -> Any:
-    """`data` with NaN and infinities as null, so every JSON reader accepts the file."""
-    if isinstance(data, float) and not math.isfinite(data):
-        return None
-    if isinstance(data, Mapping):
-        return {str(k): _json_safe(v) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [_json_safe(v) for v in data]
-    return data
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
 def _describe_default(config: RunConfig) -> str:

@@ -53,7 +53,7 @@ from astra_core.protocols import (
     TreeSampler,
 )
 from astra_core.registry import Registries
-from astra_core.types import ActionT, BatchT, StateT, StepT
+from astra_core.types import ActionT, BatchT, StateT, StepT, json_safe
 
 log = logging.getLogger(__name__)
 
@@ -441,7 +441,7 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
             stem = directory / f"step-{self.global_step:08d}"
             payload = {"step": self.global_step, "metrics": report.metrics, "details": report.details}
             # Strict JSON: NaN and infinities become null, so every JSON reader accepts the file.
-            text = json.dumps(_json_safe(payload), indent=1, allow_nan=False)
+            text = json.dumps(json_safe(payload), indent=1, allow_nan=False)
             stem.with_suffix(".json").write_text(text, encoding="utf-8")
             if report.markdown:
                 stem.with_suffix(".md").write_text(report.markdown, encoding="utf-8")
@@ -603,14 +603,6 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
                 signal.signal(signum, handler)
 
 
-def _json_safe(data: Any) -> Any:
-    if isinstance(data, float) and not math.isfinite(data):
-        return None
-    if isinstance(data, Mapping):
-        return {str(k): _json_safe(v) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [_json_safe(v) for v in data]
-    return data
 
 
 @contextmanager
