@@ -120,23 +120,31 @@ def _device(name: str) -> torch.device:
         raise ConfigError(f"invalid torch device {name!r} ({error}); use e.g. 'cpu' or 'cuda:0'") from None
 
 
+@contextmanager
+def _no_hf_progress_bars() -> Iterator[None]:
+    """The CLI draws its own progress; no "Loading weights" or "Writing model shards" bars."""
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(source: str, dtype: torch.dtype, device: torch.device) -> LoadedModel:
     """Load a causal LM and its tokenizer through `from_pretrained`, the same way for the
     embedded model, a hub id or a local directory; failures become a `ComponentBuildError`."""
     location = resolve_source(source)
-    bars_were_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # the CLI draws its own progress; no "Loading weights" bars
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location)
-        module = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+        with _no_hf_progress_bars():
+            tokenizer = AutoTokenizer.from_pretrained(location)
+            module = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
     except Exception as error:  # any loading failure is reported with the source that caused it
         raise ComponentBuildError(
             f"cannot load model {source!r} (from {location!r}): {type(error).__name__}: {error}; "
             f"give a local model directory, a hub id that is cached (runs are offline), or 'tiny'"
         ) from error
-    finally:
-        if bars_were_on:
-            hf_logging.enable_progress_bar()
     _as_torch(module).to(device).eval()
     config = module.config
     n_positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
@@ -334,11 +342,12 @@ class TransformersSystem:
         (and this system's ``model=directory``) load it. A LoRA tester writes only its adapter
         (``adapter_config.json``, ``adapter_model.safetensors``), which ``tester=directory`` and
         ``peft.PeftModel.from_pretrained(base_model, directory)`` load."""
-        if self._lora is not None:
-            self._lora.save(directory)
-        else:
-            self._tester.module.save_pretrained(directory)
-        self._tester.tokenizer.save_pretrained(directory)
+        with _no_hf_progress_bars():
+            if self._lora is not None:
+                self._lora.save(directory)
+            else:
+                self._tester.module.save_pretrained(directory)
+            self._tester.tokenizer.save_pretrained(directory)
 
     @contextmanager
     def _running(self, model: LoadedModel) -> Iterator[None]:
