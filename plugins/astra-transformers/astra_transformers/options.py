@@ -75,7 +75,7 @@ class TransformersOptions(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass (1.0: off)")
     top_k: int = Field(0, ge=0, description="sample among the k likeliest tokens (0: off)")
     num_threads: int | None = Field(
-        None, ge=1, description="torch intra-op threads (None: chosen for the models' size, see tune_threads)"
+        None, ge=1, description="torch intra-op threads (None: ASTRA_NUM_THREADS if set, else one per core)"
     )
     max_context_tokens: int | None = Field(
         None,
