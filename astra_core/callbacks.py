@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from astra_core.protocols import EvaluationReport, TrainerView
+from astra_core.types import json_safe
 
 
 class BaseCallback:
@@ -91,9 +92,8 @@ class MetricsJSONL(BaseCallback):
         if trainer.run_dir is None:
             return
         path = Path(trainer.run_dir) / self.filename
-        clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()}
         with path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(clean) + "\n")
+            handle.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
             handle.flush()
 
     def on_train_begin(self, trainer: TrainerView) -> None:
