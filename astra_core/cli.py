@@ -203,10 +203,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
             print(f"{kind}s:")
         aliases = f" (aliases: {', '.join(c['aliases'])})" if c["aliases"] else ""
         flag = "  CONFLICT" if c["conflict"] else ""
-        print(
-            f"  {c['name']:<{name_width}}  {c['provider']}{flag}"
-            f"  {c['summary']}{aliases}"
-        )
+        print(f"  {c['name']:<{name_width}}  {c['provider']}{flag}  {c['summary']}{aliases}")
     if conflicts:
         print("conflicts (a name registered by more than one plugin; disable one with ASTRA_DISABLE_PLUGINS):")
         for conflict in conflicts:
@@ -365,8 +362,6 @@ def _make_trainer(resolved: ResolvedRun, source: str) -> Trainer[Any, Any, Any, 
             registries=_registries(),
             resolved_config=resolved.describe(),
         )
-
-
 
 
 def _write_json(path: Path, data: Any) -> None:
