@@ -78,30 +78,30 @@ class TrainingConfiguration(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    lr: float = Field(3e-3, gt=0, allow_inf_nan=False, description="base learning rate")
-    batch_size: int = Field(16, ge=1, description="training steps per DataLoader batch")
+    lr: float = Field(default=3e-3, gt=0, allow_inf_nan=False, description="base learning rate")
+    batch_size: int = Field(default=16, ge=1, description="training steps per DataLoader batch")
     optimizer: ComponentRef = Field(
         default_factory=lambda: ComponentRef(name="adamw"),
         description="registered optimizer name, or a table with options",
     )
-    gradient_accumulation_steps: int = Field(1, ge=1, description="batches per optimizer update")
-    training_steps: int = Field(1024, ge=1, description="experiences to collect and train on")
-    num_episodes_per_experience: int = Field(8, ge=1, description="rollouts per experience")
-    seed: int = Field(0, ge=0, description="seeds rollouts, shuffling and initialisation")
+    gradient_accumulation_steps: int = Field(default=1, ge=1, description="batches per optimizer update")
+    training_steps: int = Field(default=1024, ge=1, description="experiences to collect and train on")
+    num_episodes_per_experience: int = Field(default=8, ge=1, description="rollouts per experience")
+    seed: int = Field(default=0, ge=0, description="seeds rollouts, shuffling and initialisation")
     max_grad_norm: float | None = Field(
-        None, gt=0, allow_inf_nan=False, description="clip gradient norm; None: no clipping"
+        default=None, gt=0, allow_inf_nan=False, description="clip gradient norm; None: no clipping"
     )
     lr_scheduler: ComponentRef = Field(
         default_factory=lambda: ComponentRef(name="constant"),
         description="registered scheduler, stepped once per training step",
     )
-    warmup_steps: int = Field(0, ge=0, description="linear warmup steps for the scheduler")
-    shuffle: bool = Field(True, description="shuffle each experience with a seeded generator")
-    checkpoint_every: int | None = Field(None, ge=1, description="checkpoint every N steps (needs output_dir)")
-    keep_checkpoints: int = Field(2, ge=1, description="how many recent checkpoints to keep")
-    output_dir: str | None = Field(None, description="run directory for checkpoints, metrics, reports")
-    eval_every: int | None = Field(None, ge=1, description="evaluate every N steps (needs an evaluator)")
-    max_nonfinite_in_a_row: int = Field(10, ge=1, description="stop after this many non-finite losses in a row")
+    warmup_steps: int = Field(default=0, ge=0, description="linear warmup steps for the scheduler")
+    shuffle: bool = Field(default=True, description="shuffle each experience with a seeded generator")
+    checkpoint_every: int | None = Field(default=None, ge=1, description="checkpoint every N steps (needs output_dir)")
+    keep_checkpoints: int = Field(default=2, ge=1, description="how many recent checkpoints to keep")
+    output_dir: str | None = Field(default=None, description="run directory for checkpoints, metrics, reports")
+    eval_every: int | None = Field(default=None, ge=1, description="evaluate every N steps (needs an evaluator)")
+    max_nonfinite_in_a_row: int = Field(default=10, ge=1, description="stop after this many non-finite losses in a row")
 
     @field_validator("optimizer", "lr_scheduler", mode="before")
     @classmethod

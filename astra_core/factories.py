@@ -70,41 +70,41 @@ class TypedFactory(Generic[R_co]):
         return self.factory(*args, **kwargs)
 
 
-def scorer(factory: Callable[P, Scorer[S, A]]) -> TypedFactory[Scorer[S, A]]:
+def scorer(factory: Callable[P, Scorer[S, A]]) -> TypedFactory[Scorer[Any, Any]]:
     """Declare a scorer factory, called ``factory(**options)``."""
     return TypedFactory("scorer", factory)
 
 
-def system(factory: Callable[Concatenate[Scorer[S, A], P], System[S, A]]) -> TypedFactory[System[S, A]]:
+def system(factory: Callable[Concatenate[Scorer[S, A], ...], System[S, A]]) -> TypedFactory[System[Any, Any]]:
     """Declare a system factory, called ``factory(scorer, **options)``."""
     return TypedFactory("system", factory)
 
 
-def sampler(factory: Callable[Concatenate[System[S, A], P], Sampler[S, A]]) -> TypedFactory[Sampler[S, A]]:
+def sampler(factory: Callable[Concatenate[System[S, A], ...], Sampler[S, A]]) -> TypedFactory[Sampler[Any, Any]]:
     """Declare a sampler factory, called ``factory(system, **options)``."""
     return TypedFactory("sampler", factory)
 
 
 def algorithm(
-    factory: Callable[Concatenate[System[S, A], P], Algorithm[S, A, E, B]],
-) -> TypedFactory[Algorithm[S, A, E, B]]:
+    factory: Callable[Concatenate[System[S, A], ...], Algorithm[S, A, E, B]],
+) -> TypedFactory[Algorithm[Any, Any, Any, Any]]:
     """Declare an algorithm factory, called ``factory(system, **options)``."""
     return TypedFactory("algorithm", factory)
 
 
-def evaluator(factory: Callable[Concatenate[Sampler[S, A], P], Evaluator]) -> TypedFactory[Evaluator]:
+def evaluator(factory: Callable[Concatenate[Sampler[S, A], ...], Evaluator]) -> TypedFactory[Evaluator]:
     """Declare an evaluator factory, called ``factory(sampler, **options)``."""
     return TypedFactory("evaluator", factory)
 
 
 def optimizer(
-    factory: Callable[Concatenate[Iterable[torch.nn.Parameter], P], torch.optim.Optimizer],
+    factory: Callable[Concatenate[Iterable[torch.nn.Parameter], ...], torch.optim.Optimizer],
 ) -> TypedFactory[torch.optim.Optimizer]:
     """Declare an optimizer factory, called ``factory(params, lr=lr, **options)``."""
     return TypedFactory("optimizer", factory)
 
 
-def scheduler(factory: Callable[Concatenate[torch.optim.Optimizer, P], LRScheduler]) -> TypedFactory[LRScheduler]:
+def scheduler(factory: Callable[Concatenate[torch.optim.Optimizer, ...], LRScheduler]) -> TypedFactory[LRScheduler]:
     """Declare a scheduler factory, called ``factory(optimizer, total_steps=total_steps, **options)``."""
     return TypedFactory("scheduler", factory)
 
