@@ -62,7 +62,6 @@ class Kind:
     """Names of the `astra_core.protocols` classes whose members are optional for this kind."""
     conformance: str | None = None
     """The `astra_core.testing` check a plugin author runs on a component of this kind."""
-    summary: str = ""
 
     @property
     def protocol(self) -> type:
@@ -81,6 +80,8 @@ class Kind:
     @property
     def required(self) -> tuple[str, ...]:
         """The members every component of this kind has, in the protocol's order."""
+        if not self.is_protocol:
+            return ()  # a torch base class, checked with isinstance (and not imported here)
         optional = set(self.optional_members)
         return tuple(name for name in members(self.protocol) if name not in optional)
 
@@ -117,67 +118,26 @@ class Kind:
         return contracts.guard(self.name, component, origin)
 
 
+def _p(name: str) -> str:
+    return f"{_PROTOCOLS}:{name}"
+
+
+def _on(kind: ComponentKind, argument: str | None = None) -> Dependency:
+    return Dependency(argument or kind, kind)
+
+
 KINDS_TABLE: dict[ComponentKind, Kind] = {
-    kind.name: kind
-    for kind in (
-        Kind(
-            "scorer",
-            f"{_PROTOCOLS}:Scorer",
-            conformance="check_scorer",
-            summary="scores texts for harm, one value in [0, 1] per item",
-        ),
-        Kind(
-            "system",
-            f"{_PROTOCOLS}:System",
-            dependencies=(Dependency("scorer", "scorer"),),
-            optional=("FeatureSystem",),
-            conformance="check_system",
-            summary="the models: the trainable tester, the frozen target and baseline",
-        ),
-        Kind(
-            "sampler",
-            f"{_PROTOCOLS}:Sampler",
-            dependencies=(Dependency("system", "system"),),
-            optional=("BatchedSampler", "TreeSampler"),
-            conformance="check_sampler",
-            summary="rolls the system out into rollout trees",
-        ),
-        Kind(
-            "algorithm",
-            f"{_PROTOCOLS}:Algorithm",
-            dependencies=(Dependency("system", "system"),),
-            optional=("MultiEpochAlgorithm",),
-            conformance="check_algorithm",
-            summary="turns rollout trees into training examples and batches into a loss",
-        ),
-        Kind(
-            "evaluator",
-            f"{_PROTOCOLS}:Evaluator",
-            dependencies=(Dependency("sampler", "sampler"),),
-            optional=("ComparingEvaluator",),
-            summary="measures how often and how badly the target breaks",
-        ),
-        Kind(
-            "optimizer",
-            "torch.optim:Optimizer",
-            dependencies=(Dependency("params", "algorithm"),),
-            injected=("lr",),
-            conformance="check_optimizer",
-            summary="updates the parameters the algorithm trains",
-        ),
-        Kind(
-            "scheduler",
-            "torch.optim.lr_scheduler:LRScheduler",
-            dependencies=(Dependency("optimizer", "optimizer"),),
-            injected=("total_steps",),
-            summary="the learning rate over training, stepped once per training step",
-        ),
-        Kind(
-            "callback",
-            f"{_PROTOCOLS}:Callback",
-            optional=("Callback",),
-            summary="observes training (progress, metrics, logging)",
-        ),
+    record.name: record
+    for record in (
+        # kind, protocol, built from, injected keywords, optional protocols, conformance check
+        Kind("scorer", _p("Scorer"), (), (), (), "check_scorer"),
+        Kind("system", _p("System"), (_on("scorer"),), (), ("FeatureSystem",), "check_system"),
+        Kind("sampler", _p("Sampler"), (_on("system"),), (), ("BatchedSampler", "TreeSampler"), "check_sampler"),
+        Kind("algorithm", _p("Algorithm"), (_on("system"),), (), ("MultiEpochAlgorithm",), "check_algorithm"),
+        Kind("evaluator", _p("Evaluator"), (_on("sampler"),), (), ("ComparingEvaluator",), None),
+        Kind("optimizer", "torch.optim:Optimizer", (_on("algorithm", "params"),), ("lr",), (), "check_optimizer"),
+        Kind("scheduler", "torch.optim.lr_scheduler:LRScheduler", (_on("optimizer"),), ("total_steps",), (), None),
+        Kind("callback", _p("Callback"), (), (), ("Callback",), None),
     )
 }
 """Every kind, by name."""

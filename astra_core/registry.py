@@ -15,7 +15,7 @@ import inspect
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from astra_core.errors import (
     ComponentBuildError,
@@ -33,6 +33,7 @@ __all__ = [
     "KINDS",
     "ComponentInfo",
     "ComponentKind",
+    "Details",
     "Provider",
     "Registrar",
     "Registration",
@@ -285,6 +286,17 @@ FactoryRef = str | Callable[..., Any]
 OptionsRef = str | type["BaseModel"] | None
 
 
+class Details(TypedDict, total=False):
+    """What a registration may say besides name and factory (all optional)."""
+
+    options: OptionsRef
+    """The pydantic model of the component's options, or its ``"module:attribute"`` path."""
+    summary: str
+    """One line for ``astra plugins``."""
+    aliases: Sequence[str]
+    """Other names a run file may use."""
+
+
 class Registration:
     """``registrar.<kind>(name, factory, options=..., summary=..., aliases=...)``: register one `kind`.
 
@@ -298,16 +310,8 @@ class Registration:
     def __init__(self, registrar: Registrar, kind: ComponentKind) -> None:
         self.registrar, self.kind = registrar, kind
 
-    def __call__(
-        self,
-        name: str,
-        factory: FactoryRef,
-        *,
-        options: OptionsRef = None,
-        summary: str = "",
-        aliases: Sequence[str] = (),
-    ) -> None:
-        self.registrar.add(self.kind, name, factory, options=options, summary=summary, aliases=aliases)
+    def __call__(self, name: str, factory: FactoryRef, **details: Unpack[Details]) -> None:
+        self.registrar.add(self.kind, name, factory, **details)
 
     def __repr__(self) -> str:
         return f"<registrar.{self.kind}: {KINDS_TABLE[self.kind].call}>"
@@ -338,17 +342,15 @@ class Registrar:
         for kind in KINDS:
             setattr(self, kind, Registration(self, kind))
 
-    def add(
-        self,
-        kind: ComponentKind,
-        name: str,
-        factory: FactoryRef,
-        *,
-        options: OptionsRef = None,
-        summary: str = "",
-        aliases: Sequence[str] = (),
-    ) -> None:
+    def add(self, kind: ComponentKind, name: str, factory: FactoryRef, **details: Unpack[Details]) -> None:
         """Register `factory` as the `kind` called `name` (see `Registration`)."""
+        unexpected = sorted(set(details) - Details.__optional_keys__)
+        if unexpected:  # mypy catches these; plain Python would otherwise drop them silently
+            raise TypeError(
+                f"registering {kind} {name!r}: unexpected {', '.join(unexpected)} (expected options, summary, aliases)"
+            )
+        options, summary = details.get("options"), details.get("summary", "")
+        aliases = details.get("aliases", ())
         if kind not in KINDS:
             raise ValueError(f"unknown component kind {kind!r}; kinds are {', '.join(KINDS)}")
         if not name or ":" in name:

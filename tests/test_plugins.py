@@ -460,6 +460,14 @@ def test_files_quoted_in_the_guide_match_the_example_package() -> None:
     assert quoted >= 5, "the guide should quote the example package's files"
 
 
+def test_the_guides_table_of_kinds_is_generated_from_the_code() -> None:
+    from astra_core import kinds
+
+    assert kinds.table_markdown() in GUIDE.read_text(encoding="utf-8"), (
+        "docs/plugins.md's table of kinds differs from astra_core.kinds; paste kinds.table_markdown() there"
+    )
+
+
 def test_python_snippets_in_the_guide_run() -> None:
     snippets = [b for b in _blocks("python") if not b.startswith("# file:")]
     assert snippets

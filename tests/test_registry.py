@@ -133,6 +133,12 @@ def test_names_that_look_like_import_paths_cannot_be_registered() -> None:
         registrar.add("sampelr", "x", make_sampler)  # type: ignore[arg-type]
 
 
+def test_a_misspelt_registration_keyword_is_an_error_not_dropped() -> None:
+    registrar = Registrar(discover().registries.get("optimizer", "adam").provider)
+    with pytest.raises(TypeError, match=r"registering sampler 'x': unexpected option \(expected options"):
+        registrar.sampler("x", make_sampler, option="m:Options")  # type: ignore[call-arg]
+
+
 # --- duplicates -------------------------------------------------------------------------------
 
 

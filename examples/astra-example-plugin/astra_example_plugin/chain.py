@@ -11,7 +11,7 @@ import random
 from collections.abc import Sequence
 from typing import Generic, cast
 
-from astra_core import Graph, Node, Scorer, System
+from astra_core import Graph, Node, Scorer, System, factories
 from astra_core.scoring import checked_scores
 from astra_core.types import ActionT, StateT
 
@@ -62,3 +62,7 @@ class ChainSampler(Generic[StateT, ActionT]):
                 children.append(node)
                 following.append((node.children, self.system.advance(context, probe, response)))
             frontier = following
+
+
+factory = factories.sampler(ChainSampler)
+"""What the plugin registers; mypy checks ``ChainSampler`` against the sampler protocol here."""
