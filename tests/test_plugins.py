@@ -136,14 +136,22 @@ def test_a_plugin_raising_in_astra_register_is_fatal_in_strict_mode(monkeypatch:
         discover(extra=[("half", RaisesHalfway())])
 
 
+def install_distribution(where: Path, distribution: str, version: str, plugin: str, source: str) -> None:
+    """Make `where` hold an installed distribution whose entry point `plugin` is a module with `source`."""
+    module = distribution.replace("-", "_")
+    (where / f"{module}.py").write_text(source)
+    info = where / f"{module}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[astra_core]\n{plugin} = {module}\n")
+
+
 @pytest.fixture
 def broken_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """An installed distribution `astra-broken-import` whose plugin module raises on import."""
-    (tmp_path / "astra_broken_import.py").write_text("raise ImportError('needs a library that is not installed')\n")
-    info = tmp_path / "astra_broken_import-0.3.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: astra-broken-import\nVersion: 0.3\n")
-    (info / "entry_points.txt").write_text("[astra_core]\nbroken = astra_broken_import\n")
+    install_distribution(
+        tmp_path, "astra-broken-import", "0.3", "broken", "raise ImportError('needs a library that is not installed')\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     return "broken"
 
@@ -245,17 +253,14 @@ def test_an_unknown_hook_is_fatal_in_strict_mode(monkeypatch: pytest.MonkeyPatch
 
 @pytest.fixture
 def misspelt_distribution(tmp_path: Path) -> Path:
-    """An installable distribution `astra-misspelt` whose plugin module misspells its hook."""
-    (tmp_path / "astra_misspelt.py").write_text(
+    """A directory holding a distribution `astra-misspelt` whose plugin module misspells its hook."""
+    source = (
         "from astra_core import Registrar, hookimpl\n\n\n"
         "@hookimpl\n"
         "def astra_registr(registrar: Registrar) -> None:\n"
         "    registrar.sampler('misspelt', 'astra_core.testing.toy:ToySampler')\n"
     )
-    info = tmp_path / "astra_misspelt-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: astra-misspelt\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[astra_core]\nmisspelt = astra_misspelt\n")
+    install_distribution(tmp_path, "astra-misspelt", "1.0", "misspelt", source)
     return tmp_path
 
 
