@@ -28,7 +28,6 @@ from astra_core.hooks import hookimpl, hookspec
 from astra_core.kinds import ComponentKind, Kind
 from astra_core.protocols import (
     Algorithm,
-    BatchedSampler,
     Callback,
     ComparingEvaluator,
     EvaluationReport,
@@ -43,6 +42,7 @@ from astra_core.protocols import (
     TreeSampler,
 )
 from astra_core.registry import ComponentInfo, Provider, Registrar, Registration, Registries, Registry
+from astra_core.turns import Reads, TextScorer, Turn, text_scorer
 
 if TYPE_CHECKING:
     from astra_core.callbacks import BaseCallback
@@ -69,7 +69,6 @@ __all__ = [
     "Algorithm",
     "AstraError",
     "BaseCallback",
-    "BatchedSampler",
     "Callback",
     "CheckpointError",
     "ComparingEvaluator",
@@ -90,6 +89,7 @@ __all__ = [
     "OptionsError",
     "PluginLoadError",
     "Provider",
+    "Reads",
     "Reduction",
     "Registrar",
     "Registration",
@@ -99,11 +99,13 @@ __all__ = [
     "Sampler",
     "Scorer",
     "System",
+    "TextScorer",
     "Trainer",
     "TrainerView",
     "TrainingConfiguration",
     "TrainingError",
     "TreeSampler",
+    "Turn",
     "TypedFactory",
     "UnknownComponentError",
     "factories",
@@ -111,4 +113,5 @@ __all__ = [
     "hookspec",
     "load_run_file",
     "seed_everything",
+    "text_scorer",
 ]

@@ -206,7 +206,7 @@ def guard_system(system: Any, label: str) -> None:
 
 
 def guard_sampler(sampler: Any, label: str) -> None:
-    """Check that a batched sampler's ``rollouts(count)`` returns `count` episodes (see `guard_system`)."""
+    """Check that a sampler's ``rollouts(count)`` returns `count` episodes (see `guard_system`)."""
     _install_check(sampler, "rollouts", _check_rollouts(label))
 
 

@@ -75,13 +75,15 @@ def scorer(factory: Callable[P, Scorer[S, A]]) -> TypedFactory[Scorer[Any, Any]]
     return TypedFactory("scorer", factory)
 
 
-def system(factory: Callable[Concatenate[Scorer[S, A], ...], System[S, A]]) -> TypedFactory[System[Any, Any]]:
-    """Declare a system factory, called ``factory(scorer, **options)``."""
+def system(factory: Callable[P, System[S, A]]) -> TypedFactory[System[Any, Any]]:
+    """Declare a system factory, called ``factory(**options)``."""
     return TypedFactory("system", factory)
 
 
-def sampler(factory: Callable[Concatenate[System[S, A], ...], Sampler[S, A]]) -> TypedFactory[Sampler[Any, Any]]:
-    """Declare a sampler factory, called ``factory(system, **options)``."""
+def sampler(
+    factory: Callable[Concatenate[System[S, A], Scorer[S, A], ...], Sampler[S, A]],
+) -> TypedFactory[Sampler[Any, Any]]:
+    """Declare a sampler factory, called ``factory(system, scorer, **options)``."""
     return TypedFactory("sampler", factory)
 
 

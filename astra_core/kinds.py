@@ -131,8 +131,8 @@ KINDS_TABLE: dict[ComponentKind, Kind] = {
     for record in (
         # kind, protocol, built from, injected keywords, optional protocols, conformance check
         Kind("scorer", _p("Scorer"), (), (), (), "check_scorer"),
-        Kind("system", _p("System"), (_on("scorer"),), (), ("FeatureSystem",), "check_system"),
-        Kind("sampler", _p("Sampler"), (_on("system"),), (), ("BatchedSampler", "TreeSampler"), "check_sampler"),
+        Kind("system", _p("System"), (), (), ("FeatureSystem",), "check_system"),
+        Kind("sampler", _p("Sampler"), (_on("system"), _on("scorer")), (), ("TreeSampler",), "check_sampler"),
         Kind("algorithm", _p("Algorithm"), (_on("system"),), (), ("MultiEpochAlgorithm",), "check_algorithm"),
         Kind("evaluator", _p("Evaluator"), (_on("sampler"),), (), ("ComparingEvaluator",), None),
         Kind("optimizer", "torch.optim:Optimizer", (_on("algorithm", "params"),), ("lr",), (), "check_optimizer"),

@@ -49,12 +49,12 @@ class Plugin:
             )
 
 
-def make_sampler(system: object, depth: int = 2, label: str = "chain") -> dict[str, Any]:
+def make_sampler(system: object, scorer: object, depth: int = 2, label: str = "chain") -> dict[str, Any]:
     """A stand-in factory whose typed signature is its options model."""
-    return {"system": system, "depth": depth, "label": label}
+    return {"system": system, "scorer": scorer, "depth": depth, "label": label}
 
 
-def needs_width(system: object, width: int) -> int:
+def needs_width(system: object, scorer: object, width: int) -> int:
     return width
 
 
@@ -219,13 +219,14 @@ def test_options_errors_from_a_run_file_name_the_component() -> None:
 
 def test_options_come_from_the_typed_signature_when_no_model_is_given(registries: Registries) -> None:
     info = registries.get("sampler", "chain-sampler")
-    assert set(info.options_model().model_fields) == {"depth", "label"}  # not `system`: a dependency
+    assert set(info.options_model().model_fields) == {"depth", "label"}  # not `system`, `scorer`: dependencies
     assert info.validate({"depth": "4"}).model_dump() == {"depth": 4, "label": "chain"}
     with pytest.raises(OptionsError, match=r"sampler 'chain-sampler'.*depth"):
         info.validate({"depth": "deep"})
     with pytest.raises(OptionsError, match="unknown option 'width'"):
         info.validate({"width": 2})
-    assert info.build("the system", options={"depth": 5}) == {"system": "the system", "depth": 5, "label": "chain"}
+    built = info.build("the system", "the scorer", options={"depth": 5})
+    assert built == {"system": "the system", "scorer": "the scorer", "depth": 5, "label": "chain"}
 
 
 def test_a_signature_option_without_default_is_required(registries: Registries) -> None:
@@ -248,12 +249,12 @@ def test_injected_arguments_are_not_options() -> None:
 
 
 def test_a_factory_that_raises_is_reported_with_component_and_options() -> None:
-    def exploding(system: object, depth: int = 1) -> None:
+    def exploding(system: object, scorer: object, depth: int = 1) -> None:
         raise RuntimeError("no GPU here")
 
     info = with_plugins(("boom", Plugin(("sampler", "exploding", exploding)))).registries.get("sampler", "exploding")
     with pytest.raises(ComponentBuildError, match=r"sampler 'exploding' \(plugin boom .*\{'depth': 3\}.*no GPU here"):
-        info.build(None, options={"depth": 3})
+        info.build(None, None, options={"depth": 3})
 
 
 def test_a_lazy_factory_that_cannot_be_imported_names_the_plugin_and_the_path() -> None:
@@ -290,7 +291,7 @@ def test_the_registrar_has_one_registration_per_kind() -> None:
     for kind in KINDS:
         getattr(registrar, kind)(f"a-{kind}", make_sampler, summary=kind)
     assert [(info.kind, info.name, info.summary) for info in registrar.staged] == [(k, f"a-{k}", k) for k in KINDS]
-    assert repr(registrar.sampler) == "<registrar.sampler: factory(system, **options)>"
+    assert repr(registrar.sampler) == "<registrar.sampler: factory(system, scorer, **options)>"
 
 
 def test_required_methods_are_the_protocols_members() -> None:
@@ -298,7 +299,7 @@ def test_required_methods_are_the_protocols_members() -> None:
     assert {"advance", "join", "rollout_tester", "tester_logprobs", "parameters"} <= set(system.required)
     assert system.optional_members == ("state_features",)
     assert kinds.kind("sampler").required[:1] == ("system",)
-    assert kinds.kind("algorithm").required == ("flatten", "collate_fn", "step", "parameters")
+    assert kinds.kind("algorithm").required == ("flatten", "collate_fn", "loss", "parameters")
     assert kinds.kind("callback").required == ()
     assert set(kinds.kind("callback").optional_members) == {
         "on_train_begin",
@@ -345,16 +346,16 @@ def test_factory_calls_are_written_from_dependencies_and_injected_keywords() -> 
 
 
 def test_a_built_component_lacking_a_required_method_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    class NoEvalRollout:
-        def __init__(self, system: object) -> None:
-            self.system = system
+    class NoEvalRollouts:
+        def __init__(self, system: object, scorer: object) -> None:
+            self.system, self.scorer = system, scorer
 
-        def rollout(self) -> None: ...
+        def rollouts(self, count: int) -> None: ...
 
-    found = with_plugins(("partial", Plugin(("sampler", "no-eval", NoEvalRollout))))
+    found = with_plugins(("partial", Plugin(("sampler", "no-eval", NoEvalRollouts))))
     config = parse_run_config({"scorer": "toy", "system": "toy", "sampler": "no-eval", "evaluator": "none"})
     resolved = resolve(config, found.registries)
-    with pytest.raises(ComponentBuildError, match=r"sampler 'no-eval' \(plugin partial .*lacks eval_rollout"):
+    with pytest.raises(ComponentBuildError, match=r"sampler 'no-eval' \(plugin partial .*lacks eval_rollouts"):
         build(resolved)
 
 
@@ -390,7 +391,8 @@ def test_a_typed_factory_builds_and_its_options_come_from_the_wrapped_signature(
     found = with_plugins(("typed", Plugin(("sampler", "typed-chain", factories.sampler(make_sampler)))))  # type: ignore[arg-type]
     info = found.registries.get("sampler", "typed-chain")
     assert set(info.options_model().model_fields) == {"depth", "label"}
-    assert info.build("the system", options={"depth": 4}) == {"system": "the system", "depth": 4, "label": "chain"}
+    built = info.build("the system", "the scorer", options={"depth": 4})
+    assert built == {"system": "the system", "scorer": "the scorer", "depth": 4, "label": "chain"}
 
 
 def test_a_typed_factory_registered_as_another_kind_is_refused() -> None:
@@ -417,10 +419,14 @@ def test_every_kind_has_a_typed_factory_declaring_its_protocol_and_dependencies(
         annotation = str(inspect.signature(declare).parameters["factory"].annotation)
         assert record.call in (declare.__doc__ or ""), record.name
         if record.dependencies:
-            [dependency] = record.dependencies  # every kind depends on one thing today
-            given = "Iterable[torch.nn.Parameter]" if dependency.argument == "params" else None
-            source = KINDS_TABLE[dependency.kind]
-            given = given or source.protocol_path.replace(":", ".").removeprefix("astra_core.protocols.")
-            assert annotation.startswith(f"Callable[Concatenate[{given}"), (record.name, annotation)
+            head = annotation.split(", ...]")[0]
+            while "[" in head.removeprefix("Callable[Concatenate["):  # drop generic arguments
+                head = "Callable[Concatenate[" + re.sub(r"\[[^\[\]]*\]", "", head.removeprefix("Callable[Concatenate["))
+            given = head.removeprefix("Callable[Concatenate[").split(", ")
+            expected = [
+                "Iterable" if d.argument == "params" else KINDS_TABLE[d.kind].protocol_path.replace(":", ".")
+                for d in record.dependencies
+            ]
+            assert [e.removeprefix("astra_core.protocols.") for e in expected] == given, (record.name, annotation)
         returned = annotation.split("...], ")[-1] if record.dependencies else annotation.split("[P, ")[-1]
         assert re.match(rf"([\w.]*\.)?{record.protocol_name}\b", returned), (record.name, annotation)

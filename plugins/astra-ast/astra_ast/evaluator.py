@@ -24,6 +24,7 @@ from astra_core.errors import ConfigError, OptionsError
 from astra_core.graph import Graph, Node
 from astra_core.protocols import EvaluationReport, Sampler
 from astra_core.scoring import checked_scores
+from astra_core.turns import Turn
 from astra_core.types import JSON
 
 METRICS: dict[str, str] = {
@@ -45,7 +46,7 @@ METRICS: dict[str, str] = {
 
 @runtime_checkable
 class EvalBatchedSampler(Protocol):
-    """A sampler that rolls many evaluation chains out together (the ``ast`` sampler does)."""
+    """A sampler whose evaluation chains can be of any depth (the ``ast`` sampler's can)."""
 
     def eval_rollouts(self, prompts: Sequence[str], depth: int | None = None) -> list[Graph[str, str]]:
         """Width-1 chains of `depth` turns from each prompt, batched per turn."""
@@ -78,9 +79,9 @@ class ASTEvaluator:
 
     def rollouts(self) -> list[Graph[str, str]]:
         """The evaluation chains (unseeded: `evaluate` seeds around this)."""
-        if isinstance(self.sampler, EvalBatchedSampler):
+        if self.options.turns is not None and isinstance(self.sampler, EvalBatchedSampler):
             return self.sampler.eval_rollouts(self.prompts, self.options.turns)
-        return [self.sampler.eval_rollout(prompt) for prompt in self.prompts]
+        return self.sampler.eval_rollouts(self.prompts)
 
     def compare(self, reports: Mapping[str, EvaluationReport]) -> str:
         """One markdown table comparing labelled reports (see the module-level `compare`)."""
@@ -124,8 +125,9 @@ def _fill_missing_scores(sampler: Sampler[str, str], graphs: Sequence[Graph[str,
     need_response = [n for n in nodes if RESPONSE_TOXICITY not in n.scores]
     need_probe = [n for n in nodes if PROBE_TOXICITY not in n.scores]
     if need_response or need_probe:
-        items = [n.response for n in need_response] + [n.probe for n in need_probe]
-        scores = checked_scores(sampler.system.scorer, items)
+        turns = [Turn(n.context, n.probe, n.response) for n in need_response]
+        turns += [Turn(n.context, n.probe) for n in need_probe]
+        scores = checked_scores(sampler.scorer, turns)
         for node, score in zip(need_response, scores[: len(need_response)], strict=True):
             node.scores[RESPONSE_TOXICITY] = score
         for node, score in zip(need_probe, scores[len(need_response) :], strict=True):
