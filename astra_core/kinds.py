@@ -9,7 +9,7 @@ and the table in ``docs/plugins.md`` are all read from here.
 
 Methods are never listed here: they are derived from the protocol classes in
 `astra_core.protocols`. The rule for optional methods: a kind's *required* members are those of
-its protocol; its *optional* members are those of the protocols named in `Kind.optional`, which
+its protocol; its *optional* members are those of the protocols named in `Kind.extensions`, which
 are the ``@runtime_checkable`` extension protocols the core tests with ``isinstance`` before it
 uses them (``FeatureSystem``, ``MultiEpochAlgorithm``, ...). A kind whose protocol is itself
 optional (``Callback``: every method is optional) names it there too. Optimizers and schedulers are
@@ -58,7 +58,7 @@ class Kind:
     dependencies: tuple[Dependency, ...] = ()
     injected: tuple[str, ...] = ()
     """Keywords the core passes besides the options (``lr``, ``total_steps``); not user options."""
-    optional: tuple[str, ...] = ()
+    extensions: tuple[str, ...] = ()
     """Names of the `astra_core.protocols` classes whose members are optional for this kind."""
     conformance: str | None = None
     """The `astra_core.testing` check a plugin author runs on a component of this kind."""
@@ -86,11 +86,16 @@ class Kind:
         return tuple(name for name in members(self.protocol) if name not in optional)
 
     @property
+    def optional(self) -> tuple[type, ...]:
+        """The extension protocols (imported on first use): what a component of this kind may also be."""
+        return tuple(_import(_p(name)) for name in self.extensions)
+
+    @property
     def optional_members(self) -> tuple[str, ...]:
         """The members of this kind's optional protocols, which a component may leave out."""
         found: list[str] = []
         for protocol in self.optional:
-            found.extend(name for name in members(_import(f"{_PROTOCOLS}:{protocol}")) if name not in found)
+            found.extend(name for name in members(protocol) if name not in found)
         return tuple(found)
 
     @property
@@ -129,7 +134,7 @@ def _on(kind: ComponentKind, argument: str | None = None) -> Dependency:
 KINDS_TABLE: dict[ComponentKind, Kind] = {
     record.name: record
     for record in (
-        # kind, protocol, built from, injected keywords, optional protocols, conformance check
+        # kind, protocol, built from, injected keywords, extensions (optional), conformance check
         Kind("scorer", _p("Scorer"), (), (), (), "check_scorer"),
         Kind("system", _p("System"), (), (), ("FeatureSystem",), "check_system"),
         Kind("sampler", _p("Sampler"), (_on("system"), _on("scorer")), (), ("TreeSampler",), "check_sampler"),

@@ -38,24 +38,28 @@ import random
 from collections.abc import Sequence
 from typing import Generic
 
-from astra_core import Graph, System, factories
+from astra_core import Graph, Node, Scorer, System, Turn, factories
 from astra_core.types import ActionT, StateT
 
 
 class Chain(Generic[StateT, ActionT]):
-    def __init__(self, system: System[StateT, ActionT], depth: int = 3, *, openers: Sequence[StateT]) -> None:
+    def __init__(
+        self, system: System[StateT, ActionT], scorer: Scorer[StateT, ActionT], *, openers: Sequence[StateT]
+    ) -> None:
         self.system = system
-        self.depth = depth
+        self.scorer = scorer
         self.openers = list(openers)
 
-    def rollout(self) -> Graph[StateT, ActionT]:
-        return Graph(random.choice(self.openers))
-
     def rollouts(self, count: int) -> list[Graph[StateT, ActionT]]:
-        return [Graph(random.choice(self.openers)) for _ in range(count)]
+        return self.eval_rollouts([random.choice(self.openers) for _ in range(count)])
 
-    def eval_rollout(self, prompt: StateT) -> Graph[StateT, ActionT]:
-        return Graph(prompt)
+    def eval_rollouts(self, prompts: Sequence[StateT]) -> list[Graph[StateT, ActionT]]:
+        probes = self.system.rollout_tester(prompts)
+        responses = self.system.rollout_target([self.system.join(c, p) for c, p in zip(prompts, probes)])
+        rewards = self.scorer.score([Turn(c, p, r) for c, p, r in zip(prompts, probes, responses)])
+        return [
+            Graph(c, [Node(c, p, r, reward)]) for c, p, r, reward in zip(prompts, probes, responses, rewards)
+        ]
 
 
 factory = factories.sampler(Chain)
@@ -82,13 +86,13 @@ class Imitate:
         self.system = system
         self.reduction: Reduction = reduction
 
-    def flatten(self, graph: Graph[str, str]) -> list[Node[str, str]]:
-        return [node for level in graph.levels() for node in level]
+    def flatten(self, graphs: Sequence[Graph[str, str]]) -> list[Node[str, str]]:
+        return [node for graph in graphs for level in graph.levels() for node in level]
 
-    def collate_fn(self, steps: Sequence[Node[str, str]]) -> Batch:
-        return Batch([s.context for s in steps], [s.probe for s in steps])
+    def collate_fn(self, examples: Sequence[Node[str, str]]) -> Batch:
+        return Batch([e.context for e in examples], [e.probe for e in examples])
 
-    def step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         loss = -self.system.tester_logprobs(batch.contexts, batch.probes, self.reduction).mean()
         return loss, {"loss": float(loss.detach())}
 
@@ -103,12 +107,14 @@ factory = factories.algorithm(Imitate)
 
 from collections.abc import Sequence
 
-from astra_core import factories
+from astra_core import Reads, Turn, factories
 
 
 class Words:
-    def score(self, items: Sequence[str]) -> list[float]:
-        return [float("bad" in item) for item in items]
+    reads: Reads = "text"
+
+    def score(self, turns: Sequence[Turn[str, str]]) -> list[float]:
+        return [float("bad" in turn.text()) for turn in turns]
 
 
 factory = factories.scorer(Words)
@@ -163,42 +169,39 @@ class Broken:
 BAD = {
     "bad_rollouts": Broken(
         "sampler",
-        "def rollout(self) -> Graph[StateT, ActionT]:\n        return Graph(random.choice(self.openers))\n\n"
-        "    def rollouts(self, count: int) -> list[Graph[StateT, ActionT]]:\n"
-        "        return [Graph(random.choice(self.openers)) for _ in range(count)]",
-        'def rollout(self) -> str:\n        return "hello"\n\n'
-        "    def rollouts(self, count: int) -> list[str]:\n"
-        '        return ["hello"] * count',
+        "def rollouts(self, count: int) -> list[Graph[StateT, ActionT]]:\n"
+        "        return self.eval_rollouts([random.choice(self.openers) for _ in range(count)])",
+        'def rollouts(self, count: int) -> list[str]:\n        return ["hello"] * count',
         "arg-type",
         'Argument 1 to "sampler" has incompatible type "type[Chain[StateT, ActionT]]"',
     ),
     "bad_dependency": Broken(
         "sampler",
-        "def __init__(self, system: System[StateT, ActionT],",
-        "def __init__(self, system: Sequence[StateT],",
+        "self, system: System[StateT, ActionT], scorer: Scorer[StateT, ActionT], *,",
+        "self, scorer: Scorer[StateT, ActionT], system: System[StateT, ActionT], *,",
         "arg-type",
         'Argument 1 to "sampler" has incompatible type "type[Chain[StateT, ActionT]]"',
     ),
     "bad_collate": Broken(
         "algorithm",
-        "def collate_fn(self, steps: Sequence[Node[str, str]]) -> Batch:\n"
-        "        return Batch([s.context for s in steps], [s.probe for s in steps])",
-        "def collate_fn(self, steps: Sequence[Node[str, str]]) -> list[str]:\n"
-        "        return [s.context for s in steps]",
+        "def collate_fn(self, examples: Sequence[Node[str, str]]) -> Batch:\n"
+        "        return Batch([e.context for e in examples], [e.probe for e in examples])",
+        "def collate_fn(self, examples: Sequence[Node[str, str]]) -> list[str]:\n"
+        "        return [e.context for e in examples]",
         "misc",
         'Cannot infer value of type parameter "B" of "algorithm"',
     ),
-    "bad_step": Broken(
+    "bad_loss": Broken(
         "algorithm",
-        "def step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:",
-        "def step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, object]]:",
+        "def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:",
+        "def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, object]]:",
         "arg-type",
         'Argument 1 to "algorithm" has incompatible type "type[Imitate]"',
     ),
     "bad_scorer": Broken(
         "scorer",
-        "def score(self, items: Sequence[str]) -> list[float]:\n        return [float(",
-        "def score(self, items: Sequence[str]) -> list[str]:\n        return [str(",
+        "def score(self, turns: Sequence[Turn[str, str]]) -> list[float]:\n        return [float(",
+        "def score(self, turns: Sequence[Turn[str, str]]) -> list[str]:\n        return [str(",
         "arg-type",
         'Argument 1 to "scorer" has incompatible type "type[Words]"',
     ),
