@@ -8,11 +8,12 @@ tester) side by side in one Markdown table.
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast
 
 from pydantic import ValidationError
 
@@ -44,13 +45,20 @@ METRICS: dict[str, str] = {
 """Every metric the evaluator reports, with its definition."""
 
 
-@runtime_checkable
-class EvalBatchedSampler(Protocol):
+class DepthEvalSampler(Protocol):
     """A sampler whose evaluation chains can be of any depth (the ``ast`` sampler's can)."""
 
     def eval_rollouts(self, prompts: Sequence[str], depth: int | None = None) -> list[Graph[str, str]]:
         """Width-1 chains of `depth` turns from each prompt, batched per turn."""
         ...
+
+
+def _takes_depth(sampler: object) -> bool:
+    method = getattr(sampler, "eval_rollouts", None)
+    try:
+        return method is not None and "depth" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class ASTEvaluator:
@@ -71,16 +79,16 @@ class ASTEvaluator:
         self.sampler = sampler
         prompts = load_prompts(self.options.prompts, self.options.prompt_key)
         self.prompts = prompts if self.options.num_prompts is None else prompts[: self.options.num_prompts]
-        if self.options.turns is not None and not isinstance(sampler, EvalBatchedSampler):
+        if self.options.turns is not None and not _takes_depth(sampler):
             raise ConfigError(
-                f"evaluator 'ast': sampler {type(sampler).__name__} has no eval_rollouts, so 'turns' cannot be "
-                f"honoured; remove the evaluator's turns option or use the 'ast' sampler"
+                f"evaluator 'ast': sampler {type(sampler).__name__}'s eval_rollouts takes no depth, so 'turns' "
+                f"cannot be honoured; remove the evaluator's turns option or use the 'ast' sampler"
             )
 
     def rollouts(self) -> list[Graph[str, str]]:
         """The evaluation chains (unseeded: `evaluate` seeds around this)."""
-        if self.options.turns is not None and isinstance(self.sampler, EvalBatchedSampler):
-            return self.sampler.eval_rollouts(self.prompts, self.options.turns)
+        if self.options.turns is not None:
+            return cast(DepthEvalSampler, self.sampler).eval_rollouts(self.prompts, self.options.turns)
         return self.sampler.eval_rollouts(self.prompts)
 
     def compare(self, reports: Mapping[str, EvaluationReport]) -> str:
