@@ -25,10 +25,7 @@ import functools
 import importlib
 import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, get_args
-
-if TYPE_CHECKING:
-    from astra_core.registry import ComponentInfo
+from typing import Any, Literal, get_args
 
 ComponentKind = Literal["scorer", "system", "sampler", "algorithm", "evaluator", "optimizer", "scheduler", "callback"]
 """The kinds of component a plugin can register (a misspelt kind is a type error)."""
@@ -116,8 +113,11 @@ class Kind:
             return [] if isinstance(component, self.protocol) else [f"the base class {self.protocol_name}"]
         return [name for name in self.required if not hasattr(component, name)]
 
-    def guard(self, component: Any, origin: ComponentInfo | None = None) -> Any:
-        """`component` wrapped by the contract checker of this kind (`astra_core.contracts.guard`)."""
+    def guard(self, component: Any, origin: object = None) -> Any:
+        """`component` wrapped by the contract checker of this kind (`astra_core.contracts.guard`).
+
+        `origin` says who provides it (a `ComponentInfo`, or the contracts' own `Origin`).
+        """
         # By name, on use: the table describes kinds without importing the checks it points at.
         contracts = importlib.import_module("astra_core.contracts")
         return contracts.guard(self.name, component, origin)
