@@ -469,7 +469,8 @@ def test_the_guides_table_of_kinds_is_generated_from_the_code() -> None:
     from astra_core import kinds
 
     assert kinds.table_markdown() in GUIDE.read_text(encoding="utf-8"), (
-        "docs/plugins.md's table of kinds differs from astra_core.kinds; paste kinds.table_markdown() there"
+        "docs/plugins.md's table of kinds differs from astra_core.kinds; paste there what "
+        "`python -c 'from astra_core import kinds; print(kinds.table_markdown())'` prints"
     )
 
 
