@@ -140,6 +140,18 @@ def astra_register(registrar: Registrar) -> None:
     registrar.algorithm("typed-imitate", "typed_plugin.algorithm:factory", aliases=["imitate"])
     registrar.add("scorer", "typed-words", "typed_plugin.scorer:factory")
 ''',
+    "in_process": '''\
+"""Registering the declarations themselves, as a test or an embedding program may."""
+
+from astra_core import Registrar, hookimpl
+from typed_plugin import algorithm, sampler
+
+
+@hookimpl
+def astra_register(registrar: Registrar) -> None:
+    registrar.sampler("typed-chain", sampler.factory)
+    registrar.algorithm("typed-imitate", algorithm.factory)
+''',
     "configuration": '''\
 """A training configuration built in code, defaults filled in."""
 
@@ -225,6 +237,13 @@ BAD = {
         "registrar.samplr(",
         "attr-defined",
         '"Registrar" has no attribute "samplr"',
+    ),
+    "bad_registered_kind": Broken(
+        "in_process",
+        'registrar.algorithm("typed-imitate", algorithm.factory)',
+        'registrar.algorithm("typed-imitate", sampler.factory)',
+        "arg-type",
+        "has incompatible type \"TypedFactory[Literal['sampler']]\"",
     ),
     "bad_configuration": Broken(
         "configuration",
