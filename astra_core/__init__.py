@@ -47,7 +47,8 @@ from astra_core.turns import Reads, TextScorer, Turn, text_scorer
 if TYPE_CHECKING:
     from astra_core.callbacks import BaseCallback
     from astra_core.harness import Harness
-    from astra_core.trainer import Trainer, seed_everything
+    from astra_core.assembly import seed_everything
+    from astra_core.trainer import Trainer
 
 __version__ = "0.1.0"
 
@@ -55,7 +56,7 @@ _LAZY = {
     "Trainer": "astra_core.trainer",
     "Harness": "astra_core.harness",
     "BaseCallback": "astra_core.callbacks",
-    "seed_everything": "astra_core.trainer",
+    "seed_everything": "astra_core.assembly",
 }
 
 
