@@ -245,6 +245,15 @@ def test_an_unknown_hook_next_to_a_working_one_is_flagged_and_the_components_loa
     assert status(found, "fine") == PluginInfo("fine", "in-process", "", "loaded")
 
 
+def test_each_plugin_with_an_unknown_hook_is_flagged_once() -> None:
+    found = discover(
+        extra=[("first", ExtraHook("first-sampler")), ("second", MisspeltHook()), ("third", ExtraHook("x"))]
+    )
+    assert [p.name for p in found.flagged] == ["first", "second", "third"]
+    assert status(found, "second").status == "empty"
+    assert found.registries.get("sampler", "x").provider.plugin == "third"
+
+
 def test_an_unknown_hook_is_fatal_in_strict_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ASTRA_STRICT_PLUGINS", "1")
     with pytest.raises(PluginLoadError, match=r"plugin 'extra' .*'astra_configure', which is not an Astra Core hook"):
