@@ -38,6 +38,7 @@ def _support() -> Any:
 
 support = _support()
 STEPS = 6
+pytestmark = pytest.mark.slow  # each test starts two or three training processes
 
 
 def _seconds(variable: str) -> float:
