@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -119,6 +120,28 @@ def check_fits_in_memory(key: str, count: int, bytes_each: int, what: str = "exa
             f"{key} = {count} {what} need at least {_size(need)} of memory (about {_size(bytes_each)} each), "
             f"more than this machine's {_size(memory)}; lower it"
         )
+
+
+def readable_file(value: str) -> str:
+    """`value`, if it names an existing, readable regular file; else a ValueError saying why.
+
+    For options that name a file to read, so that `astra validate` finds a missing file as
+    `astra train` would: ``Annotated[str, AfterValidator(readable_file)]`` (`ReadableFile`).
+    """
+    path = Path(value).expanduser()
+    if not value.strip():
+        raise ValueError("is empty; give the path of a file")
+    if not path.exists():
+        raise ValueError(f"{value!r} does not exist (relative paths start where astra runs)")
+    if not path.is_file():
+        raise ValueError(f"{value!r} is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"{value!r} is not readable (check its permissions)")
+    return value
+
+
+ReadableFile = Annotated[str, AfterValidator(readable_file)]
+"""An options-model type for a file a component reads: it must exist and be readable."""
 
 
 def _ref(value: Any) -> ComponentRef:

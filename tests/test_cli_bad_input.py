@@ -421,6 +421,15 @@ CASES = [
             ),
         )
     ],
+    *[
+        Case(
+            f"{command}-prompts-file-missing",
+            [command, RUN],
+            ("sampler 'ast'", "prompts", "'missing.jsonl' does not exist"),
+            {RUN: _replace('sampler = "toy"', 'sampler = { name = "ast", prompts = "missing.jsonl" }')},
+        )
+        for command in ("validate", "train")
+    ],
     Case("output-empty", ["train", RUN, "--output", ""], ("--output is empty",), {RUN: GOOD}),
     Case("steps-past-sane", ["train", RUN, "--steps", "10000000000"], ("--steps", "past any sane run"), {RUN: GOOD}),
     Case("report-not-a-run", ["report", "out"], ("out: no metrics.jsonl",), setup=_existing_output),
