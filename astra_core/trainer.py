@@ -28,7 +28,6 @@ writes metrics, checkpoints and reports.
 
 from __future__ import annotations
 
-import _thread
 import logging
 import math
 import random
@@ -541,7 +540,9 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
             self._stop_signal = signum
             log.warning("%s received: stopping after this step", signal.Signals(signum).name)
             if signum != signal.SIGINT:  # a supervisor's grace period is short: bound the wait
-                timer = threading.Timer(STOP_GRACE_SECONDS, _thread.interrupt_main, (signum,))
+                # A real signal (not interrupt_main) also wakes a main thread blocked in a sleep or wait.
+                main = threading.main_thread().ident
+                timer = threading.Timer(STOP_GRACE_SECONDS, signal.pthread_kill, (main, signum))
                 timer.daemon = True
                 timer.start()
                 timers.append(timer)

@@ -16,7 +16,8 @@ class DetoxifyScorer(TextScorer):
     Needs ``pip install 'astra-scorers[detoxify]'``. Weights come from `checkpoint` (a local
     ``.ckpt`` file) or are downloaded by Detoxify for `model_type`; with both `checkpoint` and
     `huggingface_config_path` (a local directory holding the tokenizer and model config) nothing
-    touches the network.
+    touches the network. Those checkpoints are pickles, so the scorer refuses to load unless
+    `allow_pickle_weights` is true.
     """
 
     def __init__(
@@ -27,7 +28,15 @@ class DetoxifyScorer(TextScorer):
         device: str = "cpu",
         batch_size: int = 32,
         label: str = "toxicity",
+        allow_pickle_weights: bool = False,
     ) -> None:
+        if not allow_pickle_weights:
+            # Detoxify's checkpoints (a local .ckpt or its downloads) are pickles loaded with an
+            # unrestricted torch.load: loading one can run any code it carries.
+            raise ConfigError(
+                "scorer 'detoxify' loads its weights from a pickle (.ckpt), which can run code; "
+                "set allow_pickle_weights = true only for a checkpoint you trust"
+            )
         try:
             from detoxify import Detoxify
         except ImportError as error:

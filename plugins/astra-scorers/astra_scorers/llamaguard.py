@@ -34,6 +34,7 @@ class LlamaGuardScorer(TextScorer):
         unsafe_token: str = "unsafe",
         prompt_suffix: str = "",
         local_files_only: bool = False,
+        allow_pickle_weights: bool = False,
     ) -> None:
         try:
             import torch
@@ -45,12 +46,18 @@ class LlamaGuardScorer(TextScorer):
         self.batch_size = batch_size
         self.prompt_suffix = prompt_suffix
         self.device = torch.device(device)
-        self.tokenizer: Any = AutoTokenizer.from_pretrained(model, local_files_only=local_files_only)
-        load: dict[str, Any] = {"local_files_only": local_files_only}
+        # No code from the model directory, and safetensors weights only unless allowed.
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(
+            model, local_files_only=local_files_only, trust_remote_code=False
+        )
+        load: dict[str, Any] = {
+            "local_files_only": local_files_only,
+            "use_safetensors": None if allow_pickle_weights else True,
+        }
         if dtype is not None:
             load["dtype"] = getattr(torch, dtype)
         # transformers' typed `.to` wrapper rejects a torch.device; the model is used untyped below anyway.
-        self.model: Any = cast(Any, AutoModelForCausalLM.from_pretrained(model, **load))
+        self.model: Any = cast(Any, AutoModelForCausalLM.from_pretrained(model, trust_remote_code=False, **load))
         self.model.to(self.device).eval()
         if not getattr(self.tokenizer, "chat_template", None):
             raise ComponentBuildError(
