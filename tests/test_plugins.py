@@ -288,6 +288,9 @@ def test_astra_plugins_flags_an_installed_plugin_whose_hook_never_runs(misspelt_
     assert result.returncode == 0, result.stderr
     [line] = [line for line in result.stdout.splitlines() if line.strip().startswith("misspelt ")]
     assert "astra-misspelt 1.0  EMPTY: registered nothing: 'astra_registr' is not an Astra Core hook" in line
+    assert result.stdout.splitlines()[-1] == (
+        "1 plugin(s) loaded but did not register as meant (misspelt): see their lines above"
+    )
     listed = json.loads(_astra("plugins", "--json", path=misspelt_distribution).stdout)
     [row] = [p for p in listed["plugins"] if p["name"] == "misspelt"]
     assert row["status"] == "empty"
