@@ -464,12 +464,16 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         key = (self.global_step, self.run_dir)
         if self._saved is not None and self._saved[0] == key and self._saved[1].is_dir():
             return self._saved[1]  # nothing changed since (a state change always advances the step)
-        state = {
+        state: dict[str, Any] = {
             "global_step": self.global_step,
             "nonfinite_total": self.nonfinite_total,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "world_size": self.world_size,
         }
+        # A sampler with state of its own (a memory its reward reads) offers state_dict(): JSON.
+        sampler_state = getattr(self.harness.sampler, "state_dict", None)
+        if callable(sampler_state):
+            state["sampler"] = sampler_state()
         path = ckpt.save_checkpoint(
             self.run_dir,
             self.global_step,
@@ -512,6 +516,9 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         self.global_step = int(state["global_step"])
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
         self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
+        load_sampler_state = getattr(self.harness.sampler, "load_state_dict", None)
+        if callable(load_sampler_state) and "sampler" in state:
+            load_sampler_state(state["sampler"])
         saved_world = int(state.get("world_size", 1))
         if saved_world != self.world_size:
             log.warning(

@@ -25,6 +25,7 @@ Importing this module is light: torch is imported inside the checks.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -292,7 +293,8 @@ def check_sampler(sampler: Any, episodes: int = 2) -> list[Graph[Any, Any]]:
     """Check a `Sampler` and return the `episodes` rollouts it produced.
 
     ``rollout`` returns a non-empty `Graph` whose first turns start from the root's context and
-    whose rewards are finite numbers; the same seed gives the same episodes; a `BatchedSampler`'s
+    whose rewards are finite numbers; the same seed (and, for a sampler with ``state_dict()``, the
+    same state) gives the same episodes; a `BatchedSampler`'s
     ``rollouts(n)`` returns exactly `n` episodes, also deterministically; ``eval_rollout(prompt)``
     returns a width-1 chain that starts from `prompt`.
     """
@@ -302,10 +304,19 @@ def check_sampler(sampler: Any, episodes: int = 2) -> list[Graph[Any, Any]]:
     if episodes < 1:
         raise ValueError("check_sampler needs episodes >= 1")
     _require(sampler, component, ["system", "rollout", "eval_rollout"])
+    # A sampler may keep state its rewards read (a memory of past probes): repeat from the same state.
+    state = copy.deepcopy(sampler.state_dict()) if callable(getattr(sampler, "state_dict", None)) else None
+
+    def restart() -> None:
+        if state is not None:
+            sampler.load_state_dict(copy.deepcopy(state))
+
+    restart()
     with _seeded(SEED):
         graphs = [sampler.rollout() for _ in range(episodes)]
     for graph in graphs:
         _check_graph(component, "rollout()", graph)
+    restart()
     with _seeded(SEED):
         again = [sampler.rollout() for _ in range(episodes)]
     if [_signature(g) for g in graphs] != [_signature(g) for g in again]:
@@ -315,6 +326,7 @@ def check_sampler(sampler: Any, episodes: int = 2) -> list[Graph[Any, Any]]:
             "rollout() gave different episodes under the same seed; sample with torch's and Python's global RNGs",
         )
     if isinstance(sampler, BatchedSampler):
+        restart()
         with _seeded(SEED):
             batched = sampler.rollouts(episodes)
         if not isinstance(batched, list) or len(batched) != episodes:
@@ -322,6 +334,7 @@ def check_sampler(sampler: Any, episodes: int = 2) -> list[Graph[Any, Any]]:
             raise ConformanceError(component, "length", f"rollouts({episodes}) returned {got}; expected {episodes}")
         for graph in batched:
             _check_graph(component, f"rollouts({episodes})", graph)
+        restart()
         with _seeded(SEED):
             batched_again = sampler.rollouts(episodes)
         if [_signature(g) for g in batched] != [_signature(g) for g in batched_again]:
