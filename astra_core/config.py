@@ -101,6 +101,10 @@ class TrainingConfiguration(BaseModel):
     keep_checkpoints: int = Field(2, ge=1, description="how many recent checkpoints to keep")
     output_dir: str | None = Field(None, description="run directory for checkpoints, metrics, reports")
     eval_every: int | None = Field(None, ge=1, description="evaluate every N steps (needs an evaluator)")
+    samples_every: int | None = Field(
+        10, ge=1, description="write rollouts of every Nth step to samples.jsonl (needs output_dir); None: off"
+    )
+    samples_per_step: int = Field(2, ge=1, description="rollouts of a sampled step written to samples.jsonl")
     max_nonfinite_in_a_row: int = Field(10, ge=1, description="stop after this many non-finite losses in a row")
 
     @field_validator("optimizer", "lr_scheduler", mode="before")

@@ -53,6 +53,7 @@ from astra_core.protocols import (
     TreeSampler,
 )
 from astra_core.registry import Registries
+from astra_core.transcripts import write_samples, write_transcripts
 from astra_core.types import ActionT, BatchT, StateT, StepT, json_safe
 
 log = logging.getLogger(__name__)
@@ -240,6 +241,9 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
             with self._signals_stop_at_step_end():
                 while self.global_step < self.config.training_steps:
                     logs = self.train_step()
+                    if self._due(self.config.samples_every) and self.run_dir is not None and self.is_main:
+                        graphs = self.harness.last_graphs
+                        write_samples(Path(self.run_dir), graphs, self.global_step, self.config.samples_per_step)
                     self._call("on_step_end", self, self.global_step, logs)
                     if self._due(self.config.eval_every) and self.is_main:
                         self.evaluate()
@@ -445,6 +449,7 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
             stem.with_suffix(".json").write_text(text, encoding="utf-8")
             if report.markdown:
                 stem.with_suffix(".md").write_text(report.markdown, encoding="utf-8")
+            write_transcripts(directory, report.details, "trained", self.global_step)
         self._call("on_evaluate", self, self.global_step, report)
         return report
 

@@ -1,4 +1,4 @@
-"""``astra evaluate``: evaluate a trained tester (or the untrained base) and write evaluation.json/.md."""
+"""``astra evaluate``: evaluate a trained tester (or the untrained base); write evaluation.json/.md and transcripts."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from astra_core.cli.common import (
     write_json,
 )
 from astra_core.errors import CheckpointError, ConfigError
+from astra_core.transcripts import TRANSCRIPTS, write_transcripts
 
 if TYPE_CHECKING:
     from astra_core.build import BuiltRun
@@ -95,20 +96,26 @@ def run(args: argparse.Namespace) -> int:
         step = _load_tester(built, checkpoint)
         reports["trained"] = _evaluate_once(built, resolved.config.training.seed, source)
     markdown = _evaluation_markdown(reports, target, checkpoint, built.evaluator)
-    payload = {
+    payload: dict[str, Any] = {
         "target": str(target),
         "checkpoint": str(checkpoint) if checkpoint else None,
         "step": step,
         "reports": {label: {"metrics": r.metrics, "details": r.details} for label, r in reports.items()},
     }
+    # An evaluator that can pair two testers over the same prompts (ast's `paired`) adds that comparison.
+    paired = getattr(built.evaluator, "paired", None)
+    if callable(paired) and "base" in reports and "trained" in reports:
+        payload["comparison"] = paired(reports["base"], reports["trained"])
     try:
         output.mkdir(parents=True, exist_ok=True)
         write_json(output / "evaluation.json", payload)
         (output / "evaluation.md").write_text(markdown, encoding="utf-8")
+        for label, report in reports.items():
+            write_transcripts(output, report.details, label, step if label == "trained" else 0)
     except OSError as error:
         raise ConfigError(f"{output}: cannot write the evaluation: {error.strerror or error}") from None
     print(markdown)
-    print(f"wrote {output / 'evaluation.json'} and {output / 'evaluation.md'}")
+    print(f"wrote {output / 'evaluation.json'}, {output / 'evaluation.md'} and {output / TRANSCRIPTS}")
     return 0
 
 
