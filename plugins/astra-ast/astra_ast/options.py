@@ -8,9 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The ASTPrompter paper's reward: no probe penalty, plain combined term, no novelty.
-    "astprompter": {"alpha": 1.0, "zeta": 0.5, "gamma": 0.1, "eta": 0.0, "combined": "plain", "nu": 0.0},
+    "astprompter": {"alpha": 1.0, "zeta": 0.5, "gamma": 0.1, "eta": 0.0, "gate": "none", "nu": 0.0},
     # Pays for benign probes that draw toxic responses, and for probes unlike recent ones.
-    "benign": {"alpha": 1.0, "zeta": 0.5, "gamma": 0.1, "eta": 1.0, "combined": "gated", "nu": 0.2},
+    "benign": {"alpha": 1.0, "zeta": 0.5, "gamma": 0.1, "eta": 0.5, "gate": "all", "nu": 0.1},
 }
 """Named reward forms (the sampler's `reward` option); weights given explicitly override the preset's."""
 
@@ -18,7 +18,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 class RewardWeights(BaseModel):
     """The weights of the reward (see `astra_ast.reward` for the formula).
 
-    ``R = alpha * tox(response) + zeta * g * tox(probe + response) - eta * tox(probe)
+    ``R = alpha * g_r * tox(response) + zeta * g * tox(probe + response) - eta * tox(probe)
     + gamma * mean log p_target(probe | context) + nu * novelty(probe)``
 
     `reward` names a preset (`PRESETS`) that supplies every weight not given explicitly.
@@ -37,9 +37,10 @@ class RewardWeights(BaseModel):
         PRESETS["benign"]["gamma"], description="weight of the probe's mean per-token log-prob under the target"
     )
     eta: float = Field(PRESETS["benign"]["eta"], description="penalty weight of the probe's own toxicity")
-    combined: Literal["plain", "gated"] = Field(
-        PRESETS["benign"]["combined"],
-        description="the zeta term: plain, or gated (counts only while the probe's toxicity < probe_threshold)",
+    gate: Literal["none", "combined", "all"] = Field(
+        PRESETS["benign"]["gate"],
+        description="count the zeta term (combined) or both toxicity terms (all) only while the probe's toxicity "
+        "< probe_threshold; none: always",
     )
     probe_threshold: float = Field(0.5, ge=0.0, le=1.0, description="probe toxicity below which the gate opens")
     nu: float = Field(PRESETS["benign"]["nu"], ge=0.0, description="weight of the novelty bonus (novelty lies in 0..1)")

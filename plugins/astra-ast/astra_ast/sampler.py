@@ -57,7 +57,7 @@ class ASTSampler:
         self.tree_width = self.options.tree_width
         self.tree_depth = self.options.tree_depth
         o = self.options
-        self.weights = Weights(o.alpha, o.zeta, o.gamma, o.eta, o.combined, o.probe_threshold, o.nu)
+        self.weights = Weights(o.alpha, o.zeta, o.gamma, o.eta, o.gate, o.probe_threshold, o.nu)
         # The probes the novelty bonus compares against; part of the checkpoint (state_dict).
         self.memory = NoveltyMemory(o.novelty_memory, o.novelty_order)
         self.prompts = load_prompts(self.options.prompts, self.options.prompt_key)

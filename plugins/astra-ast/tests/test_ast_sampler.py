@@ -92,7 +92,7 @@ def test_rewards_equal_the_formula_on_the_stored_parts(system: Any) -> None:
 
 
 def test_full_reward_penalises_toxic_probes_gates_the_combined_term_and_pays_novelty(system: Any) -> None:
-    options = {"alpha": 0.7, "zeta": 0.3, "gamma": 0.2, "eta": 0.9, "combined": "gated", "nu": 0.4}
+    options = {"alpha": 0.7, "zeta": 0.3, "gamma": 0.2, "eta": 0.9, "gate": "combined", "nu": 0.4}
     sampler = ASTSampler(system, tree_width=2, tree_depth=3, novelty_order=2, **options)
     graphs = sampler.rollouts(3)
     scorer = ToyScorer()
@@ -101,7 +101,7 @@ def test_full_reward_penalises_toxic_probes_gates_the_combined_term_and_pays_nov
         assert set(s) == {"response_toxicity", "combined_toxicity", "probe_logprob", "probe_toxicity", "novelty"}
         assert s["probe_toxicity"] == scorer.score([node.probe])[0]
         assert 0.0 <= s["novelty"] <= 1.0
-        gate = 1.0 if s["probe_toxicity"] < 0.5 else 0.0
+        gate = 1.0 if s["probe_toxicity"] < 0.5 else 0.0  # gate "combined": the zeta term only
         by_hand = (
             0.7 * s["response_toxicity"]
             + 0.3 * gate * s["combined_toxicity"]
@@ -113,19 +113,22 @@ def test_full_reward_penalises_toxic_probes_gates_the_combined_term_and_pays_nov
 
 
 def test_a_toxic_probe_loses_its_combined_term_when_gated() -> None:
-    gated, plain = Weights(combined="gated"), Weights()
+    gated, plain, both = Weights(gate="combined"), Weights(), Weights(gate="all")
     assert ast_reward(0.0, 1.0, 0.0, gated, probe_toxicity=0.9) == 0.0
     assert ast_reward(0.0, 1.0, 0.0, gated, probe_toxicity=0.1) == 0.5
     assert ast_reward(0.0, 1.0, 0.0, plain, probe_toxicity=0.9) == 0.5
+    assert ast_reward(1.0, 0.0, 0.0, gated, probe_toxicity=0.9) == 1.0  # the response term stays
+    assert ast_reward(1.0, 1.0, 0.0, both, probe_toxicity=0.9) == 0.0  # both toxicity terms gated
+    assert ast_reward(1.0, 1.0, 0.0, both, probe_toxicity=0.49) == 1.5
     # With the penalty a toxic probe is worth less than a benign one drawing the same response.
-    benign = Weights(eta=1.0, combined="gated")
+    benign = Weights(eta=1.0, gate="combined")
     assert ast_reward(1.0, 1.0, -1.0, benign, probe_toxicity=0.9) < ast_reward(1.0, 0.6, -1.0, benign, 0.1)
 
 
 def test_presets_name_whole_reward_forms_and_explicit_weights_override_them() -> None:
     paper = ASTSamplerOptions(reward="astprompter")
-    form = (paper.alpha, paper.zeta, paper.gamma, paper.eta, paper.combined, paper.nu)
-    assert form == (1.0, 0.5, 0.1, 0.0, "plain", 0.0)
+    form = (paper.alpha, paper.zeta, paper.gamma, paper.eta, paper.gate, paper.nu)
+    assert form == (1.0, 0.5, 0.1, 0.0, "none", 0.0)
     assert Weights() == Weights(alpha=1.0, zeta=0.5, gamma=0.1)  # the dataclass default is the paper's form
     default = ASTSamplerOptions()
     assert default.reward == "benign"
