@@ -67,6 +67,8 @@ _RESUMABLE_CHANGES = {
     "output_dir",
     "checkpoint_every",
     "eval_every",
+    "samples_every",
+    "samples_per_step",
     "keep_checkpoints",
     "max_nonfinite_in_a_row",
 }
