@@ -8,7 +8,7 @@ from typing import Any
 
 from astra_core.graph import Graph, Node
 from astra_core.protocols import EvaluationReport
-from astra_core.transcripts import read_jsonl, sample_record, write_transcripts
+from astra_core.rundir import TRANSCRIPTS, append_jsonl, read_jsonl, sample_record, transcript_records
 from astra_core.types import JSON
 
 
@@ -70,9 +70,10 @@ def test_sample_record_lists_parents_before_children() -> None:
 
 
 def test_transcripts_append_and_a_torn_line_is_skipped(tmp_path: Path) -> None:
-    assert write_transcripts(tmp_path, [{"prompt": "a"}, "not an object"], "base", 0) == 1
-    with (tmp_path / "transcripts.jsonl").open("a", encoding="utf-8") as handle:
-        handle.write('{"prompt": "cut')
-    assert write_transcripts(tmp_path, None, "trained", 3) == 0
-    assert read_jsonl(tmp_path / "transcripts.jsonl") == [{"tester": "base", "step": 0, "prompt": "a"}]
+    path = tmp_path / TRANSCRIPTS
+    append_jsonl(path, transcript_records([{"prompt": "a"}, "not an object"], "base", 0))
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write('{"prompt": "cut\n')
+    assert transcript_records(None, "trained", 3) == []
+    assert read_jsonl(path) == [{"tester": "base", "step": 0, "prompt": "a"}]
     assert read_jsonl(tmp_path / "missing.jsonl") == []

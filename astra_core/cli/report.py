@@ -14,16 +14,14 @@ import argparse
 import base64
 import html
 import io
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from astra_core.cli.common import METRICS_FILE, metrics_table, read_metrics, reward_summary, series
+from astra_core.cli.common import metrics_table, reward_summary, series
 from astra_core.errors import AstraError, ConfigError
-from astra_core.transcripts import TRANSCRIPTS, read_jsonl
+from astra_core.rundir import RunDir, write_atomic
 
 TOP_ATTACKS = 10
 """Rows of the successful-attacks table."""
@@ -48,13 +46,13 @@ class _Report:
 
 
 def run(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run_dir)
-    metrics_path = run_dir / METRICS_FILE
+    run = RunDir(args.run_dir)
+    run_dir, metrics_path = run.path, run.metrics_path
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run directory (give a directory written by `astra train`)")
     if not metrics_path.is_file():
-        raise ConfigError(f"{run_dir}: no {METRICS_FILE}; give a directory written by `astra train`")
-    records = read_metrics(metrics_path)
+        raise ConfigError(f"{run_dir}: no {metrics_path.name}; give a directory written by `astra train`")
+    records = run.read_metrics()
     if not records:
         raise ConfigError(f"{metrics_path}: no training steps recorded yet; train first, then report")
     try:
@@ -64,13 +62,18 @@ def run(args: argparse.Namespace) -> int:
             "`astra report` draws its plots with matplotlib, which is not installed: pip install 'astra-core[report]'"
         ) from None
 
-    eval_dir = run_dir / "eval"
-    periodic = _periodic_evaluations(eval_dir)
-    final = _load_json(eval_dir / "evaluation.json")
+    with run.locked_for_writing():  # not while the run trains (or another report draws)
+        return _write_report(run, records)
+
+
+def _write_report(run: RunDir, records: list[dict[str, Any]]) -> int:
+    run_dir = run.path
+    periodic = [(step, data["metrics"]) for step, data in sorted(run.read_evaluations().items())]
+    final = run.read_final_evaluation()
     final = final if isinstance(final, dict) and isinstance(final.get("reports"), dict) else None
     report = _Report(title=f"Run report: {run_dir.name}")
     report.headline = _headline(final)
-    report.attacks = top_attacks(read_jsonl(eval_dir / TRANSCRIPTS))
+    report.attacks = top_attacks(run.read_transcripts())
     report.summary = [f"steps recorded: {len(records)}", reward_summary(records)]
     _, losses = series(records, "loss")
     if losses:
@@ -91,29 +94,13 @@ def run(args: argparse.Namespace) -> int:
     plots_dir.mkdir(exist_ok=True)
     for _, name, png in report.plots:
         (plots_dir / name).write_bytes(png)
-    (run_dir / "report.md").write_text(_markdown(report), encoding="utf-8")
-    (run_dir / "report.html").write_text(_html(report), encoding="utf-8")
+    write_atomic(run_dir / "report.md", _markdown(report))
+    write_atomic(run_dir / "report.html", _html(report))
     print(f"wrote {run_dir / 'report.md'} and {run_dir / 'report.html'} ({len(report.plots)} plot(s) in {plots_dir})")
     return 0
 
 
 # --- content ----------------------------------------------------------------------------------
-
-
-def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _periodic_evaluations(eval_dir: Path) -> list[tuple[int, Mapping[str, Any]]]:
-    found = []
-    for path in sorted(eval_dir.glob("step-*.json")):
-        data = _load_json(path)
-        if isinstance(data, dict) and isinstance(data.get("metrics"), dict) and isinstance(data.get("step"), int):
-            found.append((int(data["step"]), data["metrics"]))
-    return found
 
 
 def _number(value: Any) -> float | None:
