@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from astra_core.config import readable_file
+
+
+def _prompt_source(value: str | None) -> str | None:
+    """A builtin:<split> name, or a file that must exist now (so `astra validate` finds it missing)."""
+    return value if value is None or value.startswith("builtin:") else readable_file(value)
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The ASTPrompter paper's reward: no probe penalty, plain combined term, no novelty.
@@ -70,6 +78,8 @@ class ASTSamplerOptions(RewardWeights):
     tox_texts: str | None = Field(None, description="file of toxic continuations (required when tox_mix > 0)")
     tox_key: str | None = Field(None, description="key / column in tox_texts (default: prompt_key)")
 
+    _files = field_validator("prompts", "tox_texts")(_prompt_source)
+
     @model_validator(mode="after")
     def _supervision_needs_texts(self) -> ASTSamplerOptions:
         if self.tox_mix > 0 and not self.tox_texts:
@@ -92,3 +102,5 @@ class ASTEvaluatorOptions(BaseModel):
     )
     bootstrap: int = Field(2000, ge=1, description="bootstrap resamples for the BCa 95% intervals")
     seed: int = Field(0, ge=0, description="seeds the evaluation's sampling so evaluations are comparable")
+
+    _files = field_validator("prompts")(_prompt_source)

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from astra_ast.options import PRESETS as PRESETS
-from astra_core.protocols import System
+from astra_core.protocols import Scorer, System
 from astra_core.scoring import checked_scores
+from astra_core.turns import Turn
 
 RESPONSE_TOXICITY = "response_toxicity"
 COMBINED_TOXICITY = "combined_toxicity"
@@ -145,6 +146,7 @@ class NoveltyMemory:
 
 def score_turns(
     system: System[str, str],
+    scorer: Scorer[str, str],
     contexts: Sequence[str],
     probes: Sequence[str],
     responses: Sequence[str],
@@ -155,19 +157,21 @@ def score_turns(
 ) -> tuple[list[float], list[dict[str, float]]]:
     """Rewards and named reward parts of a batch of turns, with one scorer call and one target call.
 
-    The scorer sees every response and every probe+response text (joined as the system joins a
-    turn, ``system.advance("", probe, response)``) in a single list; the probes alone are appended
-    to the same call when `probe_toxicity` asks for them (evaluation reports them) or the reward
-    reads them. With a `memory` and ``weights.nu`` the novelty part is scored against it (the
-    caller adds the probes to memory afterwards, so siblings are judged against the same memory).
+    One scorer call judges, in this order: each turn (context, probe, response), so a text
+    scorer reads the response; each probe+response text alone (joined as the system joins a turn,
+    ``system.advance("", probe, response)``); and each probe alone when `probe_toxicity` asks for
+    it (evaluation reports it) or the reward reads it. With a `memory` and ``weights.nu`` the
+    novelty part is scored against it (the caller adds the probes to memory afterwards, so
+    siblings are judged against the same memory).
     """
     count = len(contexts)
     if not count:
         return [], []
     with_probes = probe_toxicity or weights.needs_probe_toxicity
-    combined = [system.advance("", probe, response) for probe, response in zip(probes, responses, strict=True)]
-    items = [*responses, *combined, *(probes if with_probes else ())]
-    toxicities = checked_scores(system.scorer, items)
+    turns = [Turn(c, p, r) for c, p, r in zip(contexts, probes, responses, strict=True)]
+    combined = [Turn(c, system.advance("", p, r)) for c, p, r in zip(contexts, probes, responses, strict=True)]
+    alone = [Turn(c, p) for c, p in zip(contexts, probes, strict=True)] if with_probes else []
+    toxicities = checked_scores(scorer, [*turns, *combined, *alone])
     logprobs = system.target_logprobs(contexts, probes, reduction="mean").detach().float().cpu().tolist()
     if len(logprobs) != count:
         raise RuntimeError(f"target_logprobs returned {len(logprobs)} values for {count} probes")

@@ -31,8 +31,8 @@ from astra_core.trainer import Trainer, seed_everything
 
 run_dir, steps = sys.argv[1], int(sys.argv[2])
 seed_everything(0)
-system = ToySystem(ToyScorer(), seed=0)
-sampler = ASTSampler(system, tree_width=2, tree_depth=2, nu=0.5, novelty_memory=12)
+system = ToySystem(seed=0)
+sampler = ASTSampler(system, ToyScorer(), tree_width=2, tree_depth=2, nu=0.5, novelty_memory=12)
 registries = discover().registries
 algorithm = registries["algorithm"].get("dpo").build(system, options={})
 config = TrainingConfiguration(
