@@ -16,7 +16,8 @@ from typing import Any, Generic, cast
 import torch
 from torch.utils.data import DataLoader
 
-from astra_core.errors import ComponentContractError, ConfigError
+from astra_core import contracts
+from astra_core.errors import ConfigError
 from astra_core.graph import Graph
 from astra_core.protocols import Algorithm, BatchedSampler, Sampler
 from astra_core.types import ActionT, BatchT, StateT, StepT
@@ -82,8 +83,9 @@ class Harness(Generic[StateT, ActionT, StepT, BatchT]):
                 f"num_episodes_per_experience ({num_episodes_per_experience}) and batch_size ({batch_size}) "
                 f"must be at least 1"
             )
-        self.sampler = sampler
-        self.algorithm = algorithm
+        # Held to their protocols (astra_core.contracts): a breach names the plugin on first use.
+        self.sampler = contracts.guard("sampler", sampler)
+        self.algorithm = contracts.guard("algorithm", algorithm)
         self.num_episodes_per_experience = num_episodes_per_experience
         self.batch_size = batch_size
         self.seed = seed
@@ -96,13 +98,7 @@ class Harness(Generic[StateT, ActionT, StepT, BatchT]):
         count = self.num_episodes_per_experience
         if isinstance(self.sampler, BatchedSampler):
             batched = cast(BatchedSampler[StateT, ActionT], self.sampler)
-            graphs = batched.rollouts(count)
-            if len(graphs) != count:
-                raise ComponentContractError(
-                    f"sampler {type(self.sampler).__name__}.rollouts({count}) returned {len(graphs)} episodes; "
-                    f"a batched sampler must return exactly the number asked for"
-                )
-            return graphs
+            return batched.rollouts(count)
         return [self.sampler.rollout() for _ in range(count)]
 
     def experience(self, step: int = 0) -> DataLoader[StepT]:

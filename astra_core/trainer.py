@@ -40,6 +40,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from astra_core import checkpoint as ckpt
+from astra_core import contracts
 from astra_core.config import TrainingConfiguration
 from astra_core.errors import CheckpointError, ConfigError, TrainingError
 from astra_core.harness import Harness
@@ -164,6 +165,13 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
             )
         _, episodes = distributed.share(config.num_episodes_per_experience, self.rank, self.world_size)
         seed_everything(config.seed)
+        # Every component is held to its protocol from here on, hand-wired ones too: a breach is
+        # a one-line ComponentContractError naming the plugin (astra_core.contracts).
+        sampler = contracts.guard("sampler", sampler)
+        algorithm = contracts.guard("algorithm", algorithm)
+        if evaluator is not None:
+            evaluator = contracts.guard("evaluator", evaluator)
+        callbacks = [contracts.guard("callback", callback) for callback in callbacks]
         self.harness: Harness[StateT, ActionT, StepT, BatchT] = Harness(
             sampler,
             algorithm,

@@ -98,10 +98,22 @@ class NaNLossAfter(ToyDPO):
 
 
 class NaNScorer:
-    """A broken scorer: NaN for every text."""
+    """A broken scorer: NaN for every text (a contract breach once the Trainer holds it)."""
 
     def score(self, items: Sequence[str]) -> list[float]:
         return [math.nan] * len(items)
+
+
+class LogRewardSampler(ToySampler):
+    """Rewards are log(score): a valid score of 0 gives -inf, numerical trouble the Trainer skips
+    and counts (not a contract breach: see the NaN policy in astra_core.contracts)."""
+
+    def rollouts(self, count: int) -> list[Graph[str, str]]:
+        graphs = super().rollouts(count)
+        for graph in graphs:
+            for node in graph.nodes():
+                node.reward = math.log(node.reward) if node.reward > 0 else -math.inf
+        return graphs
 
 
 @dataclass
@@ -120,11 +132,13 @@ def make_parts(
     tree_depth: int = 2,
     scorer: Any = None,
     algorithm: Callable[[ToySystem], ToyDPO] | None = None,
+    sampler: Callable[[ToySystem, int, int], ToySampler] = ToySampler,
 ) -> Parts:
     """Fresh toy components (a fresh tester, identical for equal `system_seed`)."""
     system = ToySystem(scorer if scorer is not None else ToyScorer(), seed=system_seed)
-    sampler = ToySampler(system, tree_width, tree_depth)
-    return Parts(system, sampler, algorithm(system) if algorithm is not None else ToyDPO(system))
+    return Parts(
+        system, sampler(system, tree_width, tree_depth), algorithm(system) if algorithm is not None else ToyDPO(system)
+    )
 
 
 def core_registries() -> Registries:
@@ -231,6 +245,7 @@ class Kit:
     ToyDPO = ToyDPO
     NaNLossAfter = NaNLossAfter
     NaNScorer = NaNScorer
+    LogRewardSampler = LogRewardSampler
     conftest_path = Path(__file__).resolve()
     repo = REPO
     TRAIN_SCRIPT = TRAIN_SCRIPT

@@ -23,7 +23,6 @@ from torch import nn
 
 from astra_core.graph import Graph, Node
 from astra_core.protocols import Reduction, Scorer
-from astra_core.scoring import checked_scores
 
 VOCAB = (
     "hello",
@@ -195,7 +194,7 @@ class ToySampler:
         contexts = [context for _, context in slots]
         probes = self.system.rollout_tester(contexts)
         responses = self.system.rollout_target([self.system.join(c, p) for c, p in zip(contexts, probes, strict=True)])
-        rewards = checked_scores(self.system.scorer, responses)
+        rewards = self.system.scorer.score(responses)
         following = []
         for (children, context), probe, response, reward in zip(slots, probes, responses, rewards, strict=True):
             node: Node[str, str] = Node(context, probe, response, reward, scores={"response_toxicity": reward})

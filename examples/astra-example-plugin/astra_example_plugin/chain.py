@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Generic, cast
+from typing import Generic
 
-from astra_core import Graph, Node, Scorer, System
-from astra_core.scoring import checked_scores
+from astra_core import Graph, Node, System
 from astra_core.types import ActionT, StateT
 
 
@@ -25,11 +24,6 @@ class ChainSampler(Generic[StateT, ActionT]):
         self.system = system
         self.depth = depth
         self.openers = list(openers)
-
-    @property
-    def _scorer(self) -> Scorer[StateT, StateT]:
-        # A Scorer[StateT, ActionT] scores states, but `checked_scores` wants one type for both.
-        return cast("Scorer[StateT, StateT]", self.system.scorer)
 
     def rollout(self) -> Graph[StateT, ActionT]:
         """One training episode from a random opener."""
@@ -55,7 +49,7 @@ class ChainSampler(Generic[StateT, ActionT]):
             probes = self.system.rollout_tester(contexts)
             joined = [self.system.join(c, p) for c, p in zip(contexts, probes, strict=True)]
             responses = self.system.rollout_target(joined)
-            rewards = checked_scores(self._scorer, responses)
+            rewards = self.system.scorer.score(responses)
             following: list[tuple[list[Node[StateT, ActionT]], StateT]] = []
             for (children, context), probe, response, reward in zip(frontier, probes, responses, rewards, strict=True):
                 node = Node(context, probe, response, reward, scores={"response_toxicity": reward})

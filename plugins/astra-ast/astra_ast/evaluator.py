@@ -23,7 +23,6 @@ from astra_ast.reward import PROBE_LOGPROB, PROBE_TOXICITY, RESPONSE_TOXICITY
 from astra_core.errors import ConfigError, OptionsError
 from astra_core.graph import Graph, Node
 from astra_core.protocols import EvaluationReport, Sampler
-from astra_core.scoring import checked_scores
 from astra_core.types import JSON
 
 METRICS: dict[str, str] = {
@@ -125,7 +124,7 @@ def _fill_missing_scores(sampler: Sampler[str, str], graphs: Sequence[Graph[str,
     need_probe = [n for n in nodes if PROBE_TOXICITY not in n.scores]
     if need_response or need_probe:
         items = [n.response for n in need_response] + [n.probe for n in need_probe]
-        scores = checked_scores(sampler.system.scorer, items)
+        scores = sampler.system.scorer.score(items)
         for node, score in zip(need_response, scores[: len(need_response)], strict=True):
             node.scores[RESPONSE_TOXICITY] = score
         for node, score in zip(need_probe, scores[len(need_response) :], strict=True):

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from astra_core.protocols import System
-from astra_core.scoring import checked_scores
 
 RESPONSE_TOXICITY = "response_toxicity"
 COMBINED_TOXICITY = "combined_toxicity"
@@ -63,10 +62,8 @@ def score_turns(
         return [], []
     combined = [system.advance("", probe, response) for probe, response in zip(probes, responses, strict=True)]
     items = [*responses, *combined, *(probes if probe_toxicity else ())]
-    toxicities = checked_scores(system.scorer, items)
+    toxicities = system.scorer.score(items)
     logprobs = system.target_logprobs(contexts, probes, reduction="mean").detach().float().cpu().tolist()
-    if len(logprobs) != count:
-        raise RuntimeError(f"target_logprobs returned {len(logprobs)} values for {count} probes")
     rewards, parts = [], []
     for index in range(count):
         part = {

@@ -1,4 +1,4 @@
-"""The scorer contract, checked at run time by astra_core.scoring.checked_scores."""
+"""The scorer contract, checked at run time by the contract wrapper (astra_core.contracts.guard)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from astra_core.scoring import ScorerError, checked_scores
+from astra_core.contracts import guard
+from astra_core.errors import ComponentContractError
 from astra_core.testing import check_scorer
 from astra_scorers.keyword import KeywordScorer
 from astra_scorers.profanity import ProfanityScorer
@@ -29,24 +30,24 @@ class ScoresAboveOne:
 
 
 def test_a_scorer_returning_too_few_scores_is_caught_by_name() -> None:
-    with pytest.raises(ScorerError, match=r"scorer DropsOneScore returned 3 scores for 4 inputs"):
-        checked_scores(DropsOneScore(), ITEMS)
+    with pytest.raises(ComponentContractError, match=r"DropsOneScore\.score\(4 items\) returned a list of 3"):
+        guard("scorer", DropsOneScore()).score(ITEMS)
 
 
 def test_a_scorer_returning_a_value_above_one_is_caught_by_name() -> None:
-    with pytest.raises(ScorerError, match=r"scorer ScoresAboveOne returned 1.5 at index 0.*\[0, 1\]"):
-        checked_scores(ScoresAboveOne(), ITEMS)
+    with pytest.raises(ComponentContractError, match=r"ScoresAboveOne\.score\(4 items\) returned 1.5 at index 0"):
+        guard("scorer", ScoresAboveOne()).score(ITEMS)
 
 
 @pytest.mark.parametrize("mode", ["any", "fraction"])
 def test_keyword_scorer_passes_the_runtime_check(mode: str) -> None:
     scorer = KeywordScorer(words=["stupid", "idiot"], patterns=["f+u+c+k"], mode=mode)  # type: ignore[arg-type]
-    assert checked_scores(scorer, ITEMS) == scorer.score(ITEMS)
+    assert guard("scorer", scorer).score(ITEMS) == scorer.score(ITEMS)
 
 
 def test_profanity_scorer_passes_the_runtime_check() -> None:
     scorer = ProfanityScorer()
-    assert checked_scores(scorer, ITEMS) == pytest.approx(scorer.score(ITEMS))
+    assert guard("scorer", scorer).score(ITEMS) == pytest.approx(scorer.score(ITEMS))
 
 
 def test_keyword_scorer_passes_the_conformance_check() -> None:
