@@ -1,0 +1,231 @@
+"""What the ``astra`` commands share: the one-line error, run-file reading, resolving and building.
+
+This module imports only the standard library and the light core; torch and the plugins'
+heavy dependencies load inside the functions that build components.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from astra_core.errors import AstraError, ConfigError
+from astra_core.types import json_safe
+
+if TYPE_CHECKING:
+    from astra_core.build import BuiltRun, ResolvedRun
+    from astra_core.config import RunConfig
+    from astra_core.registry import Registries
+
+PROG = "astra"
+DEFAULT_RUN_FILE = "default_run.toml"
+RUN_FILE = "run.toml"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+class UsageError(AstraError):
+    """The command line itself is wrong (unknown flag, missing argument, bad value)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises instead of printing usage and exiting, so `main` reports one line."""
+
+    def error(self, message: str) -> NoReturn:
+        where = f"{self.prog}: " if self.prog != PROG else ""
+        raise UsageError(f"{where}{message} (see `{self.prog} --help`)")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (give a number >= 1)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is too small (give a number >= 1)")
+    return value
+
+
+def print_error(message: str) -> None:
+    """Print `message` as the one line ``astra: error: ...`` on stderr."""
+    one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    print(f"{PROG}: error: {one_line}", file=sys.stderr, flush=True)
+
+
+# --- run files --------------------------------------------------------------------------------
+
+
+def default_run_text() -> tuple[str, str]:
+    """The built-in default run file's text and a name for it in messages."""
+    from importlib.resources import files
+
+    resource = files("astra_core").joinpath(DEFAULT_RUN_FILE)
+    return resource.read_text(encoding="utf-8"), f"built-in default run file (astra_core/{DEFAULT_RUN_FILE})"
+
+
+def parse_toml(text: str, source: str) -> dict[str, Any]:
+    from astra_core.config import parse_run_text
+
+    return parse_run_text(text, source)
+
+
+def run_config(data: dict[str, Any], source: str, training_overrides: Mapping[str, Any]) -> RunConfig:
+    """Validate run-file data with CLI overrides applied to its ``[training]`` table."""
+    from astra_core.config import parse_run_config
+
+    training = data.setdefault("training", {})
+    if isinstance(training, dict):
+        training.update(training_overrides)
+    return parse_run_config(data, source)
+
+
+def file_output_dir(data: Mapping[str, Any]) -> str | None:
+    """The run file's own ``training.output_dir``, if it names one."""
+    training = data.get("training")
+    value = training.get("output_dir") if isinstance(training, Mapping) else None
+    return value if isinstance(value, str) and value else None
+
+
+def run_file_of(run_dir: Path, what: str) -> Path:
+    """The run file a run directory was trained from; `what` names the command in the error."""
+    if not run_dir.exists():
+        raise ConfigError(f"{run_dir}: no such run directory ({what} needs a directory written by `astra train`)")
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: not a directory ({what} needs a directory written by `astra train`)")
+    run_file = run_dir / RUN_FILE
+    if not run_file.is_file():
+        raise ConfigError(
+            f"{run_dir}: not an astra run directory (no {RUN_FILE}); {what} needs a directory written by `astra train`"
+        )
+    return run_file
+
+
+@contextmanager
+def about(source: str) -> Iterator[None]:
+    """Prefix errors raised inside with the run file they come from (unless they name it already)."""
+    try:
+        yield
+    except AstraError as error:
+        message = str(error)
+        if message.startswith(source):
+            raise
+        raise ConfigError(f"{source}: {message}") from None
+
+
+def registries() -> Registries:
+    from astra_core import plugins as plugin_manager
+
+    return plugin_manager.load_plugins().registries
+
+
+def resolve(config: RunConfig, source: str, *, for_training: bool = True) -> ResolvedRun:
+    """Look up every name and validate every option of `config`, building nothing heavy."""
+    from astra_core.build import resolve as resolve_run
+
+    with about(source):
+        resolved = resolve_run(config, registries())
+    if for_training and config.training.eval_every is not None and config.evaluator is None:
+        raise ConfigError(
+            f'{source}: training.eval_every is set but evaluator = "none"; name an evaluator or drop eval_every'
+        )
+    return resolved
+
+
+def build(resolved: ResolvedRun, source: str, *, with_evaluator: bool) -> BuiltRun:
+    """Build the components of a resolved run, seeded (and in the process group under torchrun)."""
+    from astra_core.build import build as build_run
+    from astra_core.distributed import init_from_env
+    from astra_core.trainer import seed_everything
+
+    init_from_env()  # under torchrun: join the group and pick this rank's GPU before building on "cuda"
+    # Seed before building so randomly initialised parts (value heads, toy policies) repeat.
+    seed_everything(resolved.config.training.seed)
+    with about(source):
+        return build_run(resolved, with_evaluator=with_evaluator)
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+def timestamped(parent: Path, prefix: str = "") -> Path:
+    """A new path ``parent/<prefix><time>`` that does not exist yet."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    candidate, n = parent / f"{prefix}{stamp}", 1
+    while candidate.exists():
+        n += 1
+        candidate = parent / f"{prefix}{stamp}-{n}"
+    return candidate
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The training records of a metrics.jsonl (evaluation records and torn lines skipped)."""
+    records = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and not any(str(k).startswith("eval/") for k in record):
+            records.append(record)
+    return records
+
+
+def series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """The (steps, values) of one metric, finite numbers only."""
+    steps, values = [], []
+    for record in records:
+        value, step = record.get(key), record.get("step")
+        if isinstance(value, int | float) and isinstance(step, int | float) and math.isfinite(value):
+            steps.append(float(step))
+            values.append(float(value))
+    return steps, values
+
+
+def reward_summary(records: Sequence[Mapping[str, Any]]) -> str:
+    """First-fifth against last-fifth mean reward: the one-line verdict on a run."""
+    _, rewards = series(records, "reward/mean")
+    if not rewards:
+        return "no reward recorded"
+    k = max(1, len(rewards) // 5)
+    first, last = sum(rewards[:k]) / k, sum(rewards[-k:]) / k
+    return (
+        f"mean reward {first:.4f} over the first {k} step(s) -> {last:.4f} over the last {k} "
+        f"({last - first:+.4f}, {len(rewards)} steps)"
+    )
+
+
+def metrics_table(columns: Mapping[str, Mapping[str, Any]]) -> str:
+    """A markdown table: one row per metric, one column per labelled set of metrics."""
+    names: list[str] = []
+    for metrics in columns.values():
+        names.extend(k for k in metrics if k not in names)
+    lines = ["| metric | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for name in names:
+        cells = [_fmt(metrics.get(name)) for metrics in columns.values()]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
