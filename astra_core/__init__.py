@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from astra_core import factories
 from astra_core.config import ComponentRef, RunConfig, TrainingConfiguration, load_run_file
 from astra_core.errors import (
     AstraError,
@@ -21,8 +22,10 @@ from astra_core.errors import (
     TrainingError,
     UnknownComponentError,
 )
+from astra_core.factories import TypedFactory
 from astra_core.graph import Graph, Node
 from astra_core.hooks import hookimpl, hookspec
+from astra_core.kinds import ComponentKind, Kind
 from astra_core.protocols import (
     Algorithm,
     BatchedSampler,
@@ -32,13 +35,14 @@ from astra_core.protocols import (
     Evaluator,
     FeatureSystem,
     MultiEpochAlgorithm,
+    Reduction,
     Sampler,
     Scorer,
     System,
     TrainerView,
     TreeSampler,
 )
-from astra_core.registry import ComponentInfo, Provider, Registrar, Registries, Registry
+from astra_core.registry import ComponentInfo, Provider, Registrar, Registration, Registries, Registry
 
 if TYPE_CHECKING:
     from astra_core.callbacks import BaseCallback
@@ -71,6 +75,7 @@ __all__ = [
     "ComparingEvaluator",
     "ComponentBuildError",
     "ComponentInfo",
+    "ComponentKind",
     "ComponentRef",
     "ConfigError",
     "DuplicateComponentError",
@@ -79,12 +84,15 @@ __all__ = [
     "FeatureSystem",
     "Graph",
     "Harness",
+    "Kind",
     "MultiEpochAlgorithm",
     "Node",
     "OptionsError",
     "PluginLoadError",
     "Provider",
+    "Reduction",
     "Registrar",
+    "Registration",
     "Registries",
     "Registry",
     "RunConfig",
@@ -96,7 +104,9 @@ __all__ = [
     "TrainingConfiguration",
     "TrainingError",
     "TreeSampler",
+    "TypedFactory",
     "UnknownComponentError",
+    "factories",
     "hookimpl",
     "hookspec",
     "load_run_file",

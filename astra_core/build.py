@@ -1,7 +1,7 @@
 """Run config -> live components, in dependency order.
 
 `resolve` looks every name up and validates every option set without building anything heavy;
-`build` then constructs scorer -> system -> sampler and algorithm -> evaluator and callbacks.
+`build` then constructs each component after the ones it depends on (`astra_core.kinds`).
 
 `ComponentInfo.build` names the plugin whose factory raises or returns something that is not a
 component of its kind; `build` records which plugin built each component, so the contract
@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from astra_core import contracts
+from astra_core import contracts, kinds
 from astra_core.config import ComponentRef, RunConfig
 from astra_core.errors import ComponentBuildError
-from astra_core.registry import ComponentInfo, ComponentKind, Registries
+from astra_core.kinds import ComponentKind
+from astra_core.registry import ComponentInfo, Registries
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -96,64 +97,48 @@ class BuiltRun:
     callbacks: list[Any]
 
 
-
-
-# What a run calls on each kind of component (astra_core.protocols): a factory that returns
-# something without them is reported when it is built, not as an AttributeError mid-training.
-_REQUIRED: dict[str, tuple[str, ...]] = {
-    "scorer": ("score",),
-    "system": (
-        "scorer",
-        "tester_logprobs",
-        "baseline_logprobs",
-        "target_logprobs",
-        "rollout_tester",
-        "rollout_target",
-        "parameters",
-    ),
-    "sampler": ("system", "rollout"),
-    "algorithm": ("flatten", "collate_fn", "step", "parameters"),
-    "evaluator": ("evaluate",),
-}
-
-
 def _label(resolved: Resolved) -> str:
     return f"{resolved.info.kind} {resolved.info.name!r} (plugin {resolved.info.provider})"
 
 
 def _build(resolved: Resolved, *dependencies: Any) -> Any:
     built = resolved.info.build(*dependencies, options=resolved.options)
-    required = _REQUIRED.get(resolved.info.kind, ())
-    missing = [name for name in required if not hasattr(built, name)]
+    record = kinds.kind(resolved.info.kind)
+    missing = record.missing(built)
     if missing:
         raise ComponentBuildError(
             f"{_label(resolved)} built a {type(built).__name__} that lacks {', '.join(missing)}; "
-            f"a {resolved.info.kind} must provide {', '.join(required)} "
+            f"a {record.name} must provide {', '.join(record.required) or record.protocol_name} "
             f"(a bug in the plugin: check it with astra_core.testing)"
         )
     contracts.record_origin(built, resolved.info)  # a contract breach later names this plugin
     return built
 
 
-def build(run: ResolvedRun, *, with_evaluator: bool = True) -> BuiltRun:
-    """Construct every component of a resolved run, dependencies first.
+# Built by the trainer, which owns the parameters and the number of training steps they need.
+_BUILT_BY_TRAINER = ("optimizer", "scheduler", "callback")
 
-    A factory that raises, or returns an object lacking its kind's methods, is a
-    `ComponentBuildError` naming the kind, the name and the plugin. Each component's origin is
-    recorded (`astra_core.contracts.record_origin`), so the contract wrappers the Trainer puts
-    on them name the plugin when one breaks its protocol at run time.
+
+def build(run: ResolvedRun, *, with_evaluator: bool = True) -> BuiltRun:
+    """Construct every component of a resolved run, in the kinds' build order.
+
+    Each factory receives the components its kind depends on (`astra_core.kinds`). A factory
+    that raises, or returns an object lacking its kind's methods, is a `ComponentBuildError`
+    naming the kind, the name and the plugin. Each component's origin is recorded
+    (`astra_core.contracts.record_origin`), so the contract wrappers the Trainer puts on them
+    name the plugin when one breaks its protocol at run time.
     """
     parts = run.components
-    scorer = _build(parts["scorer"])
-    system = _build(parts["system"], scorer)
-    sampler = _build(parts["sampler"], system)
-    algorithm = _build(parts["algorithm"], system)
-    evaluator = None
-    if with_evaluator and "evaluator" in parts:
-        evaluator = _build(parts["evaluator"], sampler)
+    built: dict[str, Any] = {}
+    for kind in kinds.build_order():
+        if kind in _BUILT_BY_TRAINER or kind not in parts or (kind == "evaluator" and not with_evaluator):
+            continue
+        built[kind] = _build(parts[kind], *(built[d] for d in kinds.kind(kind).depends_on))
     callbacks = []
     for resolved in run.callbacks:
         callback = resolved.info.build(options=resolved.options)
         contracts.record_origin(callback, resolved.info)
         callbacks.append(callback)
-    return BuiltRun(scorer, system, sampler, algorithm, evaluator, callbacks)
+    return BuiltRun(
+        built["scorer"], built["system"], built["sampler"], built["algorithm"], built.get("evaluator"), callbacks
+    )

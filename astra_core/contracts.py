@@ -88,18 +88,16 @@ V = TypeVar("V")
 
 def protocols(kind: str) -> tuple[type, ...]:
     """The protocol classes a component of `kind` may implement: its main one, then the optional
-    ones the core or first-party plugins look for with ``isinstance``/``getattr``."""
+    ones the core or first-party plugins look for with ``isinstance`` (`astra_core.kinds`).
+    Kinds that are torch base classes rather than protocols (optimizer, scheduler) have none."""
+    from astra_core import kinds
     from astra_core import protocols as p
 
-    table: dict[str, tuple[type, ...]] = {
-        "scorer": (p.Scorer,),
-        "system": (p.System, p.FeatureSystem, p.PairLogprobSystem, p.SavableSystem),
-        "sampler": (p.Sampler, p.BatchedSampler, p.TreeSampler),
-        "algorithm": (p.Algorithm, p.MultiEpochAlgorithm),
-        "evaluator": (p.Evaluator, p.ComparingEvaluator),
-        "callback": (p.Callback,),
-    }
-    return table.get(kind, ())
+    record = kinds.KINDS_TABLE.get(kind)  # type: ignore[call-overload]
+    if record is None or not record.is_protocol:
+        return ()
+    optional = tuple(getattr(p, name) for name in record.optional)
+    return tuple(dict.fromkeys((record.protocol, *optional)))
 
 
 # --- where a component comes from ------------------------------------------------------------
@@ -164,10 +162,14 @@ _ORIGINS: _ByIdentity[Origin] = _ByIdentity()
 
 def record_origin(component: object, info: ComponentInfo) -> None:
     """Remember that the registered component `info` built `component` (the build calls this)."""
+    _ORIGINS.set(component, _registered(component, info))
+
+
+def _registered(component: object, info: ComponentInfo) -> Origin:
     provider = info.provider
     cls = type(component)
     distribution = " ".join(filter(None, (provider.distribution, provider.version))) or None
-    _ORIGINS.set(component, Origin(info.kind, cls.__name__, cls.__module__, info.name, str(provider), distribution))
+    return Origin(info.kind, cls.__name__, cls.__module__, info.name, str(provider), distribution)
 
 
 @functools.cache
@@ -630,13 +632,14 @@ def unwrap(component: Any) -> Any:
     return component.__guard_component__ if type(component) is Guarded else component
 
 
-def guard(kind: str, component: V, origin: Origin | None = None) -> V:
+def guard(kind: str, component: V, origin: Origin | ComponentInfo | None = None) -> V:
     """`component` held to the contracts of its `kind`'s protocols (see the module doc).
 
-    Guarding is idempotent (a guarded component, or one guarded before, gives the same wrapper)
-    and re-points the component's attributes that hold other components to their guards. Kinds
-    without run-time contracts (optimizer, scheduler: torch objects that schedulers patch) are
-    returned as they are.
+    `origin` says who provides the component (a registry entry or an `Origin`); by default what
+    the build recorded, else the class's module and distribution. Guarding is idempotent (a
+    guarded component, or one guarded before, gives the same wrapper) and re-points the
+    component's attributes that hold other components to their guards. Kinds without run-time
+    contracts (optimizer, scheduler: torch objects that schedulers patch) are returned as they are.
 
     >>> from astra_core.testing.toy import ToyScorer
     >>> scorer = guard("scorer", ToyScorer())
@@ -650,6 +653,8 @@ def guard(kind: str, component: V, origin: Origin | None = None) -> V:
     existing = _guard_of(component)
     if existing is not None:
         return existing  # type: ignore[return-value]
+    if origin is not None and not isinstance(origin, Origin):
+        origin = _registered(component, origin)
     wrapper = Guarded(kind, component, origin)
     _GUARDS.set(component, weakref.ref(wrapper))
     _repoint(component)

@@ -611,8 +611,6 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
                 signal.signal(signum, handler)
 
 
-
-
 @contextmanager
 def _preserved_rng() -> Iterator[None]:
     python_state, numpy_state = random.getstate(), np.random.get_state()

@@ -21,8 +21,8 @@ from safetensors.torch import save_file
 
 from astra_core import Registrar, hookimpl
 from astra_core import checkpoint as ckpt
-from astra_core.contracts import guard
 from astra_core.cli import main
+from astra_core.contracts import guard
 from astra_core.errors import CheckpointError, ComponentBuildError, ComponentContractError, ConfigError, PluginLoadError
 from astra_core.graph import Graph
 from astra_core.plugins import load_plugins
