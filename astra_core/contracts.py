@@ -700,18 +700,20 @@ def _looks_like(kind: str, value: Any) -> bool:
 # --- reporting -------------------------------------------------------------------------------
 
 
-def write_traceback(error: BaseException, log_file: str | Path) -> None:
-    """Append `error`'s traceback (its causes included) to `log_file`, if its directory exists.
+def write_traceback(error: BaseException, log_file: str | Path) -> bool:
+    """Append `error`'s traceback (its causes included) to `log_file`; return whether it was
+    written (not when the file's directory does not exist or cannot be written).
 
     The CLI calls this for a `ComponentContractError`: the terminal gets the one-line message,
     the run's log the component's own traceback.
     """
     path = Path(log_file)
     if not path.parent.is_dir():
-        return
+        return False
     text = "".join(traceback.format_exception(error))
     try:
         with path.open("a", encoding="utf-8") as log:
             log.write(text)
     except OSError:
-        pass  # the one-line error still reaches the terminal
+        return False  # the one-line error still reaches the terminal
+    return True

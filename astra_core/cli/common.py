@@ -29,6 +29,7 @@ DEFAULT_RUN_FILE = "default_run.toml"
 RUN_FILE = "run.toml"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
+LOG_FILE = "train.log"  # tracebacks the terminal does not show (a plugin breaking its contract)
 
 
 class UsageError(AstraError):

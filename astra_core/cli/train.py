@@ -12,8 +12,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from astra_core import contracts
 from astra_core.cli.common import (
     CONFIG_FILE,
+    LOG_FILE,
     METRICS_FILE,
     PROG,
     RUN_FILE,
@@ -33,7 +35,7 @@ from astra_core.cli.common import (
     timestamped,
     write_json,
 )
-from astra_core.errors import AstraError, CheckpointError, ConfigError
+from astra_core.errors import AstraError, CheckpointError, ComponentContractError, ConfigError
 
 if TYPE_CHECKING:
     from astra_core.build import ResolvedRun
@@ -165,6 +167,12 @@ def _run_training(trainer: Trainer[Any, Any, Any, Any], run_dir: Path) -> int:
 
     try:
         trainer.train()
+    except ComponentContractError as error:
+        # One line on the terminal; the plugin's own traceback goes to the run's log.
+        log = run_dir / LOG_FILE
+        if not contracts.write_traceback(error, log):
+            raise
+        raise ComponentContractError(f"{error}; traceback in {log}") from error
     except TrainingInterrupted as stop:
         name = signal.Signals(stop.signum).name
         where = f"checkpoint written to {stop.checkpoint}" if stop.checkpoint else "no checkpoint written"
