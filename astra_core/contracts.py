@@ -16,7 +16,7 @@ rollout trees             `Graph` objects of `Node` turns, one per requested epi
                           (``count``) or prompt
 scores (``list[float]``)  one finite float in [0, 1] per item
 one output per input      a list as long as ``contexts``; a tensor with one row per context
-parameters                tensors
+parameters                tensors (named ones: ``(name, tensor)`` pairs)
 an evaluation report      an `EvaluationReport` whose metrics are ``dict[str, float]``
 anything else             the call only
 ========================= =================================================================
@@ -379,6 +379,21 @@ def _parameters(call: _Call, result: Any) -> Any:
     return iter(items)
 
 
+def _named_parameters(call: _Call, result: Any) -> Any:
+    import torch
+
+    try:
+        items = list(result)
+    except TypeError:
+        raise call.breach(f"returned {_describe(result)}; it must return an iterable of (name, parameter)") from None
+    for item in items:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+            raise call.breach(f"yielded {_describe(item)}; it must yield (name, parameter) pairs")
+        if not isinstance(item[1], torch.Tensor):
+            raise call.breach(f"yielded {item[0]!r} as {_describe(item[1])}; it must yield torch parameters")
+    return iter(items)
+
+
 def _logs(call: _Call, logs: Any, what: str) -> None:
     if not isinstance(logs, Mapping):
         raise call.breach(f"returned {what} that are {_describe(logs)}; they must be a dict[str, float]")
@@ -459,7 +474,7 @@ def _check_for(name: str, parameters: Sequence[str], returns: str) -> tuple[str,
     if "Tensor" in r and parameters:
         return "one row per input", _rows
     if "Parameter" in r:
-        return "parameters", _parameters
+        return ("named parameters", _named_parameters) if "tuple[" in r else ("parameters", _parameters)
     if r == "EvaluationReport":
         return "evaluation report", _report
     if r.startswith("list[") and parameters:
