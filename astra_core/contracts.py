@@ -25,7 +25,7 @@ The methods and what they return are read from the protocol classes (`protocols`
 kind's main and optional protocols), so a method added there is checked without an edit here.
 Any exception a checked method raises (other than an `AstraError`, which already speaks for
 itself, or an `OSError`, which is the disk's or the device's) becomes a `ComponentContractError`
-chained to it; the CLI writes its traceback to the run's log (`write_traceback`) and prints one
+chained to it; the CLI writes its traceback to the run's log (`traceback_text`) and prints one
 line. A method whose argument another method built (the loss takes what ``collate_fn`` returns)
 names both when it raises.
 
@@ -56,7 +56,6 @@ import traceback
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from astra_core.errors import AstraError, ComponentContractError
@@ -76,8 +75,8 @@ __all__ = [
     "origin_of",
     "protocols",
     "record_origin",
+    "traceback_text",
     "unwrap",
-    "write_traceback",
 ]
 
 V = TypeVar("V")
@@ -715,20 +714,7 @@ def _looks_like(kind: str, value: Any) -> bool:
 # --- reporting -------------------------------------------------------------------------------
 
 
-def write_traceback(error: BaseException, log_file: str | Path) -> bool:
-    """Append `error`'s traceback (its causes included) to `log_file`; return whether it was
-    written (not when the file's directory does not exist or cannot be written).
-
-    The CLI calls this for a `ComponentContractError`: the terminal gets the one-line message,
-    the run's log the component's own traceback.
-    """
-    path = Path(log_file)
-    if not path.parent.is_dir():
-        return False
-    text = "".join(traceback.format_exception(error))
-    try:
-        with path.open("a", encoding="utf-8") as log:
-            log.write(text)
-    except OSError:
-        return False  # the one-line error still reaches the terminal
-    return True
+def traceback_text(error: BaseException) -> str:
+    """`error`'s traceback, its causes included: what the CLI appends to the run's log for a
+    `ComponentContractError`, whose terminal output is the one-line message."""
+    return "".join(traceback.format_exception(error))

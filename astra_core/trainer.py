@@ -20,7 +20,7 @@ writes metrics, checkpoints and reports.
 
 from __future__ import annotations
 
-import json
+import _thread
 import logging
 import math
 import random
@@ -54,31 +54,38 @@ from astra_core.protocols import (
     TreeSampler,
 )
 from astra_core.registry import Registries
-from astra_core.types import ActionT, BatchT, StateT, StepT, json_safe
+from astra_core.rundir import RunDir, staged_directory
+from astra_core.types import ActionT, BatchT, StateT, StepT
 
 log = logging.getLogger(__name__)
 
 # Keeps ranks' shuffling seeds apart (rank 0 keeps the run's seed, so one process is unchanged).
 _RANK_SEED_STRIDE = 1 << 20
 
-# Settings that may change between an interrupted run and its resume.
-_RESUMABLE_CHANGES = {
-    "training_steps",
-    "output_dir",
-    "checkpoint_every",
-    "eval_every",
-    "keep_checkpoints",
-    "max_nonfinite_in_a_row",
-}
+
+# How long SIGTERM/SIGHUP wait for the step in flight before it is abandoned (container grace
+# periods are often 10 s; a checkpoint of the step boundary follows the wait).
+STOP_GRACE_SECONDS = 5.0
+
+
+class StepAbandoned(BaseException):
+    """Raised inside a step that did not end in time after a stop signal (see `Trainer.train`).
+
+    A BaseException, so that no component's ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"step abandoned after {signal.Signals(signum).name}")
 
 
 class TrainingInterrupted(Exception):
     """Training stopped at a step boundary because of a signal; a checkpoint was written."""
 
-    def __init__(self, signum: int, checkpoint: Path | None) -> None:
-        self.signum, self.checkpoint = signum, checkpoint
+    def __init__(self, signum: int, checkpoint: Path | None, *, abandoned: bool = False) -> None:
+        self.signum, self.checkpoint, self.abandoned = signum, checkpoint, abandoned
         where = f"; checkpoint {checkpoint}" if checkpoint else ""
-        super().__init__(f"training interrupted by {signal.Signals(signum).name}{where}")
+        cut = "; the step in flight was abandoned" if abandoned else ""
+        super().__init__(f"training interrupted by {signal.Signals(signum).name}{where}{cut}")
 
 
 def seed_everything(seed: int) -> None:
@@ -236,8 +243,10 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
     def train(self) -> list[dict[str, float]]:
         """Train until ``training_steps``; returns every step's metrics.
 
-        SIGINT or SIGTERM stops at the end of the current step, after a checkpoint (when
+        SIGINT, SIGTERM or SIGHUP stops at the end of the current step, after a checkpoint (when
         ``output_dir`` is set), by raising `TrainingInterrupted`; a second SIGINT stops at once.
+        A step still running `STOP_GRACE_SECONDS` after SIGTERM/SIGHUP is abandoned (nothing of
+        it is saved; resuming repeats it exactly).
         """
         if self.run_dir is not None and self.is_main:
             ckpt.check_writable(self.run_dir)  # fail before any work, not at the first checkpoint
@@ -245,18 +254,23 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         self._stop_signal = None
         self._call("on_train_begin", self)
         try:
-            with self._signals_stop_at_step_end():
-                while self.global_step < self.config.training_steps:
-                    logs = self.train_step()
-                    self._call("on_step_end", self, self.global_step, logs)
-                    if self._due(self.config.eval_every) and self.is_main:
-                        self.evaluate()
-                    if self._due(self.config.checkpoint_every):
-                        self._checkpoint_on_main()
-                    stop = self._agreed_stop_signal()
-                    if stop is not None:
-                        saved = self._checkpoint_on_main() if self.run_dir is not None else None
-                        raise TrainingInterrupted(stop, saved if self.is_main else None)
+            try:
+                with self._signals_stop_at_step_end():
+                    while self.global_step < self.config.training_steps:
+                        logs = self.train_step()
+                        self._call("on_step_end", self, self.global_step, logs)
+                        if self._due(self.config.eval_every) and self.is_main:
+                            self.evaluate()
+                        if self._due(self.config.checkpoint_every):
+                            self._checkpoint_on_main()
+                        stop = self._agreed_stop_signal()
+                        if stop is not None:
+                            saved = self._checkpoint_on_main() if self.run_dir is not None else None
+                            raise TrainingInterrupted(stop, saved if self.is_main else None)
+            except StepAbandoned as abandoned:
+                # The weights are mid-step: nothing of them is saved; the last checkpoint stands.
+                last = ckpt.latest_checkpoint(self.run_dir) if self.run_dir is not None and self.is_main else None
+                raise TrainingInterrupted(abandoned.signum, last, abandoned=True) from None
             if self.run_dir is not None:
                 if self.is_main:
                     self.save_checkpoint()
@@ -444,15 +458,7 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         with _preserved_rng():
             report = self.evaluator.evaluate()
         if self.run_dir is not None and self.is_main:
-            directory = Path(self.run_dir) / "eval"
-            directory.mkdir(parents=True, exist_ok=True)
-            stem = directory / f"step-{self.global_step:08d}"
-            payload = {"step": self.global_step, "metrics": report.metrics, "details": report.details}
-            # Strict JSON: NaN and infinities become null, so every JSON reader accepts the file.
-            text = json.dumps(json_safe(payload), indent=1, allow_nan=False)
-            stem.with_suffix(".json").write_text(text, encoding="utf-8")
-            if report.markdown:
-                stem.with_suffix(".md").write_text(report.markdown, encoding="utf-8")
+            RunDir(self.run_dir).write_evaluation(self.global_step, report.metrics, report.details, report.markdown)
         self._call("on_evaluate", self, self.global_step, report)
         return report
 
@@ -481,7 +487,7 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         path = ckpt.save_checkpoint(
             self.run_dir,
             self.global_step,
-            self.parameters,
+            self._named_parameters(),
             self.optimizer,
             self.scheduler,
             state,
@@ -501,23 +507,27 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         if source is None and self.run_dir is None:
             raise ConfigError("nothing to resume from: set training.output_dir or pass a checkpoint directory")
         source = Path(source) if source is not None else Path(str(self.run_dir))
-        checkpoint = source if (source / ckpt.MANIFEST).exists() else ckpt.latest_checkpoint(source)
-        if checkpoint is None:
-            raise CheckpointError(f"{source}: no complete checkpoint to resume from")
-        ckpt.verify(checkpoint)
-        self._check_same_run(ckpt.read_json(checkpoint, "config.json"), checkpoint)
-        ckpt.load_weights(checkpoint, self.parameters)
-        ckpt.load_optimizer_state(
-            self.optimizer,
-            ckpt.load_tensors(checkpoint, "optimizer.safetensors"),
-            ckpt.read_json(checkpoint, "optimizer.json"),
-        )
-        scheduler_state = ckpt.read_json(checkpoint, "scheduler.json")
-        if scheduler_state is not None:
-            self.scheduler.load_state_dict(scheduler_state)
-        ckpt.set_rng_state(ckpt.load_tensors(checkpoint, "rng.safetensors"), ckpt.read_json(checkpoint, "rng.json"))
-        state = ckpt.read_json(checkpoint, "state.json")
-        self.global_step = int(state["global_step"])
+        named = self._named_parameters()
+
+        def accept(loaded: ckpt.Resumable) -> None:
+            ckpt.check_same_run(self.resolved_config, loaded.config, loaded.path)
+            try:
+                ckpt.load_weights(loaded.path, named if set(named) <= set(loaded.weights) else self.parameters)
+            except CheckpointError as error:
+                raise ckpt.DifferentRunError(str(error)) from None
+            try:  # the last check that can fail: an optimizer state that does not fit this optimizer
+                ckpt.load_optimizer_state(self.optimizer, loaded.optimizer_tensors, loaded.optimizer_data)
+                if loaded.scheduler is not None:
+                    self.scheduler.load_state_dict(loaded.scheduler)
+            except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as error:
+                raise CheckpointError(
+                    f"{loaded.path}: optimizer or scheduler state does not fit ({type(error).__name__}: {error})"
+                ) from None
+
+        loaded = ckpt.open_resumable(source, accept)
+        ckpt.set_rng_state(loaded.rng_tensors, loaded.rng_data)
+        state = loaded.state
+        self.global_step = loaded.step
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
         self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
         saved_world = int(state.get("world_size", 1))
@@ -525,36 +535,28 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
             log.warning(
                 "%s was written by %d process(es), resuming with %d: rollouts from here differ from "
                 "the uninterrupted run's (training is still valid)",
-                checkpoint,
+                loaded.path,
                 saved_world,
                 self.world_size,
             )
         self._saved = None
-        return checkpoint
+        return loaded.path
 
-    def _check_same_run(self, saved: Mapping[str, Any], checkpoint: Path) -> None:
-        def comparable(config: Mapping[str, Any]) -> dict[str, Any]:
-            data = {k: v for k, v in config.items() if k != "callbacks"}
-            data["training"] = {
-                k: v for k, v in dict(config.get("training", {})).items() if k not in _RESUMABLE_CHANGES
-            }
-            return data
-
-        mine, theirs = comparable(self.resolved_config), comparable(saved)
-        if mine != theirs:
-            differing = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-            raise CheckpointError(
-                f"{checkpoint}: written by a run with a different configuration "
-                f"(differs in: {', '.join(differing)}); resume with that run's config"
-            )
+    def _named_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The trained parameters by the names the system (then the algorithm) gives them."""
+        names = ckpt.parameter_names(self.parameters, self.harness.sampler.system, self.harness.algorithm)
+        return dict(zip(names, self.parameters, strict=True))
 
     def save_tester(self, directory: Path) -> Path | None:
-        """Save the tester in its native format when the system can (for example HF's)."""
+        """Save the tester in its native format when the system can (for example HF's), atomically."""
         save = getattr(self.harness.sampler.system, "save_pretrained", None)
         if save is None:
             return None
-        save(str(directory))
-        return directory
+        # Saved beside the destination and renamed into place: a crash or a full disk while
+        # saving leaves the previous folder (or none), never a folder without weights.
+        with staged_directory(Path(directory)) as staging:
+            save(str(staging))
+        return Path(directory)
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -593,20 +595,33 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
 
     @contextmanager
     def _signals_stop_at_step_end(self) -> Iterator[None]:
+        """SIGINT, SIGTERM and SIGHUP stop at the end of the step in flight. A step that has not
+        ended `STOP_GRACE_SECONDS` after SIGTERM/SIGHUP (or a second one) is abandoned: the run
+        stops at once, its last checkpoint stands, and a resume repeats the abandoned step."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
+        timers: list[threading.Timer] = []
 
         def request_stop(signum: int, frame: FrameType | None) -> None:
-            if self._stop_signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt  # a second Ctrl-C stops at once
+            if self._stop_signal is not None:
+                if signum == signal.SIGINT:
+                    raise KeyboardInterrupt  # a second Ctrl-C stops at once
+                raise StepAbandoned(self._stop_signal)
             self._stop_signal = signum
             log.warning("%s received: stopping after this step", signal.Signals(signum).name)
+            if signum != signal.SIGINT:  # a supervisor's grace period is short: bound the wait
+                timer = threading.Timer(STOP_GRACE_SECONDS, _thread.interrupt_main, (signum,))
+                timer.daemon = True
+                timer.start()
+                timers.append(timer)
 
-        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
             yield
         finally:
+            for timer in timers:
+                timer.cancel()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 

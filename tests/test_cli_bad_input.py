@@ -283,14 +283,21 @@ CASES = [
     Case(
         "existing-non-empty-output",
         ["train", RUN, "--output", "out"],
-        ("out: output directory exists and is not empty", "--resume out", "--overwrite"),
+        ("out: output directory exists and is not empty", "not an astra run", "--output DIR"),
         {RUN: GOOD},
         _existing_output,
     ),
     Case(
+        "existing-run-without-overwrite",
+        ["train", RUN, "--output", "run"],
+        ("run: output directory exists and is not empty", "--resume run", "--overwrite"),
+        {RUN: GOOD},
+        _copy_run,
+    ),
+    Case(
         "overwrite-non-run-dir",
         ["train", RUN, "--output", "out", "--overwrite"],
-        ("out: refusing to --overwrite", "not an astra run"),
+        ("out: output directory exists", "not an astra run", "never writes into or deletes"),
         {RUN: GOOD},
         _existing_output,
     ),
@@ -320,7 +327,6 @@ CASES = [
         ("run: cannot resume", "manifest"),
         setup=_corrupt_manifest,
     ),
-    Case("resume-without-checkpoints", ["train", "--resume", "run"], ("no checkpoint",), setup=_no_checkpoints),
     Case(
         "resume-and-run-file",
         ["train", RUN, "--resume", "run"],

@@ -159,9 +159,9 @@ def assert_breach_after_two_steps(outcome: Outcome, *fragments: str) -> None:
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-00000001", "step-00000002"]
     records = [json.loads(text) for text in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [record["step"] for record in records if "loss" in record] == [1, 2]
-    log = (run_dir / "train.log").read_text(encoding="utf-8")
+    log = (run_dir / "astra.log").read_text(encoding="utf-8")
     assert "Traceback" in log and "ComponentContractError" in log
-    assert f"traceback in {run_dir / 'train.log'}" in line
+    assert f"traceback in {run_dir / 'astra.log'}" in line
 
 
 # --- every breach, from a third-party plugin, end to end ----------------------------------------
@@ -250,7 +250,7 @@ def test_a_raising_method_leaves_its_own_traceback_in_the_log(plugin_path: Path,
     assert_breach_after_two_steps(
         outcome, "system 'raising-system'", "RaisingSystem.rollout_target(", "raised RuntimeError", "unreachable"
     )
-    log = (outcome.run_dir / "train.log").read_text(encoding="utf-8")
+    log = (outcome.run_dir / "astra.log").read_text(encoding="utf-8")
     assert "RuntimeError: the target's server is unreachable" in log
     assert "in rollout_target" in log  # the plugin's frame, for its author
 

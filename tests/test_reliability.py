@@ -241,10 +241,10 @@ def test_enospc_while_writing_tensors_is_a_checkpoint_error_and_the_previous_che
     previous = tmp_path / "checkpoints" / "step-00000002"
     assert ckpt.latest_checkpoint(tmp_path) == previous
 
-    def full_disk(tensors: dict[str, torch.Tensor], filename: str) -> None:
+    def full_disk(tensors: dict[str, torch.Tensor], filename: str, metadata: dict[str, str] | None = None) -> None:
         if filename.endswith("optimizer.safetensors"):  # what safetensors raises on ENOSPC
             raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
-        save_file(tensors, filename)
+        save_file(tensors, filename, metadata=metadata)
 
     monkeypatch.setattr(ckpt, "save_file", full_disk)
     trainer.train_step()

@@ -7,17 +7,19 @@ heavy dependencies load inside the functions that build components.
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from astra_core.errors import AstraError, ConfigError
-from astra_core.types import json_safe
+from astra_core.rundir import RUN_FILE
 
 if TYPE_CHECKING:
     from astra_core.build import BuiltRun, ResolvedRun
@@ -26,10 +28,6 @@ if TYPE_CHECKING:
 
 PROG = "astra"
 DEFAULT_RUN_FILE = "default_run.toml"
-RUN_FILE = "run.toml"
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-LOG_FILE = "train.log"  # tracebacks the terminal does not show (a plugin breaking its contract)
 
 
 class UsageError(AstraError):
@@ -42,6 +40,36 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         where = f"{self.prog}: " if self.prog != PROG else ""
         raise UsageError(f"{where}{message} (see `{self.prog} --help`)")
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP arrived outside the training loop (which has its own handling).
+
+    A BaseException, so that no component's ``except Exception`` swallows it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.run_dir: Path | None = None
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into `Stopped` for the block (the default would kill silently)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise Stopped(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def positive_int(text: str) -> int:
@@ -166,28 +194,7 @@ def timestamped(parent: Path, prefix: str = "") -> Path:
     return candidate
 
 
-def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-
-
 # --- metrics ----------------------------------------------------------------------------------
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The training records of a metrics.jsonl (evaluation records and torn lines skipped)."""
-    records = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and not any(str(k).startswith("eval/") for k in record):
-            records.append(record)
-    return records
 
 
 def series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:

@@ -151,6 +151,10 @@ class ToySystem:
     def parameters(self) -> Iterator[nn.Parameter]:
         return self.tester.parameters()
 
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """The tester's parameters by name (what checkpoints store them under)."""
+        return self.tester.named_parameters(prefix="tester")
+
     def state_features(self, contexts: Sequence[str]) -> torch.Tensor:
         """The mean of the tester's word embeddings over each context (detached)."""
         with torch.no_grad():
