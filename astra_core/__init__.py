@@ -28,7 +28,6 @@ from astra_core.hooks import hookimpl, hookspec
 from astra_core.kinds import ComponentKind, Kind
 from astra_core.protocols import (
     Algorithm,
-    BatchedSampler,
     Callback,
     ComparingEvaluator,
     EvaluationReport,
@@ -43,11 +42,13 @@ from astra_core.protocols import (
     TreeSampler,
 )
 from astra_core.registry import ComponentInfo, Provider, Registrar, Registration, Registries, Registry
+from astra_core.turns import Reads, TextScorer, Turn, text_scorer
 
 if TYPE_CHECKING:
+    from astra_core.assembly import seed_everything
     from astra_core.callbacks import BaseCallback
     from astra_core.harness import Harness
-    from astra_core.trainer import Trainer, seed_everything
+    from astra_core.trainer import Trainer
 
 __version__ = "0.1.0"
 
@@ -55,7 +56,7 @@ _LAZY = {
     "Trainer": "astra_core.trainer",
     "Harness": "astra_core.harness",
     "BaseCallback": "astra_core.callbacks",
-    "seed_everything": "astra_core.trainer",
+    "seed_everything": "astra_core.assembly",
 }
 
 
@@ -69,7 +70,6 @@ __all__ = [
     "Algorithm",
     "AstraError",
     "BaseCallback",
-    "BatchedSampler",
     "Callback",
     "CheckpointError",
     "ComparingEvaluator",
@@ -90,6 +90,7 @@ __all__ = [
     "OptionsError",
     "PluginLoadError",
     "Provider",
+    "Reads",
     "Reduction",
     "Registrar",
     "Registration",
@@ -99,11 +100,13 @@ __all__ = [
     "Sampler",
     "Scorer",
     "System",
+    "TextScorer",
     "Trainer",
     "TrainerView",
     "TrainingConfiguration",
     "TrainingError",
     "TreeSampler",
+    "Turn",
     "TypedFactory",
     "UnknownComponentError",
     "factories",
@@ -111,4 +114,5 @@ __all__ = [
     "hookspec",
     "load_run_file",
     "seed_everything",
+    "text_scorer",
 ]

@@ -90,13 +90,11 @@ def protocols(kind: str) -> tuple[type, ...]:
     ones the core or first-party plugins look for with ``isinstance`` (`astra_core.kinds`).
     Kinds that are torch base classes rather than protocols (optimizer, scheduler) have none."""
     from astra_core import kinds
-    from astra_core import protocols as p
 
     record = kinds.KINDS_TABLE.get(kind)  # type: ignore[call-overload]
     if record is None or not record.is_protocol:
         return ()
-    optional = tuple(getattr(p, name) for name in record.optional)
-    return tuple(dict.fromkeys((record.protocol, *optional)))
+    return tuple(dict.fromkeys((record.protocol, *record.optional)))
 
 
 # --- where a component comes from ------------------------------------------------------------

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar
 
 from astra_core.kinds import ComponentKind
 
@@ -56,59 +56,61 @@ A = TypeVar("A")
 E = TypeVar("E")
 B = TypeVar("B")
 P = ParamSpec("P")
-R_co = TypeVar("R_co", covariant=True)
+K_co = TypeVar("K_co", bound=ComponentKind, covariant=True)
 
 
 @dataclass(frozen=True)
-class TypedFactory(Generic[R_co]):
-    """A factory declared for one kind; calling it calls the factory."""
+class TypedFactory(Generic[K_co]):
+    """A factory declared for the kind `K_co` (a ``Literal`` type, so registering it as another
+    kind is a type error); the registry calls `factory`."""
 
-    kind: ComponentKind
-    factory: Callable[..., R_co]
-
-    def __call__(self, *args: Any, **kwargs: Any) -> R_co:
-        return self.factory(*args, **kwargs)
+    kind: K_co
+    factory: Callable[..., Any]
 
 
-def scorer(factory: Callable[P, Scorer[S, A]]) -> TypedFactory[Scorer[S, A]]:
+def scorer(factory: Callable[P, Scorer[S, A]]) -> TypedFactory[Literal["scorer"]]:
     """Declare a scorer factory, called ``factory(**options)``."""
     return TypedFactory("scorer", factory)
 
 
-def system(factory: Callable[Concatenate[Scorer[S, A], P], System[S, A]]) -> TypedFactory[System[S, A]]:
-    """Declare a system factory, called ``factory(scorer, **options)``."""
+def system(factory: Callable[P, System[S, A]]) -> TypedFactory[Literal["system"]]:
+    """Declare a system factory, called ``factory(**options)``."""
     return TypedFactory("system", factory)
 
 
-def sampler(factory: Callable[Concatenate[System[S, A], P], Sampler[S, A]]) -> TypedFactory[Sampler[S, A]]:
-    """Declare a sampler factory, called ``factory(system, **options)``."""
+def sampler(
+    factory: Callable[Concatenate[System[S, A], Scorer[S, A], ...], Sampler[S, A]],
+) -> TypedFactory[Literal["sampler"]]:
+    """Declare a sampler factory, called ``factory(system, scorer, **options)``."""
     return TypedFactory("sampler", factory)
 
 
 def algorithm(
-    factory: Callable[Concatenate[System[S, A], P], Algorithm[S, A, E, B]],
-) -> TypedFactory[Algorithm[S, A, E, B]]:
+    factory: Callable[Concatenate[System[S, A], ...], Algorithm[S, A, E, B]],
+) -> TypedFactory[Literal["algorithm"]]:
     """Declare an algorithm factory, called ``factory(system, **options)``."""
     return TypedFactory("algorithm", factory)
 
 
-def evaluator(factory: Callable[Concatenate[Sampler[S, A], P], Evaluator]) -> TypedFactory[Evaluator]:
+def evaluator(factory: Callable[Concatenate[Sampler[S, A], ...], Evaluator]) -> TypedFactory[Literal["evaluator"]]:
     """Declare an evaluator factory, called ``factory(sampler, **options)``."""
     return TypedFactory("evaluator", factory)
 
 
 def optimizer(
-    factory: Callable[Concatenate[Iterable[torch.nn.Parameter], P], torch.optim.Optimizer],
-) -> TypedFactory[torch.optim.Optimizer]:
+    factory: Callable[Concatenate[Iterable[torch.nn.Parameter], ...], torch.optim.Optimizer],
+) -> TypedFactory[Literal["optimizer"]]:
     """Declare an optimizer factory, called ``factory(params, lr=lr, **options)``."""
     return TypedFactory("optimizer", factory)
 
 
-def scheduler(factory: Callable[Concatenate[torch.optim.Optimizer, P], LRScheduler]) -> TypedFactory[LRScheduler]:
+def scheduler(
+    factory: Callable[Concatenate[torch.optim.Optimizer, ...], LRScheduler],
+) -> TypedFactory[Literal["scheduler"]]:
     """Declare a scheduler factory, called ``factory(optimizer, total_steps=total_steps, **options)``."""
     return TypedFactory("scheduler", factory)
 
 
-def callback(factory: Callable[P, Callback]) -> TypedFactory[Callback]:
+def callback(factory: Callable[P, Callback]) -> TypedFactory[Literal["callback"]]:
     """Declare a callback factory, called ``factory(**options)``."""
     return TypedFactory("callback", factory)

@@ -9,7 +9,7 @@ and the table in ``docs/plugins.md`` are all read from here.
 
 Methods are never listed here: they are derived from the protocol classes in
 `astra_core.protocols`. The rule for optional methods: a kind's *required* members are those of
-its protocol; its *optional* members are those of the protocols named in `Kind.optional`, which
+its protocol; its *optional* members are those of the protocols named in `Kind.extensions`, which
 are the ``@runtime_checkable`` extension protocols the core tests with ``isinstance`` before it
 uses them (``FeatureSystem``, ``MultiEpochAlgorithm``, ...). A kind whose protocol is itself
 optional (``Callback``: every method is optional) names it there too. Optimizers and schedulers are
@@ -25,10 +25,7 @@ import functools
 import importlib
 import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, get_args
-
-if TYPE_CHECKING:
-    from astra_core.registry import ComponentInfo
+from typing import Any, Literal, get_args
 
 ComponentKind = Literal["scorer", "system", "sampler", "algorithm", "evaluator", "optimizer", "scheduler", "callback"]
 """The kinds of component a plugin can register (a misspelt kind is a type error)."""
@@ -58,11 +55,10 @@ class Kind:
     dependencies: tuple[Dependency, ...] = ()
     injected: tuple[str, ...] = ()
     """Keywords the core passes besides the options (``lr``, ``total_steps``); not user options."""
-    optional: tuple[str, ...] = ()
+    extensions: tuple[str, ...] = ()
     """Names of the `astra_core.protocols` classes whose members are optional for this kind."""
     conformance: str | None = None
     """The `astra_core.testing` check a plugin author runs on a component of this kind."""
-    summary: str = ""
 
     @property
     def protocol(self) -> type:
@@ -81,15 +77,22 @@ class Kind:
     @property
     def required(self) -> tuple[str, ...]:
         """The members every component of this kind has, in the protocol's order."""
+        if not self.is_protocol:
+            return ()  # a torch base class, checked with isinstance (and not imported here)
         optional = set(self.optional_members)
         return tuple(name for name in members(self.protocol) if name not in optional)
+
+    @property
+    def optional(self) -> tuple[type, ...]:
+        """The extension protocols (imported on first use): what a component of this kind may also be."""
+        return tuple(_import(_p(name)) for name in self.extensions)
 
     @property
     def optional_members(self) -> tuple[str, ...]:
         """The members of this kind's optional protocols, which a component may leave out."""
         found: list[str] = []
         for protocol in self.optional:
-            found.extend(name for name in members(_import(f"{_PROTOCOLS}:{protocol}")) if name not in found)
+            found.extend(name for name in members(protocol) if name not in found)
         return tuple(found)
 
     @property
@@ -110,74 +113,36 @@ class Kind:
             return [] if isinstance(component, self.protocol) else [f"the base class {self.protocol_name}"]
         return [name for name in self.required if not hasattr(component, name)]
 
-    def guard(self, component: Any, origin: ComponentInfo | None = None) -> Any:
-        """`component` wrapped by the contract checker of this kind (`astra_core.contracts.guard`)."""
+    def guard(self, component: Any, origin: object = None) -> Any:
+        """`component` wrapped by the contract checker of this kind (`astra_core.contracts.guard`).
+
+        `origin` says who provides it (a `ComponentInfo`, or the contracts' own `Origin`).
+        """
         # By name, on use: the table describes kinds without importing the checks it points at.
         contracts = importlib.import_module("astra_core.contracts")
         return contracts.guard(self.name, component, origin)
 
 
+def _p(name: str) -> str:
+    return f"{_PROTOCOLS}:{name}"
+
+
+def _on(kind: ComponentKind, argument: str | None = None) -> Dependency:
+    return Dependency(argument or kind, kind)
+
+
 KINDS_TABLE: dict[ComponentKind, Kind] = {
-    kind.name: kind
-    for kind in (
-        Kind(
-            "scorer",
-            f"{_PROTOCOLS}:Scorer",
-            conformance="check_scorer",
-            summary="scores texts for harm, one value in [0, 1] per item",
-        ),
-        Kind(
-            "system",
-            f"{_PROTOCOLS}:System",
-            dependencies=(Dependency("scorer", "scorer"),),
-            optional=("FeatureSystem", "PairLogprobSystem", "SavableSystem"),
-            conformance="check_system",
-            summary="the models: the trainable tester, the frozen target and baseline",
-        ),
-        Kind(
-            "sampler",
-            f"{_PROTOCOLS}:Sampler",
-            dependencies=(Dependency("system", "system"),),
-            optional=("BatchedSampler", "TreeSampler"),
-            conformance="check_sampler",
-            summary="rolls the system out into rollout trees",
-        ),
-        Kind(
-            "algorithm",
-            f"{_PROTOCOLS}:Algorithm",
-            dependencies=(Dependency("system", "system"),),
-            optional=("MultiEpochAlgorithm",),
-            conformance="check_algorithm",
-            summary="turns rollout trees into training examples and batches into a loss",
-        ),
-        Kind(
-            "evaluator",
-            f"{_PROTOCOLS}:Evaluator",
-            dependencies=(Dependency("sampler", "sampler"),),
-            optional=("ComparingEvaluator",),
-            summary="measures how often and how badly the target breaks",
-        ),
-        Kind(
-            "optimizer",
-            "torch.optim:Optimizer",
-            dependencies=(Dependency("params", "algorithm"),),
-            injected=("lr",),
-            conformance="check_optimizer",
-            summary="updates the parameters the algorithm trains",
-        ),
-        Kind(
-            "scheduler",
-            "torch.optim.lr_scheduler:LRScheduler",
-            dependencies=(Dependency("optimizer", "optimizer"),),
-            injected=("total_steps",),
-            summary="the learning rate over training, stepped once per training step",
-        ),
-        Kind(
-            "callback",
-            f"{_PROTOCOLS}:Callback",
-            optional=("Callback",),
-            summary="observes training (progress, metrics, logging)",
-        ),
+    record.name: record
+    for record in (
+        # kind, protocol, built from, injected keywords, extensions (optional), conformance check
+        Kind("scorer", _p("Scorer"), (), (), (), "check_scorer"),
+        Kind("system", _p("System"), (), (), ("FeatureSystem", "PairLogprobSystem", "SavableSystem"), "check_system"),
+        Kind("sampler", _p("Sampler"), (_on("system"), _on("scorer")), (), ("TreeSampler",), "check_sampler"),
+        Kind("algorithm", _p("Algorithm"), (_on("system"),), (), ("MultiEpochAlgorithm",), "check_algorithm"),
+        Kind("evaluator", _p("Evaluator"), (_on("sampler"),), (), ("ComparingEvaluator",), None),
+        Kind("optimizer", "torch.optim:Optimizer", (_on("algorithm", "params"),), ("lr",), (), "check_optimizer"),
+        Kind("scheduler", "torch.optim.lr_scheduler:LRScheduler", (_on("optimizer"),), ("total_steps",), (), None),
+        Kind("callback", _p("Callback"), (), (), ("Callback",), None),
     )
 }
 """Every kind, by name."""

@@ -87,6 +87,10 @@ def _selected(name: str, distribution: str) -> bool:
     return allow is None or bool({name, distribution} & allow)
 
 
+def _origin(provider: Provider) -> str:
+    return " ".join(filter(None, (provider.distribution, provider.version)))
+
+
 def _strict() -> bool:
     return os.environ.get("ASTRA_STRICT_PLUGINS", "").strip().lower() in {"1", "true", "yes", "on"}
 
@@ -114,7 +118,7 @@ class _Loader:
             self.result.plugins.append(PluginInfo(name, provider.distribution, provider.version, "broken", detail))
             if _strict():
                 raise PluginLoadError(
-                    f"plugin {name!r} from {provider.distribution} {provider.version} failed to "
+                    f"plugin {name!r} from {_origin(provider)} failed to "
                     f"load: {detail} (unset ASTRA_STRICT_PLUGINS to load the others anyway)"
                 ) from error
             if os.environ.get("ASTRA_DEBUG_PLUGINS"):
@@ -125,7 +129,7 @@ class _Loader:
         self.result.plugins.append(PluginInfo(name, provider.distribution, provider.version, status, problem))
         if problem and _strict():
             raise PluginLoadError(
-                f"plugin {name!r} from {provider.distribution} {provider.version}: {problem} "
+                f"plugin {name!r} from {_origin(provider)}: {problem} "
                 f"(unset ASTRA_STRICT_PLUGINS to load the others anyway)"
             )
 

@@ -15,7 +15,7 @@ import inspect
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypedDict, TypeVar, Unpack
 
 from astra_core.errors import (
     ComponentBuildError,
@@ -33,6 +33,7 @@ __all__ = [
     "KINDS",
     "ComponentInfo",
     "ComponentKind",
+    "Details",
     "Provider",
     "Registrar",
     "Registration",
@@ -40,6 +41,11 @@ __all__ = [
     "Registry",
     "import_path",
 ]
+
+
+FactoryRef = str | Callable[..., Any] | TypedFactory[ComponentKind]
+"""A factory: a lazy ``"module:attribute"`` path, a declaration of `astra_core.factories`, or a callable."""
+OptionsRef = str | type["BaseModel"] | None
 
 
 @dataclass(frozen=True)
@@ -71,7 +77,7 @@ class ComponentInfo:
 
     kind: ComponentKind
     name: str
-    factory: str | Callable[..., Any]
+    factory: FactoryRef
     options: str | type[BaseModel] | None
     summary: str
     provider: Provider
@@ -281,11 +287,21 @@ class Registries:
         return self._by_kind[kind].get(name)
 
 
-FactoryRef = str | Callable[..., Any]
-OptionsRef = str | type["BaseModel"] | None
+class Details(TypedDict, total=False):
+    """What a registration may say besides name and factory (all optional)."""
+
+    options: OptionsRef
+    """The pydantic model of the component's options, or its ``"module:attribute"`` path."""
+    summary: str
+    """One line for ``astra plugins``."""
+    aliases: Sequence[str]
+    """Other names a run file may use."""
 
 
-class Registration:
+K = TypeVar("K", bound=ComponentKind)
+
+
+class Registration(Generic[K]):
     """``registrar.<kind>(name, factory, options=..., summary=..., aliases=...)``: register one `kind`.
 
     `factory` is a lazy ``"module:attribute"`` path (imported only when a run builds the
@@ -295,19 +311,13 @@ class Registration:
     of the options a run file may set; without one, it is derived from the factory's signature.
     """
 
-    def __init__(self, registrar: Registrar, kind: ComponentKind) -> None:
+    def __init__(self, registrar: Registrar, kind: K) -> None:
         self.registrar, self.kind = registrar, kind
 
     def __call__(
-        self,
-        name: str,
-        factory: FactoryRef,
-        *,
-        options: OptionsRef = None,
-        summary: str = "",
-        aliases: Sequence[str] = (),
+        self, name: str, factory: str | Callable[..., Any] | TypedFactory[K], **details: Unpack[Details]
     ) -> None:
-        self.registrar.add(self.kind, name, factory, options=options, summary=summary, aliases=aliases)
+        self.registrar.add(self.kind, name, factory, **details)
 
     def __repr__(self) -> str:
         return f"<registrar.{self.kind}: {KINDS_TABLE[self.kind].call}>"
@@ -323,14 +333,14 @@ class Registrar:
     """
 
     # Declared for mypy, filled from the table of kinds in __init__ (a test keeps them equal).
-    scorer: Registration
-    system: Registration
-    sampler: Registration
-    algorithm: Registration
-    evaluator: Registration
-    optimizer: Registration
-    scheduler: Registration
-    callback: Registration
+    scorer: Registration[Literal["scorer"]]
+    system: Registration[Literal["system"]]
+    sampler: Registration[Literal["sampler"]]
+    algorithm: Registration[Literal["algorithm"]]
+    evaluator: Registration[Literal["evaluator"]]
+    optimizer: Registration[Literal["optimizer"]]
+    scheduler: Registration[Literal["scheduler"]]
+    callback: Registration[Literal["callback"]]
 
     def __init__(self, provider: Provider) -> None:
         self.provider = provider
@@ -338,17 +348,15 @@ class Registrar:
         for kind in KINDS:
             setattr(self, kind, Registration(self, kind))
 
-    def add(
-        self,
-        kind: ComponentKind,
-        name: str,
-        factory: FactoryRef,
-        *,
-        options: OptionsRef = None,
-        summary: str = "",
-        aliases: Sequence[str] = (),
-    ) -> None:
+    def add(self, kind: ComponentKind, name: str, factory: FactoryRef, **details: Unpack[Details]) -> None:
         """Register `factory` as the `kind` called `name` (see `Registration`)."""
+        unexpected = sorted(set(details) - Details.__optional_keys__)
+        if unexpected:  # mypy catches these; plain Python would otherwise drop them silently
+            raise TypeError(
+                f"registering {kind} {name!r}: unexpected {', '.join(unexpected)} (expected options, summary, aliases)"
+            )
+        options, summary = details.get("options"), details.get("summary", "")
+        aliases = details.get("aliases", ())
         if kind not in KINDS:
             raise ValueError(f"unknown component kind {kind!r}; kinds are {', '.join(KINDS)}")
         if not name or ":" in name:

@@ -246,11 +246,12 @@ class RunDir:
         for entry in sorted(self.path.iterdir()):
             if entry.name == LOCK:
                 continue
-            if entry.is_dir() and not entry.is_symlink():
+            folder = entry.is_dir() and not entry.is_symlink()
+            if folder:
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
-            deleted.append(entry.name + ("/" if entry.is_dir() else ""))
+            deleted.append(entry.name + ("/" if folder else ""))
         return deleted
 
     def clean_partial(self) -> list[Path]:

@@ -40,19 +40,19 @@ class Arm:
 
 
 class ShortScorer(ToyScorer):
-    def score(self, items: Sequence[str]) -> list[float]:
-        scores = super().score(items)
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
+        scores = super().score_texts(texts)
         return scores[:-1] if ARMED else scores
 
 
 class LoudScorer(ToyScorer):
-    def score(self, items: Sequence[str]) -> list[float]:
-        return [1.5 for _ in items] if ARMED else super().score(items)
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
+        return [1.5 for _ in texts] if ARMED else super().score_texts(texts)
 
 
 class NaNScorer(ToyScorer):
-    def score(self, items: Sequence[str]) -> list[float]:
-        return [math.nan for _ in items] if ARMED else super().score(items)
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
+        return [math.nan for _ in texts] if ARMED else super().score_texts(texts)
 
 
 # --- systems ----------------------------------------------------------------------------------
@@ -145,15 +145,16 @@ class PairDPO:
         self.system = system
         self.beta = beta
 
-    def flatten(self, graph: Graph[str, str]) -> list[Pair]:
+    def flatten(self, graphs: Sequence[Graph[str, str]]) -> list[Pair]:
         pairs = []
-        for group in graph.sibling_groups():
-            ordered = sorted(group, key=lambda node: node.reward, reverse=True)
-            pairs.append(Pair(ordered[0].context, ordered[0].probe, ordered[-1].probe))
+        for graph in graphs:
+            for group in graph.sibling_groups():
+                ordered = sorted(group, key=lambda node: node.reward, reverse=True)
+                pairs.append(Pair(ordered[0].context, ordered[0].probe, ordered[-1].probe))
         return pairs
 
-    def collate_fn(self, steps: Sequence[Pair]) -> Any:
-        return list(steps)
+    def collate_fn(self, examples: Sequence[Pair]) -> Any:
+        return list(examples)
 
     def margins(self, batch: list[Pair]) -> torch.Tensor:
         contexts = [p.context for p in batch]
@@ -169,7 +170,7 @@ class PairDPO:
         margin: torch.Tensor = self.beta * ((pi_chosen - ref_chosen) - (pi_rejected - ref_rejected))
         return margin
 
-    def step(self, batch: list[Pair]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: list[Pair]) -> tuple[torch.Tensor, dict[str, float]]:
         margin = self.margins(batch)
         loss: torch.Tensor = -F.logsigmoid(margin).mean()
         return loss, {"margin": float(margin.detach().mean())}
@@ -181,21 +182,21 @@ class PairDPO:
 class VectorLoss(PairDPO):
     """Returns one loss per pair instead of their mean once armed."""
 
-    def step(self, batch: list[Pair]) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, logs = super().step(batch)
+    def loss(self, batch: list[Pair]) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, logs = super().loss(batch)
         return (-F.logsigmoid(self.margins(batch)) if ARMED else loss), logs
 
 
 class PathlessLoss(PairDPO):
     """A loss that requires grad but reaches no parameter (a fresh leaf, not the tester)."""
 
-    def step(self, batch: list[Pair]) -> tuple[torch.Tensor, dict[str, float]]:
-        _, logs = super().step(batch)
+    def loss(self, batch: list[Pair]) -> tuple[torch.Tensor, dict[str, float]]:
+        _, logs = super().loss(batch)
         return torch.ones((), requires_grad=True) * 0.5, logs
 
 
 class DictCollate(PairDPO):
-    """collate_fn builds a dict once armed; step still expects the list of pairs."""
+    """collate_fn builds a dict once armed; loss still expects the list of pairs."""
 
-    def collate_fn(self, steps: Sequence[Pair]) -> Any:
-        return {"pairs": list(steps)} if ARMED else list(steps)
+    def collate_fn(self, examples: Sequence[Pair]) -> Any:
+        return {"pairs": list(examples)} if ARMED else list(examples)

@@ -31,6 +31,7 @@ from astra_core.graph import Graph
 from astra_core.kinds import KINDS_TABLE
 from astra_core.protocols import FeatureSystem, PairLogprobSystem
 from astra_core.testing.toy import ToySampler, ToyScorer, ToySystem
+from astra_core.turns import Turn
 
 if TYPE_CHECKING:
     from conftest import Kit
@@ -216,11 +217,11 @@ def assert_breach_after_two_steps(outcome: Outcome, *fragments: str) -> None:
         ),
         (
             {"algorithm": "vector-loss"},
-            ["algorithm 'vector-loss'", "VectorLoss.step(", "a loss that is a Tensor of shape (", "0-dim"],
+            ["algorithm 'vector-loss'", "VectorLoss.loss(", "a loss that is a Tensor of shape (", "0-dim"],
         ),
         (
             {"algorithm": "dict-collate"},
-            ["algorithm 'dict-collate'", "DictCollate.step(", "raised AttributeError", "collate_fn()", "step()"],
+            ["algorithm 'dict-collate'", "DictCollate.loss(", "raised AttributeError", "collate_fn()", "loss()"],
         ),
     ],
     ids=[
@@ -260,7 +261,7 @@ def test_a_loss_with_no_gradient_path_stops_the_first_step(plugin_path: Path, tm
     outcome = train(plugin_path, tmp_path, algorithm="pathless-loss")
     assert outcome.code == 2 and "Traceback" not in outcome.stderr
     line = outcome.line
-    assert f"algorithm 'pathless-loss' (plugin {PLUGIN}): PathlessLoss.step(" in line
+    assert f"algorithm 'pathless-loss' (plugin {PLUGIN}): PathlessLoss.loss(" in line
     assert "no gradient path to any of parameters()" in line
     assert (outcome.run_dir / "config.json").is_file() and (outcome.run_dir / "run.toml").is_file()
     assert not (outcome.run_dir / "checkpoints").exists() or not any((outcome.run_dir / "checkpoints").iterdir())
@@ -298,19 +299,19 @@ def test_hand_wired_components_given_to_the_trainer_are_guarded(kit: Kit) -> Non
     # to the system and the scorer are checked too.
     held: Any = parts.sampler.system
     assert type(held) is Guarded and parts.algorithm.system is held
-    assert type(parts.system.scorer) is Guarded
+    assert type(parts.sampler.scorer) is Guarded
     trainer.train()
 
 
 def test_a_hand_wired_scorer_returning_nan_is_named_on_first_use(kit: Kit) -> None:
     parts = kit.parts(scorer=kit.NaNScorer())
     trainer = kit.trainer(kit.config(training_steps=1), parts)
-    with pytest.raises(ComponentContractError, match=r"^scorer NaNScorer \(module .*\): NaNScorer\.score\(8 items\) "):
+    with pytest.raises(ComponentContractError, match=r"^scorer NaNScorer \(module .*\): NaNScorer\.score\(8 turns\) "):
         trainer.train()
 
 
 def test_a_hand_wired_component_is_named_by_its_module_and_distribution() -> None:
-    origin = contracts.origin_of(ToySampler(ToySystem(ToyScorer())), "sampler")
+    origin = contracts.origin_of(ToySampler(ToySystem(), ToyScorer()), "sampler")
     assert (origin.component, origin.module) == ("ToySampler", "astra_core.testing.toy")
     assert origin.distribution is not None and origin.distribution.startswith("astra-core ")
     assert str(origin) == f"sampler ToySampler (module astra_core.testing.toy, distribution {origin.distribution})"
@@ -329,7 +330,7 @@ def test_negative_infinity_is_a_valid_logprob() -> None:
         def baseline_logprobs(self, contexts: Sequence[str], continuations: Sequence[str], reduction: Any = "") -> Any:
             return torch.full((len(contexts),), -math.inf)
 
-    system = guard("system", Impossible(ToyScorer()))
+    system = guard("system", Impossible())
     assert system.baseline_logprobs(["a"], ["hello there friend"]).tolist() == [-math.inf]
 
 
@@ -352,8 +353,8 @@ def test_every_protocol_method_of_every_kind_has_a_check_by_what_it_returns() ->
             "tester_pair_logprobs": "log-probs",
             "save_pretrained": "call",
         },
-        "sampler": {"rollout": "rollout tree", "eval_rollout": "rollout tree", "rollouts": "rollout trees"},
-        "algorithm": {"flatten": "sequence", "collate_fn": "call", "step": "loss", "parameters": "parameters"},
+        "sampler": {"rollouts": "rollout trees", "eval_rollouts": "rollout trees"},
+        "algorithm": {"flatten": "sequence", "collate_fn": "call", "loss": "loss", "parameters": "parameters"},
         "evaluator": {"evaluate": "evaluation report", "compare": "call"},
         "callback": {"on_train_begin": "call", "on_step_end": "call", "on_evaluate": "call", "on_train_end": "call"},
         "optimizer": {},
@@ -362,7 +363,7 @@ def test_every_protocol_method_of_every_kind_has_a_check_by_what_it_returns() ->
     found = {kind: {n: c.what for n, c in contracts.method_contracts(kind).items()} for kind in KINDS_TABLE}
     assert found == expected
     algorithm = contracts.method_contracts("algorithm")
-    assert (algorithm["step"].consumes, algorithm["collate_fn"].consumes) == ("collate_fn", "flatten")
+    assert (algorithm["loss"].consumes, algorithm["collate_fn"].consumes) == ("collate_fn", "flatten")
 
 
 def test_optional_methods_are_checked_and_absent_ones_stay_absent() -> None:
@@ -370,15 +371,15 @@ def test_optional_methods_are_checked_and_absent_ones_stay_absent() -> None:
         def tester_pair_logprobs(self, contexts: Any, chosen: Any, rejected: Any, reduction: Any = "sum") -> Any:
             return self.tester_logprobs(contexts, chosen), self.tester_logprobs(contexts, rejected)[:1]
 
-    plain = guard("system", ToySystem(ToyScorer()))
+    plain = guard("system", ToySystem())
     assert isinstance(plain, FeatureSystem) and not isinstance(plain, PairLogprobSystem)
     assert not hasattr(plain, "tester_pair_logprobs")
-    pairs = guard("system", Pairs(ToyScorer()))
+    pairs = guard("system", Pairs())
     assert isinstance(pairs, PairLogprobSystem)
     with pytest.raises(ComponentContractError, match=r"tester_pair_logprobs\(2 contexts\) returned shape \(1,\)"):
         pairs.tester_pair_logprobs(["a", "b"], ["hello there friend"] * 2, ["nice day ok"] * 2)
     with pytest.raises(ComponentContractError, match=r"state_features\(1 contexts\) returned a list"):
-        guard("system", _ListFeatures(ToyScorer())).state_features(["a"])
+        guard("system", _ListFeatures()).state_features(["a"])
 
 
 class _ListFeatures(ToySystem):
@@ -391,15 +392,13 @@ class FrozenSampler:
     """A frozen dataclass sampler: patching methods onto it is impossible, wrapping it is not."""
 
     system: Any
+    scorer: Any
 
-    def rollout(self) -> Graph[str, str]:
-        return self.rollouts(1)[0]
-
-    def eval_rollout(self, prompt: str) -> Graph[str, str]:
-        return Graph(prompt)
+    def eval_rollouts(self, prompts: Sequence[str]) -> list[Graph[str, str]]:
+        return [Graph(prompt) for prompt in prompts]
 
     def rollouts(self, count: int) -> list[Graph[str, str]]:
-        return ToySampler(self.system).rollouts(count)[: count - 1]
+        return ToySampler(self.system, self.scorer).rollouts(count)[: count - 1]
 
 
 class SlottedScorer:
@@ -408,22 +407,22 @@ class SlottedScorer:
     def __init__(self) -> None:
         self.calls = 0
 
-    def score(self, items: Sequence[str]) -> list[float]:
+    def score(self, turns: Sequence[Turn[str, str]]) -> list[float]:
         self.calls += 1
-        return [2.0] * len(items)
+        return [2.0] * len(turns)
 
 
 def test_frozen_and_slotted_components_are_checked() -> None:
-    sampler = guard("sampler", FrozenSampler(ToySystem(SlottedScorer())))
-    assert type(sampler.system) is Guarded and type(sampler.system.scorer) is Guarded
-    with pytest.raises(ComponentContractError, match=r"SlottedScorer\.score\(\d+ items\) returned 2\.0"):
+    sampler = guard("sampler", FrozenSampler(ToySystem(), SlottedScorer()))
+    assert type(sampler.system) is Guarded and type(sampler.scorer) is Guarded
+    with pytest.raises(ComponentContractError, match=r"SlottedScorer\.score\(\d+ turns\) returned 2\.0"):
         sampler.rollouts(2)
     with pytest.raises(ComponentContractError, match=r"FrozenSampler\.rollouts\(2\) returned 1 episodes"):
-        guard("sampler", FrozenSampler(ToySystem(ToyScorer()))).rollouts(2)
+        guard("sampler", FrozenSampler(ToySystem(), ToyScorer())).rollouts(2)
 
 
 def test_guarding_is_idempotent_and_attributes_pass_through() -> None:
-    raw = ToySampler(ToySystem(ToyScorer()), tree_width=3)
+    raw = ToySampler(ToySystem(), ToyScorer(), tree_width=3)
     sampler = guard("sampler", raw)
     assert guard("sampler", sampler) is sampler and guard("sampler", raw) is sampler
     assert sampler.tree_width == 3
@@ -434,10 +433,10 @@ def test_guarding_is_idempotent_and_attributes_pass_through() -> None:
 
 def test_astra_errors_and_os_errors_pass_through_unchanged() -> None:
     class Full(ToyScorer):
-        def score(self, items: Sequence[str]) -> list[float]:
+        def score_texts(self, texts: Sequence[str]) -> list[float]:
             raise OSError(28, "No space left on device")
 
     with pytest.raises(OSError, match="No space left") as caught:
-        guard("scorer", Full()).score(["a"])
+        guard("scorer", Full()).score([Turn("", "a probe", "a response")])
     assert not isinstance(caught.value, ComponentContractError)
 

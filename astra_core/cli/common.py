@@ -83,6 +83,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def step_count(text: str) -> int:
+    """An argparse type: a number of training steps, 1 to `astra_core.config.MAX_TRAINING_STEPS`."""
+    from astra_core.config import MAX_TRAINING_STEPS
+
+    value = positive_int(text)
+    if value > MAX_TRAINING_STEPS:
+        raise argparse.ArgumentTypeError(f"{value} is past any sane run (give at most {MAX_TRAINING_STEPS})")
+    return value
+
+
 def print_error(message: str) -> None:
     """Print `message` as the one line ``astra: error: ...`` on stderr."""
     one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())
@@ -112,6 +122,9 @@ def run_config(data: dict[str, Any], source: str, training_overrides: Mapping[st
 
     training = data.setdefault("training", {})
     if isinstance(training, dict):
+        given = training.get("output_dir")
+        if isinstance(given, str) and not given.strip():  # checked before an override replaces it
+            raise ConfigError(f"{source}: training.output_dir: is empty; name a directory or leave the key out")
         training.update(training_overrides)
     return parse_run_config(data, source)
 
@@ -161,11 +174,37 @@ def resolve(config: RunConfig, source: str, *, for_training: bool = True) -> Res
 
     with about(source):
         resolved = resolve_run(config, registries())
+        _check_tree_size(resolved)
     if for_training and config.training.eval_every is not None and config.evaluator is None:
         raise ConfigError(
             f'{source}: training.eval_every is set but evaluator = "none"; name an evaluator or drop eval_every'
         )
     return resolved
+
+
+def _check_tree_size(resolved: ResolvedRun) -> None:
+    """Refuse a sampler tree whose turns per experience cannot fit in memory (printing the estimate)."""
+    from astra_core.config import BYTES_PER_EXAMPLE, check_fits_in_memory
+
+    sampler = resolved.components.get("sampler")
+    options = sampler.options.model_dump() if sampler is not None else {}
+    width, depth = options.get("tree_width"), options.get("tree_depth")
+    if not (isinstance(width, int) and isinstance(depth, int)) or width < 1 or depth < 1:
+        return
+    episodes = resolved.config.training.num_episodes_per_experience
+    # sum(width**d for d in 1..depth) without computing a huge power first
+    turns, level = 0, 1
+    for _ in range(depth):
+        level *= width
+        turns += level
+        if episodes * turns * BYTES_PER_EXAMPLE > 1 << 80:
+            break
+    try:
+        check_fits_in_memory(
+            "sampler.tree_width/tree_depth", episodes * turns, BYTES_PER_EXAMPLE, "turns per experience"
+        )
+    except ValueError as error:
+        raise ConfigError(f"{error} (num_episodes_per_experience x tree_width^1..tree_depth)") from None
 
 
 def build(resolved: ResolvedRun, source: str, *, with_evaluator: bool) -> BuiltRun:

@@ -26,6 +26,7 @@ from astra_core.cli.common import (
     reward_summary,
     run_config,
     run_file_of,
+    step_count,
     stop_on_signals,
     timestamped,
 )
@@ -44,7 +45,7 @@ def add_parser(commands: Any) -> None:
     train.add_argument("--output", metavar="DIR", help="run directory (default: training.output_dir or runs/<time>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its newest checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    train.add_argument("--steps", metavar="N", type=positive_int, help="override training.training_steps")
+    train.add_argument("--steps", metavar="N", type=step_count, help="override training.training_steps")
     train.add_argument("--nproc", metavar="N", type=positive_int, help="train data-parallel in N processes (torchrun)")
     train.set_defaults(handler=run)
 
