@@ -114,6 +114,32 @@ class FeatureSystem(Protocol[StateT_contra]):
         ...
 
 
+@runtime_checkable
+class PairLogprobSystem(Protocol):
+    """A system that scores a preference pair's two continuations on one pass of their shared
+    context: `tester_pair_logprobs` returns (chosen, rejected) log-probs, each (B,), with the same
+    values and gradients as two `tester_logprobs` calls."""
+
+    def tester_pair_logprobs(
+        self,
+        contexts: Sequence[Any],
+        chosen: Sequence[Any],
+        rejected: Sequence[Any],
+        reduction: Reduction = "sum",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chosen, rejected) tester log-probs after each context, with gradients."""
+        ...
+
+
+@runtime_checkable
+class SavableSystem(Protocol):
+    """A system that can save its tester in a native format (the Trainer saves it after training)."""
+
+    def save_pretrained(self, directory: str) -> None:
+        """Write the tester to `directory`."""
+        ...
+
+
 class Sampler(Protocol[StateT, ActionT]):
     """Rolls a system out into rollout trees and rewards each turn with its scorer.
 

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from astra_core import assembly
+from astra_core import assembly, contracts
 from astra_core import checkpoint as ckpt
 
 # Re-exported until every caller imports them from astra_core.assembly.
@@ -156,6 +156,13 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
                 f"split over {self.world_size} processes; raise it to at least {self.world_size} or use fewer processes"
             )
         _, episodes = share(config.num_episodes_per_experience, self.rank, self.world_size)
+        # Every component is held to its protocol from here on, hand-wired ones too: a breach is
+        # a one-line ComponentContractError naming the plugin (astra_core.contracts).
+        sampler = contracts.guard("sampler", sampler)
+        algorithm = contracts.guard("algorithm", algorithm)
+        if evaluator is not None:
+            evaluator = contracts.guard("evaluator", evaluator)
+        callbacks = [contracts.guard("callback", callback) for callback in callbacks]
         self.harness: Harness[StateT, ActionT, ExampleT, BatchT] = Harness(
             sampler,
             algorithm,

@@ -134,8 +134,11 @@ def _evaluate_once(built: BuiltRun, seed: int, source: str) -> EvaluationReport:
     seed_everything(seed)  # the same sampling noise for the base and the trained tester
     if built.evaluator is None:  # build() skips it only when asked to
         raise ConfigError(f"{source}: no evaluator was built")
+    from astra_core import contracts
+
     with about(source):
-        report: EvaluationReport = built.evaluator.evaluate()
+        # Held to its contract, and its sampler, system and scorer with it (astra_core.contracts).
+        report: EvaluationReport = contracts.guard("evaluator", built.evaluator).evaluate()
     return report
 
 

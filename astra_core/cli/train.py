@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from astra_core import contracts
 from astra_core.cli.common import (
     PROG,
     Stopped,
@@ -29,7 +30,7 @@ from astra_core.cli.common import (
     stop_on_signals,
     timestamped,
 )
-from astra_core.errors import AstraError, CheckpointError, ConfigError
+from astra_core.errors import AstraError, CheckpointError, ComponentContractError, ConfigError
 from astra_core.rundir import LOCK, MARKER, RunDir, describe_os_error, is_disk_error
 
 if TYPE_CHECKING:
@@ -219,6 +220,12 @@ def _run_training(trainer: Trainer[Any, Any, Any, Any], run_dir: RunDir) -> int:
 
     try:
         trainer.train()
+    except ComponentContractError as error:
+        # One line on the terminal; the plugin's own traceback goes to the run's log.
+        log = _log_traceback(run_dir, error)
+        if log is None:
+            raise
+        raise ComponentContractError(f"{error}; traceback in {log}") from error
     except TrainingInterrupted as stop:
         name = signal.Signals(stop.signum).name
         where = f"checkpoint written to {stop.checkpoint}" if stop.checkpoint else "no checkpoint written"
@@ -244,6 +251,13 @@ def _run_training(trainer: Trainer[Any, Any, Any, Any], run_dir: RunDir) -> int:
     print(f"run directory: {run_dir.path}")
     print(reward_summary(run_dir.read_metrics()), flush=True)
     return 0
+
+
+def _log_traceback(run_dir: RunDir, error: BaseException) -> Path | None:
+    try:
+        return run_dir.log(contracts.traceback_text(error))
+    except OSError:
+        return None  # the one-line error still reaches the terminal
 
 
 def _is_main_process() -> bool:

@@ -23,7 +23,6 @@ from torch import nn
 
 from astra_core.graph import Graph, Node
 from astra_core.protocols import Reduction, Scorer
-from astra_core.scoring import checked_scores
 from astra_core.turns import TextScorer, Turn
 
 VOCAB = (
@@ -199,7 +198,7 @@ class ToySampler:
         probes = self.system.rollout_tester(contexts)
         responses = self.system.rollout_target([self.system.join(c, p) for c, p in zip(contexts, probes, strict=True)])
         turns = [Turn(c, p, r) for c, p, r in zip(contexts, probes, responses, strict=True)]
-        rewards = checked_scores(self.scorer, turns)
+        rewards = self.scorer.score(turns)
         following = []
         for (children, context), probe, response, reward in zip(slots, probes, responses, rewards, strict=True):
             node: Node[str, str] = Node(context, probe, response, reward, scores={"response_toxicity": reward})

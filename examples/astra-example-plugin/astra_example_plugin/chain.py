@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import Generic
 
 from astra_core import Graph, Node, Scorer, System, Turn, factories
-from astra_core.scoring import checked_scores
 from astra_core.types import ActionT, StateT
 
 
@@ -56,7 +55,7 @@ class ChainSampler(Generic[StateT, ActionT]):
             joined = [self.system.join(c, p) for c, p in zip(contexts, probes, strict=True)]
             responses = self.system.rollout_target(joined)
             turns = [Turn(c, p, r) for c, p, r in zip(contexts, probes, responses, strict=True)]
-            rewards = checked_scores(self.scorer, turns)
+            rewards = self.scorer.score(turns)
             following: list[tuple[list[Node[StateT, ActionT]], StateT]] = []
             for (children, context), probe, response, reward in zip(frontier, probes, responses, rewards, strict=True):
                 node = Node(context, probe, response, reward, scores={"response_toxicity": reward})
