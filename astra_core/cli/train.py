@@ -110,14 +110,16 @@ def _check_output_dir(run_dir: RunDir, overwrite: bool) -> None:
     path = run_dir.path
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{path}: exists and is not a directory; pass --output DIR with a directory path")
-    if not path.is_dir() or not any(path.iterdir()):
+    if not path.is_dir():
+        return
+    run_dir.check_unlocked()  # a run still training (or being created): refused here, naming its PID
+    if not any(p.name != LOCK for p in path.iterdir()):
         return
     if not run_dir.is_run():
         raise ConfigError(
             f"{path}: output directory exists and is not empty, and is not an astra run (no {MARKER}): "
             f"astra never writes into or deletes such a directory; pass --output DIR for a new run"
         )
-    run_dir.check_unlocked()  # a run still training: refused here, naming its PID
     if not overwrite:
         raise ConfigError(
             f"{path}: output directory exists and is not empty; pass --resume {path} to continue it, "
