@@ -203,7 +203,13 @@ def _resume(args: argparse.Namespace, run_dir: RunDir) -> int:
             print(f"resuming {path} from checkpoint {checkpoint} (step {trainer.global_step} of {total})", flush=True)
         else:  # stopped before its first checkpoint (a signal, a full disk): start it again
             print(f"resuming {path}: no checkpoint was written yet, starting again at step 0 of {total}", flush=True)
-        run_dir.write_config(resolved.describe())
+        try:
+            run_dir.write_config(resolved.describe())
+        except OSError as error:
+            raise AstraError(
+                f"{path}: cannot write {run_dir.config_path.name}: {describe_os_error(error)}; "
+                f"free space or make it writable, then: {PROG} train --resume {path}"
+            ) from None
         return _run_training(trainer, run_dir)
     finally:
         run_dir.release()
