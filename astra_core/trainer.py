@@ -1,21 +1,29 @@
 """The Trainer: the optimisation loop over experiences.
 
 One training step = one experience (``num_episodes_per_experience`` rollouts) and every update
-over it: batches of ``batch_size`` steps, ``gradient_accumulation_steps`` batches per optimizer
-update (a short last group is applied, not dropped), gradient clipping, then one scheduler step.
+over it: batches of ``batch_size`` training examples, ``gradient_accumulation_steps`` batches per
+optimizer update (a short last group is applied, not dropped), gradient clipping, then one
+scheduler step.
 
-Seeding: the Trainer calls `seed_everything` with ``training.seed`` in its constructor, which is
-*after* the sampler, system and algorithm were built. Anything they initialise at random (a value
-head, a toy policy) was drawn before that, so call ``seed_everything(seed)`` yourself before
-building them when the run must repeat exactly (``astra train`` does).
+The Trainer trains what it is given: `astra_core.assembly.assemble` builds a run's components,
+optimizer and scheduler and hands them over, with the process's `Collectives`, after joining the
+process group and seeding once. Wired by hand (``Trainer(config, sampler, algorithm)``), the
+Trainer asks the assembly for the rest itself: `assembly.prepare` (join the group, seed with
+``training.seed``, here *after* the components were built: anything they initialise at random
+was drawn before, so seed yourself first when that must repeat) and
+`assembly.optimizer_and_scheduler` (the optimizer and scheduler ``config`` names).
 
 Under ``torchrun`` (see `astra_core.distributed` and docs/scaling.md) each process collects its
 share of the experience, gradients are averaged over processes before clipping, and rank 0 alone
 writes metrics, checkpoints and reports.
 
->>> # seed_everything(0); sampler, algorithm = build_components()
->>> # trainer = Trainer(TrainingConfiguration(training_steps=10), sampler, algorithm)
->>> # trainer.train()
+>>> from astra_core.testing.toy import ToyScorer, ToySampler, ToySystem
+>>> from astra_example_plugin.reinforce import Reinforce
+>>> system = ToySystem(seed=0)
+>>> config = TrainingConfiguration(training_steps=2, num_episodes_per_experience=2, batch_size=4)
+>>> history = Trainer(config, ToySampler(system, ToyScorer()), Reinforce(system)).train()
+>>> [int(logs["step"]) for logs in history]
+[1, 2]
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +46,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from astra_core import assembly
 from astra_core import checkpoint as ckpt
+
+# Re-exported until every caller imports them from astra_core.assembly.
+from astra_core.assembly import seed_everything as seed_everything
+from astra_core.assembly import trainable_parameters as trainable_parameters
 from astra_core.config import TrainingConfiguration
+from astra_core.distributed import Collectives, share, step_seed
 from astra_core.errors import CheckpointError, ConfigError, TrainingError
 from astra_core.harness import Harness
 from astra_core.protocols import (
@@ -53,7 +67,7 @@ from astra_core.protocols import (
 )
 from astra_core.registry import Registries
 from astra_core.rundir import RunDir, staged_directory
-from astra_core.types import ActionT, BatchT, StateT, StepT
+from astra_core.types import ActionT, BatchT, ExampleT, StateT
 
 log = logging.getLogger(__name__)
 
@@ -86,20 +100,6 @@ class TrainingInterrupted(Exception):
         super().__init__(f"training interrupted by {signal.Signals(signum).name}{where}{cut}")
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's global generators (torch's on every CUDA device too).
-
-    Call it before building the components of a run whose random initialisation must repeat:
-    the Trainer seeds again in its constructor, but only after the components exist.
-
-    >>> seed_everything(0); a = torch.rand(1); seed_everything(0); bool(torch.rand(1) == a)
-    True
-    """
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
 @dataclass
 class _StepStats:
     losses: list[float] = field(default_factory=list)
@@ -107,21 +107,6 @@ class _StepStats:
     algorithm_logs: dict[str, list[float]] = field(default_factory=dict)
     updates: int = 0
     skipped: int = 0
-
-
-def trainable_parameters(parameters: Iterable[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
-    """The parameters the Trainer optimises and checkpoints, in its order: those that require a
-    gradient, each once (first occurrence), whatever `algorithm.parameters()` repeats.
-
-    `astra_core.checkpoint.load_weights` expects exactly this list.
-    """
-    seen: set[int] = set()
-    unique = []
-    for parameter in parameters:
-        if parameter.requires_grad and id(parameter) not in seen:
-            seen.add(id(parameter))
-            unique.append(parameter)
-    return unique
 
 
 def _check_accumulation_fits(config: TrainingConfiguration, sampler: object, algorithm: object, episodes: int) -> None:
@@ -139,17 +124,20 @@ def _check_accumulation_fits(config: TrainingConfiguration, sampler: object, alg
         )
 
 
-class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
+class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
     """Trains the tester of `sampler.system` with `algorithm`, as `config` says."""
 
     def __init__(
         self,
         config: TrainingConfiguration,
         sampler: Sampler[StateT, ActionT],
-        algorithm: Algorithm[StateT, ActionT, StepT, BatchT],
+        algorithm: Algorithm[StateT, ActionT, ExampleT, BatchT],
         *,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
         evaluator: Evaluator | None = None,
         callbacks: Sequence[Callback] = (),
+        collectives: Collectives | None = None,
         registries: Registries | None = None,
         resolved_config: Mapping[str, Any] | None = None,
     ) -> None:
@@ -159,18 +147,16 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
                 "set output_dir (where checkpoints go) or drop checkpoint_every"
             )
         self.config = config
-        from astra_core import distributed
-
-        distributed.init_from_env()
-        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        # Wired by hand: join the process group and seed here (assembled runs did it before building).
+        self.collectives = collectives if collectives is not None else assembly.prepare(config.seed)
+        self.rank, self.world_size = self.collectives.rank, self.collectives.world_size
         if config.num_episodes_per_experience < self.world_size:
             raise ConfigError(
                 f"training.num_episodes_per_experience ({config.num_episodes_per_experience}) is the global count, "
                 f"split over {self.world_size} processes; raise it to at least {self.world_size} or use fewer processes"
             )
-        _, episodes = distributed.share(config.num_episodes_per_experience, self.rank, self.world_size)
-        seed_everything(config.seed)
-        self.harness: Harness[StateT, ActionT, StepT, BatchT] = Harness(
+        _, episodes = share(config.num_episodes_per_experience, self.rank, self.world_size)
+        self.harness: Harness[StateT, ActionT, ExampleT, BatchT] = Harness(
             sampler,
             algorithm,
             episodes,
@@ -182,19 +168,13 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         self.parameters = trainable_parameters(algorithm.parameters())
         if not self.parameters:
             raise ConfigError("the algorithm has no trainable parameters (parameters() yielded none)")
-        distributed.broadcast_parameters(self.parameters)  # rank 0's initial weights everywhere
-        if registries is None:
-            from astra_core.plugins import registries as loaded
-
-            registries = loaded()
-        optimizer_info = registries.get("optimizer", config.optimizer.name)
-        self.optimizer: torch.optim.Optimizer = optimizer_info.build(
-            self.parameters, options=config.optimizer.options, lr=config.lr
-        )
-        scheduler_ref = config.scheduler_ref()
-        self.scheduler: Any = registries.get("scheduler", scheduler_ref.name).build(
-            self.optimizer, options=scheduler_ref.options, total_steps=config.training_steps
-        )
+        self.collectives.broadcast(self.parameters)  # rank 0's initial weights everywhere
+        if optimizer is None:
+            optimizer, scheduler = assembly.optimizer_and_scheduler(config, self.parameters, registries)
+        elif scheduler is None:
+            raise ConfigError("a Trainer given an optimizer needs its scheduler too (see astra_core.assembly)")
+        self.optimizer: torch.optim.Optimizer = optimizer
+        self.scheduler: Any = scheduler
         self.evaluator = evaluator
         if config.eval_every is not None and evaluator is None:
             raise ConfigError("training.eval_every is set but there is no evaluator; add an [evaluator] table")
@@ -226,7 +206,7 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         return self.harness.sampler
 
     @property
-    def algorithm(self) -> Algorithm[StateT, ActionT, StepT, BatchT]:
+    def algorithm(self) -> Algorithm[StateT, ActionT, ExampleT, BatchT]:
         return self.harness.algorithm
 
     # --- the loop -----------------------------------------------------------------------------
@@ -280,8 +260,6 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         """
         if self.world_size > 1:
             # Distinct per rank, and a function of the step alone, so a resumed run repeats exactly.
-            from astra_core.distributed import step_seed
-
             seed_everything(step_seed(self.config.seed, self.rank, self.global_step))
         started = time.perf_counter()
         loader = self.harness.experience(self.global_step)
@@ -292,10 +270,9 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         bad_rewards = int(logs.get("reward/nonfinite", 0.0))
         groups = math.ceil(len(loader) * self._epochs() / self.config.gradient_accumulation_steps)
         any_bad = bad_rewards > 0
-        if self.world_size > 1:
-            # Every rank must skip together and take as many updates as the rank with the most data.
-            agreed = self._all_reduce_max([float(any_bad), float(groups)])
-            any_bad, groups = agreed[0] > 0, int(agreed[1])
+        # Every rank must skip together and take as many updates as the rank with the most data.
+        agreed = self._all_reduce_max([float(any_bad), float(groups)])
+        any_bad, groups = agreed[0] > 0, int(agreed[1])
         if any_bad:
             stats.skipped += 1
             where = f"{bad_rewards} in the experience" if bad_rewards else "on another rank"
@@ -322,10 +299,7 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
             logs["grad_norm"] = sum(stats.grad_norms) / len(stats.grad_norms)
         for key, values in stats.algorithm_logs.items():
             logs[key] = sum(values) / len(values)
-        if self.world_size > 1:
-            from astra_core.distributed import reduce_metrics
-
-            logs = reduce_metrics(logs)
+        logs = self.collectives.reduce_metrics(logs)
         self.history.append(logs)
         return logs
 
@@ -333,7 +307,7 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         algorithm = self.harness.algorithm
         return algorithm.epochs_per_experience if isinstance(algorithm, MultiEpochAlgorithm) else 1
 
-    def _update_over(self, loader: DataLoader[StepT], stats: _StepStats, groups: int) -> None:
+    def _update_over(self, loader: DataLoader[ExampleT], stats: _StepStats, groups: int) -> None:
         """Every optimizer update over one experience: groups of `gradient_accumulation_steps`
         batches (across all epochs), the last group possibly shorter; then, when distributed,
         empty updates until `groups` (the most any rank takes), so every rank steps alike."""
@@ -347,13 +321,13 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
             for batch in loader:
                 group_start = index - index % accumulation
                 group_size = min(accumulation, total - group_start)
-                loss, step_logs = self.harness.step(batch)
+                loss, batch_logs = self.harness.loss(batch)
                 if bool(torch.isfinite(loss).all()):
                     # Dividing by the group's own size makes the update the one of the group's mean
                     # loss, for a short last group too.
                     torch.autograd.backward(loss / group_size)
                     stats.losses.append(float(loss.detach()))
-                    for key, value in step_logs.items():
+                    for key, value in batch_logs.items():
                         stats.algorithm_logs.setdefault(key, []).append(float(value))
                 else:
                     finite = False
@@ -368,8 +342,7 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
     def _apply_update(self, finite: bool, stats: _StepStats, contributed: bool = True) -> None:
         """Clip and step, unless the loss or the gradient is non-finite: then skip and count.
         Distributed, the gradients are averaged over ranks first and the skip is agreed."""
-        if self.world_size > 1:
-            finite = self._average_gradients(finite, contributed)
+        finite = self.collectives.average_gradients(self.parameters, finite, contributed)
         norm = self._gradient_norm() if finite else math.nan
         if math.isfinite(norm):
             self.optimizer.step()
@@ -381,36 +354,6 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         self.optimizer.zero_grad(set_to_none=True)
         if not math.isfinite(norm):
             self._record_nonfinite("loss or gradient")
-
-    def _average_gradients(self, finite: bool, contributed: bool) -> bool:
-        """Average the gradients over the ranks that contributed data to this update; return
-        whether every rank's loss was finite (if not, nothing is reduced and all ranks skip).
-
-        One small collective agrees on the contributors, the skip and which parameters have a
-        gradient anywhere (a parameter with none stays None, as it would in one process); one
-        flattened SUM per (device, dtype) bucket then reduces the gradients.
-        """
-        from astra_core.distributed import all_reduce_sum_
-
-        device = self.parameters[0].device
-        flags = [float(contributed), float(not finite)] + [float(p.grad is not None) for p in self.parameters]
-        control = torch.tensor(flags, dtype=torch.float32, device=device)
-        all_reduce_sum_([control])
-        counts = control.tolist()
-        if counts[1] > 0:
-            return False
-        grads = []
-        for parameter, has_grad in zip(self.parameters, counts[2:], strict=True):
-            if has_grad == 0:
-                parameter.grad = None
-                continue
-            if parameter.grad is None:
-                parameter.grad = torch.zeros_like(parameter)
-            grads.append(parameter.grad)
-        all_reduce_sum_(grads)
-        for grad in grads:
-            grad.div_(max(counts[0], 1.0))
-        return True
 
     def _gradient_norm(self) -> float:
         """The total gradient norm before clipping; clips to `max_grad_norm` when it is set."""
@@ -555,15 +498,10 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         return every is not None and self.global_step % every == 0
 
     def _all_reduce_max(self, values: Sequence[float]) -> list[float]:
-        from astra_core.distributed import all_reduce_max
-
-        return all_reduce_max(values, self.parameters[0].device)
+        return self.collectives.max(values, self.parameters[0].device)
 
     def _barrier(self) -> None:
-        if self.world_size > 1:
-            from astra_core.distributed import barrier
-
-            barrier()
+        self.collectives.barrier()
 
     def _checkpoint_on_main(self) -> Path:
         """Rank 0 saves; the others wait, so nobody runs ahead of a checkpoint being written."""

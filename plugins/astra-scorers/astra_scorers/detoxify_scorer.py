@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from astra_core.errors import ConfigError
+from astra_core.turns import TextScorer
 from astra_scorers._extras import missing_extra
 
 
-class DetoxifyScorer:
+class DetoxifyScorer(TextScorer):
     """The Detoxify `label` output ("toxicity" by default) for each text, in batches.
 
     Needs ``pip install 'astra-scorers[detoxify]'``. Weights come from `checkpoint` (a local
@@ -47,11 +48,11 @@ class DetoxifyScorer:
         self.batch_size = batch_size
         self.label = label
 
-    def score(self, items: Sequence[str]) -> list[float]:
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
         """One score in [0, 1] per text: Detoxify's sigmoid output for `label`."""
         scores: list[float] = []
-        for start in range(0, len(items), self.batch_size):
-            outputs = self._model.predict(list(items[start : start + self.batch_size]))
+        for start in range(0, len(texts), self.batch_size):
+            outputs = self._model.predict(list(texts[start : start + self.batch_size]))
             if self.label not in outputs:
                 raise ConfigError(
                     f"detoxify has no output {self.label!r}; set label to one of: {', '.join(sorted(outputs))}"

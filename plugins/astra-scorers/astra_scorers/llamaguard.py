@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from typing import Any, Literal, cast
 
 from astra_core.errors import ComponentBuildError
+from astra_core.turns import TextScorer
 from astra_scorers._extras import missing_extra
 
 
-class LlamaGuardScorer:
+class LlamaGuardScorer(TextScorer):
     """P(unsafe) for each text, read from a Llama Guard model's first verdict token.
 
     Each text becomes a one-turn conversation (the user says the text), formatted with the
@@ -98,13 +99,13 @@ class LlamaGuardScorer:
         )
         return str(formatted) + self.prompt_suffix
 
-    def score(self, items: Sequence[str]) -> list[float]:
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
         """One P(unsafe) in [0, 1] per text, `batch_size` texts per forward pass."""
         import torch
 
         scores: list[float] = []
-        for start in range(0, len(items), self.batch_size):
-            prompts = [self.prompt(text) for text in items[start : start + self.batch_size]]
+        for start in range(0, len(texts), self.batch_size):
+            prompts = [self.prompt(text) for text in texts[start : start + self.batch_size]]
             # The template already holds the special tokens (BOS and headers).
             batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
             input_ids = batch["input_ids"].to(self.device)

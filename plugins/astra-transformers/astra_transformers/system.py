@@ -5,8 +5,7 @@ States and actions are plain strings. The target continues the text it is given,
 tokenised separately (no special tokens) and concatenated by ids; generated continuations are
 cut from the generated ids by token position, then decoded.
 
->>> from astra_core.testing.toy import ToyScorer
->>> system = TransformersSystem(ToyScorer(), probe_tokens=8)   # the embedded tiny GPT-2
+>>> system = TransformersSystem(probe_tokens=8)   # the embedded tiny GPT-2
 >>> len(system.rollout_tester(["Hi there.", "How was the movie?"]))
 2
 """
@@ -28,7 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.utils import logging as _hf_logging
 
 from astra_core.errors import ComponentBuildError, ConfigError, OptionsError
-from astra_core.protocols import Reduction, Scorer
+from astra_core.protocols import Reduction
 from astra_transformers import TINY_MODEL_DIR
 from astra_transformers.generation import Decoder, PrefixStore, Sampling, sample
 from astra_transformers.logprobs import LogprobMemo, length_buckets
@@ -199,7 +198,7 @@ def _freeze(module: PreTrainedModel) -> PreTrainedModel:
 class TransformersSystem:
     """Tester (trainable), target and baseline (frozen) as Hugging Face causal LMs.
 
-    Built as ``TransformersSystem(scorer, **options)`` with the fields of `TransformersOptions`.
+    Built as ``TransformersSystem(**options)`` with the fields of `TransformersOptions`.
     The baseline defaults to a frozen copy of the tester's starting weights; when target and
     baseline come from the same source (and device and dtype) they are one object. With
     ``lora`` the tester is a LoRA adapter (`astra_transformers.lora`) and the baseline is the
@@ -217,14 +216,13 @@ class TransformersSystem:
     torch's thread count for the models' size (see `tune_threads`).
     """
 
-    def __init__(self, scorer: Scorer[str, str], **options: Any) -> None:
+    def __init__(self, **options: Any) -> None:
         try:
             self.options = TransformersOptions.model_validate(options)
         except ValidationError as error:
             problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()]
             raise OptionsError("system", "transformers", problems) from None
         opts = self.options
-        self.scorer = scorer
         self.generate_calls = 0
         tester_dtype = resolve_dtype(opts.tester_dtype or opts.dtype)
         target_dtype = resolve_dtype(opts.target_dtype or opts.dtype)
