@@ -88,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     if output.exists() and not output.is_dir():
         raise ConfigError(f"{output}: exists and is not a directory; pass --output DIR with a directory path")
 
+    run = RunDir(target) if is_run and output.resolve().is_relative_to(target.resolve()) else None
+    if run is not None:
+        run.check_unlocked()  # a run still training: refused now, not after the evaluation
     built = build(resolved, source, with_evaluator=True)
     reports: dict[str, EvaluationReport] = {}
     if not trained or args.compare_base:
@@ -107,7 +110,6 @@ def run(args: argparse.Namespace) -> int:
     paired = getattr(built.evaluator, "paired", None)
     if callable(paired) and "base" in reports and "trained" in reports:
         payload["comparison"] = paired(reports["base"], reports["trained"])
-    run = RunDir(target) if is_run and output.resolve().is_relative_to(target.resolve()) else None
     try:
         if run is not None:
             run.acquire()  # writing into a run: not while it trains

@@ -111,14 +111,16 @@ def _check_output_dir(run_dir: RunDir, overwrite: bool) -> None:
     path = run_dir.path
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{path}: exists and is not a directory; pass --output DIR with a directory path")
-    if not path.is_dir() or not any(path.iterdir()):
+    if not path.is_dir():
+        return
+    run_dir.check_unlocked()  # a run still training (or being created): refused here, naming its PID
+    if not any(p.name != LOCK for p in path.iterdir()):
         return
     if not run_dir.is_run():
         raise ConfigError(
             f"{path}: output directory exists and is not empty, and is not an astra run (no {MARKER}): "
             f"astra never writes into or deletes such a directory; pass --output DIR for a new run"
         )
-    run_dir.check_unlocked()  # a run still training: refused here, naming its PID
     if not overwrite:
         raise ConfigError(
             f"{path}: output directory exists and is not empty; pass --resume {path} to continue it, "
@@ -202,7 +204,13 @@ def _resume(args: argparse.Namespace, run_dir: RunDir) -> int:
             print(f"resuming {path} from checkpoint {checkpoint} (step {trainer.global_step} of {total})", flush=True)
         else:  # stopped before its first checkpoint (a signal, a full disk): start it again
             print(f"resuming {path}: no checkpoint was written yet, starting again at step 0 of {total}", flush=True)
-        run_dir.write_config(resolved.describe())
+        try:
+            run_dir.write_config(resolved.describe())
+        except OSError as error:
+            raise AstraError(
+                f"{path}: cannot write {run_dir.config_path.name}: {describe_os_error(error)}; "
+                f"free space or make it writable, then: {PROG} train --resume {path}"
+            ) from None
         return _run_training(trainer, run_dir)
     finally:
         run_dir.release()
