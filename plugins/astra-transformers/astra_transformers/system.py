@@ -31,10 +31,19 @@ from astra_core.errors import ComponentBuildError, ConfigError, OptionsError
 from astra_core.protocols import Reduction, Scorer
 from astra_transformers import TINY_MODEL_DIR
 from astra_transformers.generation import Decoder, PrefixStore, Sampling, sample
+from astra_transformers.large import (
+    Loading,
+    checkpointing,
+    enable_gradient_checkpointing,
+    input_device,
+    prepare_for_qlora,
+    role_dtype,
+    spans_devices,
+)
 from astra_transformers.logprobs import LogprobMemo, length_buckets
 from astra_transformers.lora import ADAPTER_CONFIG, LoraTester, adapter_base, adapter_directory
 from astra_transformers.options import TransformersOptions
-from astra_transformers.precision import autocast, check_autocast, placement_guard, resolve_dtype
+from astra_transformers.precision import autocast, check_autocast, placement_guard
 
 if TYPE_CHECKING:
     from astra_core.protocols import FeatureSystem, System
@@ -127,20 +136,26 @@ def _no_hf_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_model(source: str, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+def load_model(source: str, dtype: torch.dtype, device: torch.device, loading: Loading | None = None) -> LoadedModel:
     """Load a causal LM and its tokenizer through `from_pretrained`, the same way for the
-    embedded model, a hub id or a local directory; failures become a `ComponentBuildError`."""
+    embedded model, a hub id or a local directory; failures become a `ComponentBuildError`.
+    `loading` quantises it, places it with accelerate or picks its attention (`astra_transformers.large`)."""
     location = resolve_source(source)
+    loading = loading or Loading()
     try:
         with _no_hf_progress_bars():
             tokenizer = AutoTokenizer.from_pretrained(location)
-            module = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+            module = AutoModelForCausalLM.from_pretrained(location, **loading.from_pretrained_kwargs(dtype, device))
     except Exception as error:  # any loading failure is reported with the source that caused it
         raise ComponentBuildError(
             f"cannot load model {source!r} (from {location!r}): {type(error).__name__}: {error}; "
             f"give a local model directory, a hub id that is cached (runs are offline), or 'tiny'"
         ) from error
-    _as_torch(module).to(device).eval()
+    if loading.places_itself:
+        _as_torch(module).eval()
+        device = input_device(module)
+    else:
+        _as_torch(module).to(device).eval()
     config = module.config
     n_positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
     if not isinstance(n_positions, int) or n_positions < 2:
@@ -153,7 +168,8 @@ def load_model(source: str, dtype: torch.dtype, device: torch.device) -> LoadedM
     bos_id = tokenizer.bos_token_id
     start_id = bos_id if isinstance(bos_id, int) else pad_id
     loaded = LoadedModel(source, module, tokenizer, device, n_positions, pad_id, eos, start_id, False)
-    loaded.sliced_head = _head_is_linear_readout(loaded)
+    # A model spread over devices takes the full forward, whose outputs accelerate brings back.
+    loaded.sliced_head = not spans_devices(module) and _head_is_linear_readout(loaded)
     return loaded
 
 
@@ -217,12 +233,16 @@ class TransformersSystem:
         opts = self.options
         self.scorer = scorer
         self.generate_calls = 0
-        tester_dtype = resolve_dtype(opts.tester_dtype or opts.dtype)
-        target_dtype = resolve_dtype(opts.target_dtype or opts.dtype)
-        baseline_dtype = resolve_dtype(opts.baseline_dtype or opts.tester_dtype or opts.dtype)
         tester_device = _device(opts.tester_device or opts.device)
         target_device = _device(opts.target_device or opts.device)
         baseline_device = _device(opts.baseline_device) if opts.baseline_device else tester_device
+        tester_dtype = role_dtype(opts.tester_dtype or opts.dtype, tester_device)
+        target_dtype = role_dtype(opts.target_dtype or opts.dtype, target_device)
+        baseline_dtype = role_dtype(opts.baseline_dtype or opts.tester_dtype or opts.dtype, baseline_device)
+        # Large-model loading (astra_transformers.large); the options were checked against this machine.
+        tester_loading = Loading(opts.quantization, attn_implementation=opts.attn_implementation)
+        target_loading = Loading(opts.target_quantization, opts.target_device_map, opts.attn_implementation)
+        baseline_loading = Loading(attn_implementation=opts.attn_implementation)
         check_autocast(opts.autocast, tester_device)
         tester_source = opts.tester or opts.model
         adapter = adapter_directory(tester_source)
@@ -235,8 +255,10 @@ class TransformersSystem:
         target_source = opts.target or opts.model
         baseline_source = opts.baseline or base_source
 
-        self._tester = load_model(base_source, tester_dtype, tester_device)
+        self._tester = load_model(base_source, tester_dtype, tester_device, tester_loading)
         _as_torch(self._tester.module).train(False)  # no dropout: log-probs must match what was sampled
+        if opts.quantization is not None:
+            prepare_for_qlora(self._tester.module, opts.gradient_checkpointing)
         self._lora: LoraTester | None = None
         if adapter is not None:
             self._lora = LoraTester.load(self._tester.module, adapter, base_source)
@@ -247,22 +269,26 @@ class TransformersSystem:
         if self._lora is not None and base_is_baseline and beside_tester:
             # The tester's own weights with the adapter off (see _running): the base model, no copy.
             self._baseline = replace(self._tester)
+            baseline_loading = tester_loading
         elif opts.baseline is None and self._lora is None:
             starting = _freeze(copy.deepcopy(self._tester.module))
             _as_torch(starting).to(device=baseline_device, dtype=baseline_dtype)
             self._baseline = replace(self._tester, module=starting, device=baseline_device)
         else:
-            self._baseline = load_model(baseline_source, baseline_dtype, baseline_device)
+            self._baseline = load_model(baseline_source, baseline_dtype, baseline_device, baseline_loading)
             _freeze(self._baseline.module)
         if (
             resolve_source(target_source) == resolve_source(baseline_source)
             and target_device == baseline_device
             and target_dtype == baseline_dtype
+            and target_loading == baseline_loading
         ):
             self._target = self._baseline  # one frozen copy serves both roles
         else:
-            self._target = load_model(target_source, target_dtype, target_device)
+            self._target = load_model(target_source, target_dtype, target_device, target_loading)
             _freeze(self._target.module)
+        if opts.gradient_checkpointing:
+            enable_gradient_checkpointing(self._tester.module)
 
         largest = max(sum(p.numel() for p in m.module.parameters()) for m in (self._tester, self._target))
         self.num_threads = tune_threads(largest, opts.num_threads)
@@ -554,7 +580,8 @@ class TransformersSystem:
         shared = [
             sw == sl and rw[:sw] == rl[:sl] for rw, sw, rl, sl in zip(rows_w, starts_w, rows_l, starts_l, strict=True)
         ]
-        if not all(shared):
+        # Checkpointed blocks keep no KV cache in a gradient forward: the pair path needs one.
+        if not all(shared) or checkpointing(model.module):
             both = self.tester_logprobs(list(contexts) * 2, list(chosen) + list(rejected), reduction)
             return both[:n], both[n:]
         with self._running(model):
