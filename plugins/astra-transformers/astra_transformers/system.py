@@ -30,7 +30,8 @@ from transformers.utils import logging as _hf_logging
 from astra_core.errors import ComponentBuildError, ConfigError, OptionsError
 from astra_core.protocols import Reduction, Scorer
 from astra_transformers import TINY_MODEL_DIR
-from astra_transformers.generation import Decoder, PrefixStore, Sampling, sample
+from astra_transformers.decoding import fast_sample
+from astra_transformers.generation import Decoded, Decoder, PrefixStore, Sampling, sample
 from astra_transformers.large import (
     Loading,
     checkpointing,
@@ -47,6 +48,7 @@ from astra_transformers.precision import autocast, check_autocast, placement_gua
 
 if TYPE_CHECKING:
     from astra_core.protocols import FeatureSystem, System
+    from astra_transformers.vllm_backend import VllmTarget
 
 hf_logging: Any = _hf_logging  # its progress-bar switches are untyped
 _TAIL_SLACK = 8
@@ -293,6 +295,11 @@ class TransformersSystem:
         largest = max(sum(p.numel() for p in m.module.parameters()) for m in (self._tester, self._target))
         self.num_threads = tune_threads(largest, opts.num_threads)
         self._sampling = Sampling(opts.temperature, opts.top_k, opts.top_p)
+        self._vllm: VllmTarget | None = None
+        if opts.target_backend == "vllm":
+            from astra_transformers.vllm_backend import VllmTarget
+
+            self._vllm = VllmTarget(resolve_source(target_source), target_dtype, self._sampling)
         self._decoders: dict[int, Decoder] = {}
         # Frozen weights never change, so the target's prompt log-probs stay exact (see rollout_target).
         self._memos: dict[int, LogprobMemo] = {id(self._target): LogprobMemo()}
@@ -645,19 +652,36 @@ class TransformersSystem:
         rows = [self._truncate(model, ids, budget) for ids in self._ids(model, contexts)]
         # The memo serves log-probs of continuations up to this many tokens at a prompt's end.
         tail = self.options.probe_tokens + _TAIL_SLACK if memo is not None else 0
-        store = self._prefix_store(model)
+        decoding = self.options.decoding
+        # Fixed-shape decoding (astra_transformers.decoding) keeps no caches across turns.
+        store = self._prefix_store(model) if decoding == "loop" else None
         prefixes = [store.find(text) for text in contexts] if store is not None else None
         with torch.inference_mode(), self._running(model):
-            decoded = sample(
-                self._decoder(model),
-                rows,
-                new_tokens,
-                self._sampling,
-                model.device,
-                tail=tail,
-                prefixes=prefixes,
-                keep_caches=store is not None,
-            )
+            if model is self._target and self._vllm is not None:
+                decoded = Decoded(self._vllm.generate(rows, new_tokens, model.eos_id), None, None)
+            elif decoding != "loop":
+                compile_step = self.options.compile_decoding and model.device.type == "cuda"
+                decoded = fast_sample(
+                    decoding,
+                    self._decoder(model),
+                    rows,
+                    new_tokens,
+                    self._sampling,
+                    model.device,
+                    tail=tail,
+                    compile=compile_step,
+                )
+            else:
+                decoded = sample(
+                    self._decoder(model),
+                    rows,
+                    new_tokens,
+                    self._sampling,
+                    model.device,
+                    tail=tail,
+                    prefixes=prefixes,
+                    keep_caches=store is not None,
+                )
         if memo is not None and decoded.prompt_tails is not None:
             for text, row, logprobs in zip(contexts, rows, decoded.prompt_tails, strict=True):
                 memo.record(text, row, logprobs)
