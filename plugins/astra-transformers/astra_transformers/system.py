@@ -235,6 +235,7 @@ class TransformersSystem:
         opts = self.options
         self.scorer = scorer
         self.generate_calls = 0
+        self.generated_tokens = 0  # new tokens decoded by every role (bench/gpu_check.py's tokens/s)
         tester_device = _device(opts.tester_device or opts.device)
         target_device = _device(opts.target_device or opts.device)
         baseline_device = _device(opts.baseline_device) if opts.baseline_device else tester_device
@@ -682,6 +683,7 @@ class TransformersSystem:
                     prefixes=prefixes,
                     keep_caches=store is not None,
                 )
+        self.generated_tokens += sum(len(ids) for ids in decoded.new_ids)
         if memo is not None and decoded.prompt_tails is not None:
             for text, row, logprobs in zip(contexts, rows, decoded.prompt_tails, strict=True):
                 memo.record(text, row, logprobs)

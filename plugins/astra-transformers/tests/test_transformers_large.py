@@ -229,3 +229,20 @@ def test_validate_reports_a_gpu_option_on_this_machine_in_one_line(
     assert main(["validate", str(run)]) == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and "quantization='4bit' needs" in lines[0]
+
+
+def test_the_scaling_docs_run_files_validate_on_a_gpu_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+    import tomllib
+
+    import astra_transformers.large_options as large_options
+
+    docs = Path(__file__).resolve().parents[3] / "docs" / "scaling.md"
+    blocks = [tomllib.loads(b) for b in re.findall(r"```toml\n(.*?)```", docs.read_text(encoding="utf-8"), re.S)]
+    systems = [b["system"] for b in blocks if isinstance(b.get("system"), dict) and "quantization" in str(b)]
+    systems += [b["system"] for b in blocks if isinstance(b.get("system"), dict) and "target_device_map" in b["system"]]
+    assert len(systems) >= 2
+    # A machine with a GPU and every package: the options themselves must be right.
+    monkeypatch.setattr(large_options, "missing_for", lambda **asked: [])
+    for system in systems:
+        TransformersOptions.model_validate({k: v for k, v in system.items() if k != "name"})
