@@ -45,9 +45,9 @@ from astra_core.registry import ComponentInfo, Provider, Registrar, Registration
 from astra_core.turns import Reads, TextScorer, Turn, text_scorer
 
 if TYPE_CHECKING:
+    from astra_core.assembly import seed_everything
     from astra_core.callbacks import BaseCallback
     from astra_core.harness import Harness
-    from astra_core.assembly import seed_everything
     from astra_core.trainer import Trainer
 
 __version__ = "0.1.0"

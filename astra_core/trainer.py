@@ -48,10 +48,7 @@ from torch.utils.data import DataLoader
 
 from astra_core import assembly
 from astra_core import checkpoint as ckpt
-
-# Re-exported until every caller imports them from astra_core.assembly.
-from astra_core.assembly import seed_everything as seed_everything
-from astra_core.assembly import trainable_parameters as trainable_parameters
+from astra_core.assembly import seed_everything, trainable_parameters
 from astra_core.config import TrainingConfiguration
 from astra_core.distributed import Collectives, share, step_seed
 from astra_core.errors import CheckpointError, ConfigError, TrainingError
