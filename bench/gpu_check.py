@@ -71,23 +71,19 @@ def run_config(device: str, steps: int, **system: Any) -> Any:
 
 
 def train(device: str, steps: int, **system: Any) -> dict[str, Any]:
-    """Build the run and train `steps` steps; what the checks look at."""
+    """Assemble the run (joining torchrun's group first, if any) and train `steps` steps."""
     import torch
 
-    from astra_core import distributed
-    from astra_core.build import build, resolve
-    from astra_core.trainer import Trainer, seed_everything
+    from astra_core.assembly import assemble
+    from astra_core.build import resolve
 
-    distributed.init_from_env()  # before building, so "cuda" means this rank's GPU
-    config = run_config(device, steps, **system)
-    seed_everything(config.training.seed)
-    built = build(resolve(config), with_evaluator=False)
-    trainer: Any = Trainer(config.training, built.sampler, built.algorithm)
+    trainer: Any = assemble(resolve(run_config(device, steps, **system)), with_evaluator=False)
     before = [p.detach().clone() for p in trainer.parameters]
     history = trainer.train()
     moved = any(not torch.equal(a, p.detach()) for a, p in zip(before, trainer.parameters, strict=True))
     finite = all(bool(torch.isfinite(p).all()) for p in trainer.parameters)
-    return {"trainer": trainer, "system": built.system, "history": history, "moved": moved, "finite": finite}
+    built = trainer.harness.sampler.system
+    return {"trainer": trainer, "system": built, "history": history, "moved": moved, "finite": finite}
 
 
 def check_default(device: str, report: dict[str, Any]) -> None:
@@ -132,12 +128,7 @@ CHOSEN = [" I'm fine, thanks.", " It's so cold.", " shut up.", " well.", " see."
 def _system(device: str, **options: Any) -> Any:
     from astra_transformers.system import TransformersSystem
 
-    try:
-        return TransformersSystem(probe_tokens=16, response_tokens=16, device=device, **options)
-    except TypeError:  # the system still takes its scorer (before the scorer-free factory)
-        from astra_core.testing.toy import ToyScorer
-
-        return TransformersSystem(ToyScorer(), probe_tokens=16, response_tokens=16, device=device, **options)
+    return TransformersSystem(probe_tokens=16, response_tokens=16, device=device, **options)
 
 
 def check_gradient_checkpointing(device: str, report: dict[str, Any]) -> None:

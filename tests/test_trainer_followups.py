@@ -16,11 +16,11 @@ import torch
 
 import astra_core
 from astra_core import checkpoint as ckpt
+from astra_core.assembly import seed_everything, trainable_parameters
 from astra_core.cli import common as cli
 from astra_core.config import load_run_file, parse_run_config, read_run_file
 from astra_core.errors import CheckpointError, ConfigError
 from astra_core.protocols import EvaluationReport
-from astra_core.trainer import seed_everything, trainable_parameters
 
 # --- 1. checkpoint_every without output_dir: the Trainer's call, not the run file's -----------
 

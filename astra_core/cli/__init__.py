@@ -13,6 +13,7 @@ astra 0.1.0
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -28,6 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     training run returns 0 (SIGINT) or 143 (SIGTERM) after checkpointing.
     """
     parser = _parser()
+    warnings = _warnings_to_stderr()
     try:
         args = parser.parse_args(list(argv) if argv is not None else None)
         code: int = args.handler(args)
@@ -41,7 +43,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_error("interrupted (a second Ctrl-C stops at once, without a checkpoint)")
         return 130
     finally:
+        logging.getLogger("astra_core").removeHandler(warnings)
         _leave_process_group()
+
+
+def _warnings_to_stderr() -> logging.Handler:
+    """The core's warnings (a skipped checkpoint, a signal received) as ``warning: ...`` lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("warning: %(message)s"))
+    logging.getLogger("astra_core").addHandler(handler)
+    return handler
 
 
 def _leave_process_group() -> None:

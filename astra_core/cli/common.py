@@ -7,17 +7,19 @@ heavy dependencies load inside the functions that build components.
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from astra_core.errors import AstraError, ConfigError
-from astra_core.types import json_safe
+from astra_core.rundir import RUN_FILE
 
 if TYPE_CHECKING:
     from astra_core.build import BuiltRun, ResolvedRun
@@ -26,9 +28,6 @@ if TYPE_CHECKING:
 
 PROG = "astra"
 DEFAULT_RUN_FILE = "default_run.toml"
-RUN_FILE = "run.toml"
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
 
 
 class UsageError(AstraError):
@@ -43,6 +42,36 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{where}{message} (see `{self.prog} --help`)")
 
 
+class Stopped(BaseException):
+    """SIGTERM or SIGHUP arrived outside the training loop (which has its own handling).
+
+    A BaseException, so that no component's ``except Exception`` swallows it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.run_dir: Path | None = None
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into `Stopped` for the block (the default would kill silently)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise Stopped(signum)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a whole number >= 1."""
     try:
@@ -51,6 +80,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (give a number >= 1)") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is too small (give a number >= 1)")
+    return value
+
+
+def step_count(text: str) -> int:
+    """An argparse type: a number of training steps, 1 to `astra_core.config.MAX_TRAINING_STEPS`."""
+    from astra_core.config import MAX_TRAINING_STEPS
+
+    value = positive_int(text)
+    if value > MAX_TRAINING_STEPS:
+        raise argparse.ArgumentTypeError(f"{value} is past any sane run (give at most {MAX_TRAINING_STEPS})")
     return value
 
 
@@ -83,6 +122,9 @@ def run_config(data: dict[str, Any], source: str, training_overrides: Mapping[st
 
     training = data.setdefault("training", {})
     if isinstance(training, dict):
+        given = training.get("output_dir")
+        if isinstance(given, str) and not given.strip():  # checked before an override replaces it
+            raise ConfigError(f"{source}: training.output_dir: is empty; name a directory or leave the key out")
         training.update(training_overrides)
     return parse_run_config(data, source)
 
@@ -132,6 +174,7 @@ def resolve(config: RunConfig, source: str, *, for_training: bool = True) -> Res
 
     with about(source):
         resolved = resolve_run(config, registries())
+        _check_tree_size(resolved)
     if for_training and config.training.eval_every is not None and config.evaluator is None:
         raise ConfigError(
             f'{source}: training.eval_every is set but evaluator = "none"; name an evaluator or drop eval_every'
@@ -139,15 +182,37 @@ def resolve(config: RunConfig, source: str, *, for_training: bool = True) -> Res
     return resolved
 
 
+def _check_tree_size(resolved: ResolvedRun) -> None:
+    """Refuse a sampler tree whose turns per experience cannot fit in memory (printing the estimate)."""
+    from astra_core.config import BYTES_PER_EXAMPLE, check_fits_in_memory
+
+    sampler = resolved.components.get("sampler")
+    options = sampler.options.model_dump() if sampler is not None else {}
+    width, depth = options.get("tree_width"), options.get("tree_depth")
+    if not (isinstance(width, int) and isinstance(depth, int)) or width < 1 or depth < 1:
+        return
+    episodes = resolved.config.training.num_episodes_per_experience
+    # sum(width**d for d in 1..depth) without computing a huge power first
+    turns, level = 0, 1
+    for _ in range(depth):
+        level *= width
+        turns += level
+        if episodes * turns * BYTES_PER_EXAMPLE > 1 << 80:
+            break
+    try:
+        check_fits_in_memory(
+            "sampler.tree_width/tree_depth", episodes * turns, BYTES_PER_EXAMPLE, "turns per experience"
+        )
+    except ValueError as error:
+        raise ConfigError(f"{error} (num_episodes_per_experience x tree_width^1..tree_depth)") from None
+
+
 def build(resolved: ResolvedRun, source: str, *, with_evaluator: bool) -> BuiltRun:
     """Build the components of a resolved run, seeded (and in the process group under torchrun)."""
+    from astra_core.assembly import prepare
     from astra_core.build import build as build_run
-    from astra_core.distributed import init_from_env
-    from astra_core.trainer import seed_everything
 
-    init_from_env()  # under torchrun: join the group and pick this rank's GPU before building on "cuda"
-    # Seed before building so randomly initialised parts (value heads, toy policies) repeat.
-    seed_everything(resolved.config.training.seed)
+    prepare(resolved.config.training.seed)  # before building, as `astra_core.assembly.assemble` does
     with about(source):
         return build_run(resolved, with_evaluator=with_evaluator)
 
@@ -165,28 +230,7 @@ def timestamped(parent: Path, prefix: str = "") -> Path:
     return candidate
 
 
-def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-
-
 # --- metrics ----------------------------------------------------------------------------------
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The training records of a metrics.jsonl (evaluation records and torn lines skipped)."""
-    records = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and not any(str(k).startswith("eval/") for k in record):
-            records.append(record)
-    return records
 
 
 def series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:

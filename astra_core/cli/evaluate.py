@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,9 +20,10 @@ from astra_core.cli.common import (
     run_config,
     run_file_of,
     timestamped,
-    write_json,
 )
 from astra_core.errors import CheckpointError, ConfigError
+from astra_core.rundir import RunDir, describe_os_error, write_atomic
+from astra_core.types import json_safe
 
 if TYPE_CHECKING:
     from astra_core.build import BuiltRun
@@ -101,19 +103,25 @@ def run(args: argparse.Namespace) -> int:
         "step": step,
         "reports": {label: {"metrics": r.metrics, "details": r.details} for label, r in reports.items()},
     }
+    run = RunDir(target) if is_run and output.resolve().is_relative_to(target.resolve()) else None
     try:
+        if run is not None:
+            run.acquire()  # writing into a run: not while it trains
         output.mkdir(parents=True, exist_ok=True)
-        write_json(output / "evaluation.json", payload)
-        (output / "evaluation.md").write_text(markdown, encoding="utf-8")
+        write_atomic(output / "evaluation.json", json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n")
+        write_atomic(output / "evaluation.md", markdown)
     except OSError as error:
-        raise ConfigError(f"{output}: cannot write the evaluation: {error.strerror or error}") from None
+        raise ConfigError(f"{output}: cannot write the evaluation: {describe_os_error(error)}") from None
+    finally:
+        if run is not None:
+            run.release()
     print(markdown)
     print(f"wrote {output / 'evaluation.json'} and {output / 'evaluation.md'}")
     return 0
 
 
 def _evaluate_once(built: BuiltRun, seed: int, source: str) -> EvaluationReport:
-    from astra_core.trainer import seed_everything
+    from astra_core.assembly import seed_everything
 
     seed_everything(seed)  # the same sampling noise for the base and the trained tester
     if built.evaluator is None:  # build() skips it only when asked to
@@ -124,15 +132,11 @@ def _evaluate_once(built: BuiltRun, seed: int, source: str) -> EvaluationReport:
 
 
 def _load_tester(built: BuiltRun, checkpoint: Path) -> int:
-    """Copy a checkpoint's weights into the system, as the Trainer saved them; return its step."""
+    """Copy a checkpoint's tester weights into the system (by parameter name); return its step."""
     from astra_core import checkpoint as ckpt
-    from astra_core.trainer import trainable_parameters
+    from astra_core.assembly import trainable_parameters
 
-    ckpt.load_weights(checkpoint, trainable_parameters(built.algorithm.parameters()))
-    try:
-        return int(ckpt.read_json(checkpoint, "state.json")["global_step"])
-    except Exception as error:  # a file that passed its checksum but is not ours
-        raise CheckpointError(f"{checkpoint}: unreadable state.json ({type(error).__name__}: {error})") from None
+    return ckpt.load_tester(checkpoint, built.system, lambda: trainable_parameters(built.algorithm.parameters()))
 
 
 def _evaluation_markdown(

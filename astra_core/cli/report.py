@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from astra_core.cli.common import METRICS_FILE, metrics_table, read_metrics, reward_summary, series
+from astra_core.cli.common import metrics_table, reward_summary, series
 from astra_core.errors import AstraError, ConfigError
+from astra_core.rundir import RunDir, write_atomic
 
 
 def add_parser(commands: Any) -> None:
@@ -19,13 +17,13 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run_dir)
-    metrics_path = run_dir / METRICS_FILE
+    run = RunDir(args.run_dir)
+    run_dir, metrics_path = run.path, run.metrics_path
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run directory (give a directory written by `astra train`)")
     if not metrics_path.is_file():
-        raise ConfigError(f"{run_dir}: no {METRICS_FILE}; give a directory written by `astra train`")
-    records = read_metrics(metrics_path)
+        raise ConfigError(f"{run_dir}: no {metrics_path.name}; give a directory written by `astra train`")
+    records = run.read_metrics()
     if not records:
         raise ConfigError(f"{metrics_path}: no training steps recorded yet; train first, then report")
     try:
@@ -35,6 +33,12 @@ def run(args: argparse.Namespace) -> int:
             "`astra report` draws its plots with matplotlib, which is not installed: pip install 'astra-core[report]'"
         ) from None
 
+    with run.locked_for_writing():  # not while the run trains (or another report draws)
+        return _write_report(run, records, Figure)
+
+
+def _write_report(run: RunDir, records: list[dict[str, Any]], Figure: Any) -> int:
+    run_dir = run.path
     plots_dir = run_dir / "plots"
     plots_dir.mkdir(exist_ok=True)
     keys = sorted({k for r in records for k in r})
@@ -68,30 +72,19 @@ def run(args: argparse.Namespace) -> int:
     lines.append("")
     for title, path in images:
         lines += [f"## {title.capitalize()}", "", f"![{title}]({path})", ""]
-    lines += _evaluation_section(run_dir / "eval")
+    lines += _evaluation_section(run)
     report_path = run_dir / "report.md"
-    report_path.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    write_atomic(report_path, "\n".join(lines).rstrip() + "\n")
     print(f"wrote {report_path} ({len(images)} plot(s) in {plots_dir})")
     return 0
 
 
-def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _evaluation_section(eval_dir: Path) -> list[str]:
+def _evaluation_section(run: RunDir) -> list[str]:
     lines: list[str] = []
-    periodic: dict[str, Mapping[str, Any]] = {}
-    for path in sorted(eval_dir.glob("step-*.json")):
-        data = _load_json(path)
-        if isinstance(data, dict) and isinstance(data.get("metrics"), dict):
-            periodic[f"step {data.get('step', path.stem)}"] = data["metrics"]
+    periodic = {f"step {step}": data["metrics"] for step, data in run.read_evaluations().items()}
     if periodic:
         lines += ["## Evaluations during training", "", metrics_table(periodic), ""]
-    final = _load_json(eval_dir / "evaluation.json")
+    final = run.read_final_evaluation()
     if isinstance(final, dict) and isinstance(final.get("reports"), dict):
         columns = {
             str(label): r["metrics"]

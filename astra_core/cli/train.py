@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
-import json
 import os
 import shutil
 import signal
@@ -13,37 +11,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from astra_core.cli.common import (
-    CONFIG_FILE,
-    METRICS_FILE,
     PROG,
-    RUN_FILE,
+    Stopped,
     UsageError,
     about,
-    build,
     default_run_text,
     file_output_dir,
     parse_toml,
     positive_int,
-    read_metrics,
-    registries,
     resolve,
     reward_summary,
     run_config,
     run_file_of,
+    step_count,
+    stop_on_signals,
     timestamped,
-    write_json,
 )
 from astra_core.errors import AstraError, CheckpointError, ConfigError
+from astra_core.rundir import LOCK, MARKER, RunDir, describe_os_error, is_disk_error
 
 if TYPE_CHECKING:
     from astra_core.build import ResolvedRun
     from astra_core.config import RunConfig
     from astra_core.trainer import Trainer
-
-# What marks a directory as written by `astra train` (so --overwrite may delete it).
-_RUN_MARKERS = (RUN_FILE, CONFIG_FILE, METRICS_FILE, "checkpoints")
-# OSError numbers that mean the run directory's disk failed us (full, read-only, gone).
-_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
 
 
 def add_parser(commands: Any) -> None:
@@ -52,7 +42,7 @@ def add_parser(commands: Any) -> None:
     train.add_argument("--output", metavar="DIR", help="run directory (default: training.output_dir or runs/<time>)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its newest checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    train.add_argument("--steps", metavar="N", type=positive_int, help="override training.training_steps")
+    train.add_argument("--steps", metavar="N", type=step_count, help="override training.training_steps")
     train.add_argument("--nproc", metavar="N", type=positive_int, help="train data-parallel in N processes (torchrun)")
     train.set_defaults(handler=run)
 
@@ -60,8 +50,24 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.nproc is not None and "WORLD_SIZE" not in os.environ:
         return _relaunch_under_torchrun(args)
-    if args.resume is not None:
-        return _resume(args)
+    run_dir: RunDir | None = None
+    try:
+        with stop_on_signals():
+            if args.resume is not None:
+                run_dir = RunDir(args.resume)
+                return _resume(args, run_dir)
+            return _train(args)
+    except Stopped as stop:
+        # SIGTERM/SIGHUP outside the training loop (building models, saving the tester):
+        # whatever was being written is staged and discarded; the run directory stays resumable.
+        name = signal.Signals(stop.signum).name
+        print(f"{name}: stopped before training finished; nothing half-written was kept", flush=True)
+        if run_dir is not None or stop.run_dir is not None:
+            print(f"resume with: {PROG} train --resume {stop.run_dir or run_dir}", flush=True)
+        return int(128 + stop.signum)
+
+
+def _train(args: argparse.Namespace) -> int:
     if args.run_file is None:
         text, source = default_run_text()
         data = parse_toml(text, source)
@@ -72,8 +78,10 @@ def run(args: argparse.Namespace) -> int:
         data = read_run_file(source)
         text = Path(source).read_text(encoding="utf-8")  # copied into the run directory as is
     file_dir = file_output_dir(data)
-    run_dir = Path(args.output) if args.output else Path(file_dir) if file_dir else timestamped(Path("runs"))
-    overrides: dict[str, Any] = {"output_dir": str(run_dir)}
+    if args.output is not None and not args.output.strip():
+        raise UsageError("--output is empty; give a directory path")
+    path = Path(args.output) if args.output else Path(file_dir) if file_dir else timestamped(Path("runs"))
+    overrides: dict[str, Any] = {"output_dir": str(path)}
     if args.steps is not None:
         overrides["training_steps"] = args.steps
     config = run_config(data, source, overrides)
@@ -82,85 +90,129 @@ def run(args: argparse.Namespace) -> int:
     resolved = resolve(config, source)
     if not _is_main_process():
         return _train_other_rank(_make_trainer(resolved, source))
-    _check_output_dir(run_dir, args.overwrite)
-    _check_writable(run_dir)
-    trainer = _make_trainer(resolved, source)
-    # Only now, with every component built, touch the file system.
+    run_dir = RunDir(path)
+    existed = path.exists()
     try:
-        if args.overwrite and run_dir.is_dir():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / CONFIG_FILE, resolved.describe())
-        (run_dir / RUN_FILE).write_text(text, encoding="utf-8")
+        _check_output_dir(run_dir, args.overwrite)  # takes the lock of an existing run
+        _check_writable(path)
+        trainer = _make_trainer(resolved, source)
+        # Only now, with every component built, touch the file system.
+        _create(run_dir, resolved.describe(), text, overwrite=args.overwrite, existed=existed)
+        print(f"training into {path} ({config.training.training_steps} steps)", flush=True)
+        return _run_training(trainer, run_dir)
+    finally:
+        run_dir.release()
+
+
+def _check_output_dir(run_dir: RunDir, overwrite: bool) -> None:
+    path = run_dir.path
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path}: exists and is not a directory; pass --output DIR with a directory path")
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    if not run_dir.is_run():
+        raise ConfigError(
+            f"{path}: output directory exists and is not empty, and is not an astra run (no {MARKER}): "
+            f"astra never writes into or deletes such a directory; pass --output DIR for a new run"
+        )
+    run_dir.check_unlocked()  # a run still training: refused here, naming its PID
+    if not overwrite:
+        raise ConfigError(
+            f"{path}: output directory exists and is not empty; pass --resume {path} to continue it, "
+            f"--overwrite to replace it, or --output DIR for a new run"
+        )
+
+
+def _create(run_dir: RunDir, config: dict[str, Any], text: str, *, overwrite: bool, existed: bool) -> None:
+    """Make (or, with --overwrite, empty) the run directory under its lock and write its first files."""
+    path = run_dir.path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        run_dir.acquire()
+        others = [p.name for p in path.iterdir() if p.name != LOCK]
+        if others and not (overwrite and run_dir.is_run()):
+            raise ConfigError(f"{path}: another process created this directory meanwhile; pass --output DIR")
+        if overwrite and others:
+            deleted = run_dir.clear()
+            print(f"--overwrite: deleted {len(deleted)} entries of the previous run in {path}: {', '.join(deleted)}")
+        run_dir.create(config=config, run_text=text)
     except OSError as error:
-        raise ConfigError(f"{run_dir}: cannot write the run directory: {error.strerror or error}") from None
-    print(f"training into {run_dir} ({config.training.training_steps} steps)", flush=True)
-    return _run_training(trainer, run_dir)
+        if not existed:  # a half-made run directory helps nobody
+            run_dir.release()
+            shutil.rmtree(path, ignore_errors=True)
+        raise ConfigError(
+            f"{path}: cannot write the run directory: {describe_os_error(error)}; "
+            f"pass --output DIR with a writable directory that has free space"
+        ) from None
 
 
-def _saved_steps(run_dir: Path) -> int | None:
+def _saved_steps(run_dir: RunDir) -> int | None:
     """training_steps as the run last recorded it (so --steps survives a resume)."""
-    try:
-        value = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))["training"]["training_steps"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return value if isinstance(value, int) and value >= 1 else None
+    config = run_dir.read_config()
+    training = config.get("training") if config else None
+    value = training.get("training_steps") if isinstance(training, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
 
 
-def _resume(args: argparse.Namespace) -> int:
+def _resume(args: argparse.Namespace, run_dir: RunDir) -> int:
     from astra_core import checkpoint as ckpt
     from astra_core.config import read_run_file
 
-    run_dir = Path(args.resume)
+    path = run_dir.path
     if args.run_file is not None:
-        raise UsageError(f"give either RUN.toml or --resume {run_dir}, not both (a run resumes with its own run.toml)")
+        raise UsageError(f"give either RUN.toml or --resume {path}, not both (a run resumes with its own run.toml)")
     if args.overwrite:
         raise UsageError("--overwrite and --resume contradict each other; choose one")
-    if args.output is not None and Path(args.output).resolve() != run_dir.resolve():
-        raise UsageError(
-            f"--output {args.output} differs from --resume {run_dir}; a resumed run stays in its directory"
+    if args.output is not None and Path(args.output).resolve() != path.resolve():
+        raise UsageError(f"--output {args.output} differs from --resume {path}; a resumed run stays in its directory")
+    run_file = run_file_of(path, "--resume")
+    if not run_dir.is_run():
+        raise ConfigError(
+            f"{path}: not marked as an astra run (no {MARKER}); --resume needs a directory `astra train` made"
         )
-    run_file = run_file_of(run_dir, "--resume")
     source = str(run_file)
     data = read_run_file(run_file)
     steps = args.steps if args.steps is not None else _saved_steps(run_dir)
-    overrides: dict[str, Any] = {"output_dir": str(run_dir)}
+    overrides: dict[str, Any] = {"output_dir": str(path)}
     if steps is not None:
         overrides["training_steps"] = steps
     resolved = resolve(run_config(data, source, overrides), source)
     if not _is_main_process():
-        return _train_other_rank(_make_trainer(resolved, source), resume=run_dir)
-    if ckpt.latest_checkpoint(run_dir) is None:
-        found = ckpt.list_checkpoints(run_dir)
-        why = "it has no checkpoint"
-        if found:
-            try:
-                ckpt.verify(found[-1])
-            except CheckpointError as error:
-                why = f"every checkpoint is corrupted ({error})"
-        raise CheckpointError(
-            f"{run_dir}: cannot resume: {why}; start again with `astra train {run_file} --overwrite --output {run_dir}`"
-        )
-    _check_writable(run_dir)
-    trainer = _make_trainer(resolved, source)
-    newest = ckpt.list_checkpoints(run_dir)[-1]
-    checkpoint = trainer.resume(run_dir)
-    if checkpoint != newest:
-        print(f"warning: {newest} is corrupted; resuming from the older {checkpoint}", file=sys.stderr)
-    total = trainer.config.training_steps
-    print(f"resuming {run_dir} from checkpoint {checkpoint} (step {trainer.global_step} of {total})", flush=True)
-    write_json(run_dir / CONFIG_FILE, resolved.describe())
-    return _run_training(trainer, run_dir)
+        has_checkpoint = ckpt.latest_checkpoint(path) is not None
+        return _train_other_rank(_make_trainer(resolved, source), resume=path if has_checkpoint else None)
+    try:
+        run_dir.check_unlocked()
+        for _ in range(2):  # once read-only (a refusal touches nothing), once under the lock
+            problem = ckpt.resume_problem(path)
+            if problem is not None:
+                raise CheckpointError(
+                    f"{path}: cannot resume: {problem}; start again with "
+                    f"`astra train {run_file} --overwrite --output {path}`"
+                )
+            run_dir.acquire()
+        _check_writable(path)
+        run_dir.clean_partial()
+        trainer = _make_trainer(resolved, source)
+        total = trainer.config.training_steps
+        if ckpt.list_checkpoints(path) or ckpt.without_manifest(path):
+            checkpoint = trainer.resume(path)
+            print(f"resuming {path} from checkpoint {checkpoint} (step {trainer.global_step} of {total})", flush=True)
+        else:  # stopped before its first checkpoint (a signal, a full disk): start it again
+            print(f"resuming {path}: no checkpoint was written yet, starting again at step 0 of {total}", flush=True)
+        run_dir.write_config(resolved.describe())
+        return _run_training(trainer, run_dir)
+    finally:
+        run_dir.release()
 
 
-def _check_writable(run_dir: Path) -> None:
+def _check_writable(path: Path) -> None:
     """A probe write, before anything is built: a full disk or unwritable directory fails now, not at step K."""
     from astra_core.checkpoint import check_writable
 
-    check_writable(run_dir)
+    check_writable(path)
 
 
-def _run_training(trainer: Trainer[Any, Any, Any, Any], run_dir: Path) -> int:
+def _run_training(trainer: Trainer[Any, Any, Any, Any], run_dir: RunDir) -> int:
     from astra_core.trainer import TrainingInterrupted
 
     try:
@@ -168,23 +220,27 @@ def _run_training(trainer: Trainer[Any, Any, Any, Any], run_dir: Path) -> int:
     except TrainingInterrupted as stop:
         name = signal.Signals(stop.signum).name
         where = f"checkpoint written to {stop.checkpoint}" if stop.checkpoint else "no checkpoint written"
+        if stop.abandoned:
+            last = f"last checkpoint {stop.checkpoint}" if stop.checkpoint else "no checkpoint yet"
+            where = f"the step in flight was abandoned ({last}; a resume repeats the steps after it)"
         print(f"{name}: stopped after step {trainer.global_step} of {trainer.config.training_steps}; {where}")
-        print(f"resume with: {PROG} train --resume {run_dir}", flush=True)
+        print(f"resume with: {PROG} train --resume {run_dir.path}", flush=True)
         return 0 if stop.signum == signal.SIGINT else 128 + stop.signum
+    except Stopped as stop:
+        stop.run_dir = run_dir.path
+        raise
     except OSError as error:
-        # A disk that fills up (or turns read-only) mid-run, say under metrics.jsonl: one line,
-        # not a traceback. A failed checkpoint is already a CheckpointWriteError saying as much.
-        if isinstance(error, AstraError) or error.errno not in _DISK_ERRNOS:
+        # A disk that fills up (or turns read-only) mid-run, under metrics.jsonl, eval/ or tester/:
+        # one line, not a traceback. A failed checkpoint is already a CheckpointWriteError.
+        if isinstance(error, AstraError) or not is_disk_error(error):
             raise
-        from astra_core.checkpoint import describe_os_error
-
         where = f" ({error.filename})" if error.filename else ""
         raise AstraError(
-            f"{run_dir}: training stopped at step {trainer.global_step}: {describe_os_error(error)}{where}; "
-            f"free space or make it writable, then: {PROG} train --resume {run_dir}"
+            f"{run_dir.path}: training stopped at step {trainer.global_step}: {describe_os_error(error)}{where}; "
+            f"free space or make it writable, then: {PROG} train --resume {run_dir.path}"
         ) from None
-    print(f"run directory: {run_dir}")
-    print(reward_summary(read_metrics(run_dir / METRICS_FILE)), flush=True)
+    print(f"run directory: {run_dir.path}")
+    print(reward_summary(run_dir.read_metrics()), flush=True)
     return 0
 
 
@@ -228,50 +284,13 @@ def _train_other_rank(trainer: Trainer[Any, Any, Any, Any], resume: Path | None 
     return 0
 
 
-def _is_run_dir(path: Path) -> bool:
-    return any((path / marker).exists() for marker in _RUN_MARKERS)
-
-
-def _check_output_dir(run_dir: Path, overwrite: bool) -> None:
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: exists and is not a directory; pass --output DIR with a directory path")
-    if not run_dir.is_dir() or not any(run_dir.iterdir()):
-        return
-    if not overwrite:
-        raise ConfigError(
-            f"{run_dir}: output directory exists and is not empty; pass --resume {run_dir} to continue it, "
-            f"--overwrite to replace it, or --output DIR for a new run"
-        )
-    if not _is_run_dir(run_dir):
-        raise ConfigError(
-            f"{run_dir}: refusing to --overwrite a non-empty directory that is not an astra run "
-            f"(no {RUN_FILE}, {CONFIG_FILE}, {METRICS_FILE} or checkpoints/); choose another --output"
-        )
-
-
 def _make_trainer(resolved: ResolvedRun, source: str) -> Trainer[Any, Any, Any, Any]:
+    from astra_core.assembly import assemble
     from astra_core.callbacks import MetricsJSONL, ProgressBar
-    from astra_core.trainer import Trainer
 
-    config = resolved.config
-    built = build(resolved, source, with_evaluator=config.training.eval_every is not None)
-    callbacks: list[Any] = []
-    # A run file may configure these itself (say, to turn the bar off); then do not add a second.
-    if not any(isinstance(c, ProgressBar) for c in built.callbacks):
-        callbacks.append(ProgressBar())
-    if not any(isinstance(c, MetricsJSONL) for c in built.callbacks):
-        callbacks.append(MetricsJSONL())
-    callbacks.extend(built.callbacks)
     with about(source):
-        return Trainer(
-            config.training,
-            built.sampler,
-            built.algorithm,
-            evaluator=built.evaluator,
-            callbacks=callbacks,
-            registries=registries(),
-            resolved_config=resolved.describe(),
-        )
+        # A run file may configure these itself (say, to turn the bar off); then its own are used.
+        return assemble(resolved, callbacks=[ProgressBar(), MetricsJSONL()])
 
 
 def _describe_default(config: RunConfig) -> str:

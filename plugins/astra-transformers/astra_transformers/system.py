@@ -5,8 +5,7 @@ States and actions are plain strings. The target continues the text it is given,
 tokenised separately (no special tokens) and concatenated by ids; generated continuations are
 cut from the generated ids by token position, then decoded.
 
->>> from astra_core.testing.toy import ToyScorer
->>> system = TransformersSystem(ToyScorer(), probe_tokens=8)   # the embedded tiny GPT-2
+>>> system = TransformersSystem(probe_tokens=8)   # the embedded tiny GPT-2
 >>> len(system.rollout_tester(["Hi there.", "How was the movie?"]))
 2
 """
@@ -28,7 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.utils import logging as _hf_logging
 
 from astra_core.errors import ComponentBuildError, ConfigError, OptionsError
-from astra_core.protocols import Reduction, Scorer
+from astra_core.protocols import Reduction
 from astra_transformers import TINY_MODEL_DIR
 from astra_transformers.decoding import fast_sample
 from astra_transformers.generation import Decoded, Decoder, PrefixStore, Sampling, sample
@@ -138,20 +137,36 @@ def _no_hf_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_model(source: str, dtype: torch.dtype, device: torch.device, loading: Loading | None = None) -> LoadedModel:
+def load_model(
+    source: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    allow_pickle_weights: bool = False,
+    loading: Loading | None = None,
+) -> LoadedModel:
     """Load a causal LM and its tokenizer through `from_pretrained`, the same way for the
     embedded model, a hub id or a local directory; failures become a `ComponentBuildError`.
-    `loading` quantises it, places it with accelerate or picks its attention (`astra_transformers.large`)."""
+    `loading` quantises it, places it with accelerate or picks its attention (`astra_transformers.large`).
+
+    Never runs code from the model directory (``trust_remote_code=False``, so transformers never
+    asks on the terminal either) and reads safetensors weights only, unless
+    `allow_pickle_weights` admits ``.bin`` pickles (which can run code when loaded)."""
     location = resolve_source(source)
     loading = loading or Loading()
     try:
         with _no_hf_progress_bars():
-            tokenizer = AutoTokenizer.from_pretrained(location)
-            module = AutoModelForCausalLM.from_pretrained(location, **loading.from_pretrained_kwargs(dtype, device))
+            tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
+            module = AutoModelForCausalLM.from_pretrained(
+                location,
+                trust_remote_code=False,
+                use_safetensors=None if allow_pickle_weights else True,
+                **loading.from_pretrained_kwargs(dtype, device),
+            )
     except Exception as error:  # any loading failure is reported with the source that caused it
         raise ComponentBuildError(
             f"cannot load model {source!r} (from {location!r}): {type(error).__name__}: {error}; "
             f"give a local model directory, a hub id that is cached (runs are offline), or 'tiny'"
+            + ("" if allow_pickle_weights else "; weights must be safetensors unless allow_pickle_weights = true")
         ) from error
     if loading.places_itself:
         _as_torch(module).eval()
@@ -208,7 +223,7 @@ def _freeze(module: PreTrainedModel) -> PreTrainedModel:
 class TransformersSystem:
     """Tester (trainable), target and baseline (frozen) as Hugging Face causal LMs.
 
-    Built as ``TransformersSystem(scorer, **options)`` with the fields of `TransformersOptions`.
+    Built as ``TransformersSystem(**options)`` with the fields of `TransformersOptions`.
     The baseline defaults to a frozen copy of the tester's starting weights; when target and
     baseline come from the same source (and device and dtype) they are one object. With
     ``lora`` the tester is a LoRA adapter (`astra_transformers.lora`) and the baseline is the
@@ -226,14 +241,13 @@ class TransformersSystem:
     torch's thread count for the models' size (see `tune_threads`).
     """
 
-    def __init__(self, scorer: Scorer[str, str], **options: Any) -> None:
+    def __init__(self, **options: Any) -> None:
         try:
             self.options = TransformersOptions.model_validate(options)
         except ValidationError as error:
             problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()]
             raise OptionsError("system", "transformers", problems) from None
         opts = self.options
-        self.scorer = scorer
         self.generate_calls = 0
         self.generated_tokens = 0  # new tokens decoded by every role (bench/gpu_check.py's tokens/s)
         tester_device = _device(opts.tester_device or opts.device)
@@ -258,13 +272,13 @@ class TransformersSystem:
         target_source = opts.target or opts.model
         baseline_source = opts.baseline or base_source
 
-        self._tester = load_model(base_source, tester_dtype, tester_device, tester_loading)
+        self._tester = load_model(base_source, tester_dtype, tester_device, opts.allow_pickle_weights, tester_loading)
         _as_torch(self._tester.module).train(False)  # no dropout: log-probs must match what was sampled
         if opts.quantization is not None:
             prepare_for_qlora(self._tester.module, opts.gradient_checkpointing)
         self._lora: LoraTester | None = None
         if adapter is not None:
-            self._lora = LoraTester.load(self._tester.module, adapter, base_source)
+            self._lora = LoraTester.load(self._tester.module, adapter, base_source, opts.allow_pickle_weights)
         elif opts.lora is not None:
             self._lora = LoraTester.attach(self._tester.module, opts.lora, base_source)
         beside_tester = baseline_device == tester_device and baseline_dtype == tester_dtype
@@ -278,7 +292,9 @@ class TransformersSystem:
             _as_torch(starting).to(device=baseline_device, dtype=baseline_dtype)
             self._baseline = replace(self._tester, module=starting, device=baseline_device)
         else:
-            self._baseline = load_model(baseline_source, baseline_dtype, baseline_device, baseline_loading)
+            self._baseline = load_model(
+                baseline_source, baseline_dtype, baseline_device, opts.allow_pickle_weights, baseline_loading
+            )
             _freeze(self._baseline.module)
         if (
             resolve_source(target_source) == resolve_source(baseline_source)
@@ -288,7 +304,9 @@ class TransformersSystem:
         ):
             self._target = self._baseline  # one frozen copy serves both roles
         else:
-            self._target = load_model(target_source, target_dtype, target_device, target_loading)
+            self._target = load_model(
+                target_source, target_dtype, target_device, opts.allow_pickle_weights, target_loading
+            )
             _freeze(self._target.module)
         if opts.gradient_checkpointing:
             enable_gradient_checkpointing(self._tester.module)

@@ -8,7 +8,6 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from astra_core.testing.toy import ToyScorer
 from astra_transformers.decoding import sample_generate, sample_static
 from astra_transformers.generation import Sampling, sample
 from astra_transformers.large_options import installed
@@ -21,7 +20,7 @@ GREEDY = Sampling(top_k=1)
 
 
 def build(**options: object) -> TransformersSystem:
-    return TransformersSystem(ToyScorer(), probe_tokens=8, response_tokens=12, **options)
+    return TransformersSystem(probe_tokens=8, response_tokens=12, **options)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from pydantic import ValidationError
 from transformers import AutoConfig
 
 from astra_core.errors import OptionsError
-from astra_core.testing.toy import ToyScorer
 from astra_transformers import TINY_MODEL_DIR
 from astra_transformers.large import Loading, checkpointing, plan_device_map, role_dtype
 from astra_transformers.large_options import installed, missing_for
@@ -26,7 +25,7 @@ NO_CUDA = not torch.cuda.is_available()
 
 
 def build(**options: object) -> TransformersSystem:
-    return TransformersSystem(ToyScorer(), probe_tokens=8, response_tokens=8, **options)
+    return TransformersSystem(probe_tokens=8, response_tokens=8, **options)
 
 
 def problem(**options: object) -> str:
