@@ -482,7 +482,7 @@ def load_weights(checkpoint: str | Path, parameters: Mapping[str, torch.Tensor] 
     A mapping is loaded by name: every name in it must be in the checkpoint (the checkpoint may
     hold more, say an algorithm's value head when loading a system's tester). A sequence is
     loaded by position, in the order the Trainer saved them: it must be that Trainer's list
-    (`astra_core.trainer.trainable_parameters` of the algorithm's parameters). Call `verify`
+    (`astra_core.assembly.trainable_parameters` of the algorithm's parameters). Call `verify`
     first; weights that differ in count, name or shape raise `CheckpointError` (a different
     model), and so do non-finite weights.
     """
@@ -528,7 +528,7 @@ def load_tester(checkpoint: str | Path, system: object, trainer_parameters: Any 
     The system's trainable parameters are matched by the names its ``named_parameters()``
     gives, which is what the Trainer saved them under. A system without parameter names
     leaves only the checkpoint's order: then `trainer_parameters` (a callable returning the
-    Trainer's list, `astra_core.trainer.trainable_parameters` of the algorithm's parameters)
+    Trainer's list, `astra_core.assembly.trainable_parameters` of the algorithm's parameters)
     is required. Verifies the checkpoint first.
     """
     path = Path(checkpoint)

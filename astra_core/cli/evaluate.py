@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate_once(built: BuiltRun, seed: int, source: str) -> EvaluationReport:
-    from astra_core.trainer import seed_everything
+    from astra_core.assembly import seed_everything
 
     seed_everything(seed)  # the same sampling noise for the base and the trained tester
     if built.evaluator is None:  # build() skips it only when asked to
@@ -147,7 +147,7 @@ def _evaluate_once(built: BuiltRun, seed: int, source: str) -> EvaluationReport:
 def _load_tester(built: BuiltRun, checkpoint: Path) -> int:
     """Copy a checkpoint's tester weights into the system (by parameter name); return its step."""
     from astra_core import checkpoint as ckpt
-    from astra_core.trainer import trainable_parameters
+    from astra_core.assembly import trainable_parameters
 
     return ckpt.load_tester(checkpoint, built.system, lambda: trainable_parameters(built.algorithm.parameters()))
 

@@ -16,12 +16,10 @@ from astra_core.cli.common import (
     Stopped,
     UsageError,
     about,
-    build,
     default_run_text,
     file_output_dir,
     parse_toml,
     positive_int,
-    registries,
     resolve,
     reward_summary,
     run_config,
@@ -309,28 +307,12 @@ def _train_other_rank(trainer: Trainer[Any, Any, Any, Any], resume: Path | None 
 
 
 def _make_trainer(resolved: ResolvedRun, source: str) -> Trainer[Any, Any, Any, Any]:
+    from astra_core.assembly import assemble
     from astra_core.callbacks import MetricsJSONL, ProgressBar
-    from astra_core.trainer import Trainer
 
-    config = resolved.config
-    built = build(resolved, source, with_evaluator=config.training.eval_every is not None)
-    callbacks: list[Any] = []
-    # A run file may configure these itself (say, to turn the bar off); then do not add a second.
-    if not any(isinstance(c, ProgressBar) for c in built.callbacks):
-        callbacks.append(ProgressBar())
-    if not any(isinstance(c, MetricsJSONL) for c in built.callbacks):
-        callbacks.append(MetricsJSONL())
-    callbacks.extend(built.callbacks)
     with about(source):
-        return Trainer(
-            config.training,
-            built.sampler,
-            built.algorithm,
-            evaluator=built.evaluator,
-            callbacks=callbacks,
-            registries=registries(),
-            resolved_config=resolved.describe(),
-        )
+        # A run file may configure these itself (say, to turn the bar off); then its own are used.
+        return assemble(resolved, callbacks=[ProgressBar(), MetricsJSONL()])
 
 
 def _describe_default(config: RunConfig) -> str:
