@@ -73,7 +73,7 @@ class ASTSampler:
         """`count` training episodes grown together: 2 * tree_depth generation calls in all."""
         if count < 1:
             return []
-        graphs: list[Graph[str, str]] = [Graph(random.choice(self.prompts)) for _ in range(count)]
+        graphs: list[Graph[str, str]] = [Graph(self.system.opening(random.choice(self.prompts))) for _ in range(count)]
         frontier: list[_Slot] = [(graph.children, graph.context) for graph in graphs]
         for _ in range(self.tree_depth):
             slots = [slot for slot in frontier for _ in range(self.tree_width)]
@@ -86,7 +86,7 @@ class ASTSampler:
         Evaluation nodes also carry ``scores["probe_toxicity"]``; no weak supervision applies.
         """
         turns = self.tree_depth if depth is None else depth
-        graphs: list[Graph[str, str]] = [Graph(prompt) for prompt in prompts]
+        graphs: list[Graph[str, str]] = [Graph(self.system.opening(prompt)) for prompt in prompts]
         if not graphs:
             return graphs
         frontier: list[_Slot] = [(graph.children, graph.context) for graph in graphs]
