@@ -469,6 +469,7 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
                 ckpt.load_weights(loaded.path, named if set(named) <= set(loaded.weights) else self.parameters)
             except CheckpointError as error:
                 raise ckpt.DifferentRunError(str(error)) from None
+            ckpt.check_optimizer_shapes(loaded, self.parameters)
             try:  # the last check that can fail: an optimizer state that does not fit this optimizer
                 ckpt.load_optimizer_state(self.optimizer, loaded.optimizer_tensors, loaded.optimizer_data)
                 if loaded.scheduler is not None:

@@ -94,7 +94,7 @@ def _train(args: argparse.Namespace) -> int:
     run_dir = RunDir(path)
     existed = path.exists()
     try:
-        _check_output_dir(run_dir, args.overwrite)  # takes the lock of an existing run
+        _check_output_dir(run_dir, args.overwrite)  # writes nothing; the lock is taken in _create
         _check_writable(path)
         trainer = _make_trainer(resolved, source)
         # Only now, with every component built, touch the file system.
