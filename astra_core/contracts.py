@@ -34,13 +34,10 @@ component that holds another kind of component (``system``, ``scorer``, ``sample
 object already guarded) to that object's guard, so a sampler's calls to its scorer and an
 algorithm's calls to its system's log-probs go through the checks as well.
 
-NaN policy (the one rule; docs/reliability.md, "Contracts"): a value a component *returns*
-outside its contract's domain is a breach and ends the run naming the plugin: a NaN or positive
-log-prob, a score that is NaN, infinite or outside [0, 1], a loss that is not a floating scalar
-with a gradient. Non-finite numbers that arise from arithmetic on valid values (a ``-inf``
-log-prob of an impossible continuation carried into a reward, a loss or gradient that overflows)
-are numerical trouble, not a breach: the Trainer skips that experience or update, counts it, and
-stops after ``training.max_nonfinite_in_a_row`` of them in a row.
+The NaN policy is written once, in docs/reliability.md ("Contracts"): a value a component
+returns outside its contract's domain (a NaN log-prob, a NaN score) is a breach; a non-finite
+number computed from valid values (a reward or loss overflowing) is numerical trouble that the
+Trainer skips and counts.
 """
 
 from __future__ import annotations

@@ -144,6 +144,16 @@ class SavableSystem(Protocol):
         ...
 
 
+@runtime_checkable
+class NamedParameters(Protocol):
+    """A system that names its trainable parameters, so checkpoints store weights by name and a
+    tester loads into a system without its algorithm (`astra_core.checkpoint`)."""
+
+    def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
+        """(name, parameter) for each trainable parameter, names unique."""
+        ...
+
+
 class Sampler(Protocol[StateT, ActionT]):
     """Rolls a system out into rollout trees and rewards each turn with its scorer.
 

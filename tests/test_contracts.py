@@ -353,6 +353,7 @@ def test_every_protocol_method_of_every_kind_has_a_check_by_what_it_returns() ->
             "state_features": "one row per input",
             "tester_pair_logprobs": "log-probs",
             "save_pretrained": "call",
+            "named_parameters": "named parameters",
         },
         "sampler": {"rollouts": "rollout trees", "eval_rollouts": "rollout trees"},
         "algorithm": {"flatten": "sequence", "collate_fn": "call", "loss": "loss", "parameters": "parameters"},
