@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from astra_core import assembly
+from astra_core import assembly, contracts
 from astra_core import checkpoint as ckpt
 from astra_core.assembly import seed_everything, trainable_parameters
 from astra_core.config import TrainingConfiguration
@@ -63,7 +63,7 @@ from astra_core.protocols import (
     TreeSampler,
 )
 from astra_core.registry import Registries
-from astra_core.rundir import RunDir, staged_directory
+from astra_core.rundir import RunDir, sample_record, staged_directory, transcript_records
 from astra_core.types import ActionT, BatchT, ExampleT, StateT
 
 log = logging.getLogger(__name__)
@@ -153,6 +153,13 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
                 f"split over {self.world_size} processes; raise it to at least {self.world_size} or use fewer processes"
             )
         _, episodes = share(config.num_episodes_per_experience, self.rank, self.world_size)
+        # Every component is held to its protocol from here on, hand-wired ones too: a breach is
+        # a one-line ComponentContractError naming the plugin (astra_core.contracts).
+        sampler = contracts.guard("sampler", sampler)
+        algorithm = contracts.guard("algorithm", algorithm)
+        if evaluator is not None:
+            evaluator = contracts.guard("evaluator", evaluator)
+        callbacks = [contracts.guard("callback", callback) for callback in callbacks]
         self.harness: Harness[StateT, ActionT, ExampleT, BatchT] = Harness(
             sampler,
             algorithm,
@@ -226,6 +233,8 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
                 with self._signals_stop_at_step_end():
                     while self.global_step < self.config.training_steps:
                         logs = self.train_step()
+                        if self._due(self.config.samples_every) and self.run_dir is not None and self.is_main:
+                            self._write_samples()
                         self._call("on_step_end", self, self.global_step, logs)
                         if self._due(self.config.eval_every) and self.is_main:
                             self.evaluate()
@@ -392,9 +401,16 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
         with _preserved_rng():
             report = self.evaluator.evaluate()
         if self.run_dir is not None and self.is_main:
-            RunDir(self.run_dir).write_evaluation(self.global_step, report.metrics, report.details, report.markdown)
+            run_dir = RunDir(self.run_dir)
+            run_dir.write_evaluation(self.global_step, report.metrics, report.details, report.markdown)
+            run_dir.append_transcripts(transcript_records(report.details, "trained", self.global_step))
         self._call("on_evaluate", self, self.global_step, report)
         return report
+
+    def _write_samples(self) -> None:
+        """The first ``samples_per_step`` rollouts of this step's experience, to samples.jsonl."""
+        graphs = self.harness.last_graphs[: self.config.samples_per_step]
+        RunDir(str(self.run_dir)).append_samples(sample_record(graph, self.global_step) for graph in graphs)
 
     # --- checkpoints --------------------------------------------------------------------------
 
@@ -412,12 +428,16 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
         key = (self.global_step, self.run_dir)
         if self._saved is not None and self._saved[0] == key and self._saved[1].is_dir():
             return self._saved[1]  # nothing changed since (a state change always advances the step)
-        state = {
+        state: dict[str, Any] = {
             "global_step": self.global_step,
             "nonfinite_total": self.nonfinite_total,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "world_size": self.world_size,
         }
+        # A sampler with state of its own (a memory its reward reads) offers state_dict(): JSON.
+        sampler_state = getattr(self.harness.sampler, "state_dict", None)
+        if callable(sampler_state):
+            state["sampler"] = sampler_state()
         path = ckpt.save_checkpoint(
             self.run_dir,
             self.global_step,
@@ -449,6 +469,7 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
                 ckpt.load_weights(loaded.path, named if set(named) <= set(loaded.weights) else self.parameters)
             except CheckpointError as error:
                 raise ckpt.DifferentRunError(str(error)) from None
+            ckpt.check_optimizer_shapes(loaded, self.parameters)
             try:  # the last check that can fail: an optimizer state that does not fit this optimizer
                 ckpt.load_optimizer_state(self.optimizer, loaded.optimizer_tensors, loaded.optimizer_data)
                 if loaded.scheduler is not None:
@@ -464,6 +485,9 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
         self.global_step = loaded.step
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
         self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
+        load_sampler_state = getattr(self.harness.sampler, "load_state_dict", None)
+        if callable(load_sampler_state) and "sampler" in state:
+            load_sampler_state(state["sampler"])
         saved_world = int(state.get("world_size", 1))
         if saved_world != self.world_size:
             log.warning(

@@ -420,6 +420,10 @@ class TransformersSystem:
 
     # -- text ------------------------------------------------------------------------------
 
+    def opening(self, prompt: str) -> str:
+        """A text episode opens with the prompt itself."""
+        return prompt
+
     def join(self, context: str, probe: str) -> str:
         """The text the target continues: the context, then the probe, as they are."""
         return context + probe
