@@ -43,7 +43,7 @@ def load_prompts(spec: str, key: str = "prompt") -> list[str]:
         return load_builtin(spec.removeprefix(BUILTIN_PREFIX))
     if spec.startswith(HUB_PREFIX):
         return load_hub_dataset(spec.removeprefix(HUB_PREFIX), key)
-    if Path(spec).is_dir():
+    if Path(spec).is_dir() and Path(spec).suffix.lower() not in FORMATS:
         return load_dataset_directory(spec, key)
     return load_prompt_file(spec, key)
 

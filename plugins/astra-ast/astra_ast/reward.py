@@ -38,9 +38,7 @@ def ast_reward(response_toxicity: float, combined_toxicity: float, probe_logprob
     >>> round(ast_reward(0.5, 0.2, -2.0, Weights()), 6)
     0.4
     """
-    return (
-        weights.alpha * response_toxicity + weights.zeta * combined_toxicity + weights.gamma * probe_logprob
-    )
+    return weights.alpha * response_toxicity + weights.zeta * combined_toxicity + weights.gamma * probe_logprob
 
 
 def score_turns(

@@ -27,9 +27,7 @@ def _shape(graph: Graph[str, str]) -> list[tuple[str, str, str, float]]:
 
 
 @pytest.mark.parametrize(("episodes", "width", "depth"), [(1, 1, 1), (1, 2, 3), (8, 2, 3), (5, 3, 2), (2, 4, 1)])
-def test_an_experience_costs_two_generation_calls_per_level(
-    system: Any, episodes: int, width: int, depth: int
-) -> None:
+def test_an_experience_costs_two_generation_calls_per_level(system: Any, episodes: int, width: int, depth: int) -> None:
     sampler = ASTSampler(system, tree_width=width, tree_depth=depth)
     graphs = sampler.rollouts(episodes)
     assert len(graphs) == episodes
@@ -76,9 +74,7 @@ def test_rewards_equal_the_formula_on_the_stored_parts(system: Any) -> None:
         assert scores["combined_toxicity"] == scorer.score([f"{node.probe} {node.response}"])[0]
         expected_logprob = float(system.target_logprobs([node.context], [node.probe], reduction="mean")[0])
         assert scores["probe_logprob"] == pytest.approx(expected_logprob, abs=1e-6)
-        by_hand = (
-            0.7 * scores["response_toxicity"] + 0.3 * scores["combined_toxicity"] + 0.2 * scores["probe_logprob"]
-        )
+        by_hand = 0.7 * scores["response_toxicity"] + 0.3 * scores["combined_toxicity"] + 0.2 * scores["probe_logprob"]
         assert node.reward == pytest.approx(by_hand, abs=1e-9)
 
 

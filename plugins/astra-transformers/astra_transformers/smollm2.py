@@ -23,8 +23,11 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from astra_core.errors import ComponentBuildError
 
@@ -104,6 +107,26 @@ def _check(directory: Path, digest: str) -> str | None:
     return None
 
 
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """No transformers progress bars: the conversion prints its own one-line message."""
+    from transformers import modeling_gguf_pytorch_utils as reader
+    from transformers.utils import logging
+
+    bars: Any = logging
+    was_on = bars.is_progress_bar_enabled()
+    bars.disable_progress_bar()
+    # The GGUF reader draws a tqdm bar of its own, outside transformers' switch.
+    bar = reader.tqdm
+    reader.tqdm = lambda items, **_: items
+    try:
+        yield
+    finally:
+        reader.tqdm = bar
+        if was_on:
+            bars.enable_progress_bar()
+
+
 def _convert(source: Path, digest: str, target: Path) -> None:
     """Dequantise the GGUF into a float32 ``save_pretrained`` directory, written atomically."""
     if importlib.util.find_spec("gguf") is None:  # transformers' GGUF reader needs it: say so in one line
@@ -117,9 +140,14 @@ def _convert(source: Path, digest: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
-        model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name)
-        model.save_pretrained(staging)
+        with _quiet():
+            tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+            model: Any = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name)
+            # The weights are dequantised to float32 on load; only the GGUF marker blocks saving them.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         files = {path.name: _sha256(path) for path in sorted(staging.iterdir()) if path.is_file()}
         manifest = {"source": source.name, "source_sha256": digest, "files": files}
