@@ -110,9 +110,10 @@ def _check(directory: Path, digest: str) -> str | None:
 @contextmanager
 def _quiet() -> Iterator[None]:
     """No transformers progress bars: the conversion prints its own one-line message."""
-    from transformers import modeling_gguf_pytorch_utils as reader
+    from transformers import modeling_gguf_pytorch_utils
     from transformers.utils import logging
 
+    reader: Any = modeling_gguf_pytorch_utils
     bars: Any = logging
     was_on = bars.is_progress_bar_enabled()
     bars.disable_progress_bar()
