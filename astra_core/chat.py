@@ -51,6 +51,22 @@ class Conversation:
         """The ``[{"role": ..., "content": ...}]`` list chat templates and JSON files take."""
         return [{"role": m.role, "content": m.content} for m in self.messages]
 
+    def merged(self) -> Conversation:
+        """Consecutive messages of one role joined into one (a blank line between): some chat
+        templates reject two user turns in a row, and a conversation opened by a user prompt
+        followed by the user's next message has them.
+
+        >>> Conversation.opening("Hi.").then("user", "Still there?").merged().messages
+        (Message(role='user', content='Hi.\\n\\nStill there?'),)
+        """
+        out: list[Message] = []
+        for message in self.messages:
+            if out and out[-1].role == message.role:
+                out[-1] = Message(message.role, out[-1].content + "\n\n" + message.content)
+            else:
+                out.append(message)
+        return Conversation(tuple(out))
+
     def transcript(self, user: str = "User", assistant: str = "Assistant") -> str:
         """The conversation as plain text, one ``Name: content`` line per message."""
         names = {"user": user, "assistant": assistant, "system": "System"}

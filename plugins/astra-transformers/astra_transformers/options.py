@@ -108,6 +108,6 @@ class TransformersOptions(BaseModel):
     def _chat_options_need_chat_mode(self) -> TransformersOptions:
         if self.system_prompt is not None and not self.target_chat:
             raise ValueError("system_prompt needs target_chat = true (a plain-text target has no system prompt)")
-        if "tester_instruction" in self.model_fields_set and not self.tester_chat:
+        if self.tester_instruction != DEFAULT_INSTRUCTION and not self.tester_chat:
             raise ValueError("tester_instruction needs tester_chat = true (a base-LM tester continues a transcript)")
         return self

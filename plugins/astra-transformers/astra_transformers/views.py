@@ -167,18 +167,6 @@ class ChatTemplate:
         return None
 
 
-def merged(messages: Sequence[Message]) -> list[Message]:
-    """Consecutive messages of one role joined into one (a blank line between): some templates
-    reject two user turns in a row, and a conversation opened by a user prompt has them."""
-    out: list[Message] = []
-    for message in messages:
-        if out and out[-1].role == message.role:
-            out[-1] = Message(message.role, out[-1].content + "\n\n" + message.content)
-        else:
-            out.append(message)
-    return out
-
-
 class ChatView:
     """The target's chat template over a conversation (see the module doc)."""
 
@@ -198,7 +186,7 @@ class ChatView:
 
     def _messages(self, turns: Sequence[Message]) -> list[dict[str, str]]:
         head = [{"role": "system", "content": self.system_prompt}] if self.system_prompt is not None else []
-        return head + [{"role": m.role, "content": m.content} for m in merged(turns)]
+        return head + Conversation(tuple(turns)).merged().as_dicts()
 
     def _suffix_tokens(self) -> int:
         text = self.template.render(self._messages([Message("user", _SENTINEL)]))
