@@ -384,6 +384,11 @@ class _ModelsSystem(Generic[S]):
         `lora` only the adapter's (the base model's weights are frozen)."""
         return (p for p in self._tester.module.parameters() if p.requires_grad)
 
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """`parameters` by name (``tester.`` + the model's own names), so a checkpoint stores
+        the tester's weights by name and loads them into a system built alone."""
+        return ((name, p) for name, p in self._tester.module.named_parameters(prefix="tester") if p.requires_grad)
+
     def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
         """Write the tester and its tokenizer so ``AutoModelForCausalLM.from_pretrained(directory)``
         (and this system's ``model=directory``) load it. A LoRA tester writes only its adapter
