@@ -25,7 +25,6 @@ from astra_core.graph import Graph, Node
 from astra_core.hooks import hookimpl, hookspec
 from astra_core.protocols import (
     Algorithm,
-    BatchedSampler,
     Callback,
     ComparingEvaluator,
     EvaluationReport,
@@ -39,6 +38,7 @@ from astra_core.protocols import (
     TreeSampler,
 )
 from astra_core.registry import ComponentInfo, Provider, Registrar, Registries, Registry
+from astra_core.turns import Reads, TextScorer, Turn, text_scorer
 
 if TYPE_CHECKING:
     from astra_core.callbacks import BaseCallback
@@ -65,7 +65,6 @@ __all__ = [
     "Algorithm",
     "AstraError",
     "BaseCallback",
-    "BatchedSampler",
     "Callback",
     "CheckpointError",
     "ComparingEvaluator",
@@ -84,6 +83,7 @@ __all__ = [
     "OptionsError",
     "PluginLoadError",
     "Provider",
+    "Reads",
     "Registrar",
     "Registries",
     "Registry",
@@ -91,14 +91,17 @@ __all__ = [
     "Sampler",
     "Scorer",
     "System",
+    "TextScorer",
     "Trainer",
     "TrainerView",
     "TrainingConfiguration",
     "TrainingError",
     "TreeSampler",
+    "Turn",
     "UnknownComponentError",
     "hookimpl",
     "hookspec",
     "load_run_file",
     "seed_everything",
+    "text_scorer",
 ]

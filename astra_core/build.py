@@ -1,7 +1,8 @@
 """Run config -> live components, in dependency order.
 
 `resolve` looks every name up and validates every option set without building anything heavy;
-`build` then constructs scorer -> system -> sampler and algorithm -> evaluator and callbacks.
+`build` then constructs scorer, system -> sampler(system, scorer) and algorithm(system) ->
+evaluator(sampler), and the callbacks.
 
 Plugins are checked at both edges: `ComponentInfo.build` names the plugin whose factory raises or
 returns something that is not a component of its kind, and `build` guards the outputs the rest
@@ -107,7 +108,6 @@ class BuiltRun:
 _REQUIRED: dict[str, tuple[str, ...]] = {
     "scorer": ("score",),
     "system": (
-        "scorer",
         "tester_logprobs",
         "baseline_logprobs",
         "target_logprobs",
@@ -115,8 +115,8 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
         "rollout_target",
         "parameters",
     ),
-    "sampler": ("system", "rollout"),
-    "algorithm": ("flatten", "collate_fn", "step", "parameters"),
+    "sampler": ("system", "scorer", "rollouts", "eval_rollouts"),
+    "algorithm": ("flatten", "collate_fn", "loss", "parameters"),
     "evaluator": ("evaluate",),
 }
 _LOGPROB_METHODS = ("tester_logprobs", "baseline_logprobs", "target_logprobs")
@@ -223,7 +223,7 @@ def guard_system(system: Any, label: str) -> None:
 
 
 def guard_sampler(sampler: Any, label: str) -> None:
-    """Check that a batched sampler's ``rollouts(count)`` returns `count` episodes (see `guard_system`)."""
+    """Check that a sampler's ``rollouts(count)`` returns `count` episodes (see `guard_system`)."""
     _install_check(sampler, "rollouts", _check_rollouts(label))
 
 
@@ -237,9 +237,9 @@ def build(run: ResolvedRun, *, with_evaluator: bool = True) -> BuiltRun:
     """
     parts = run.components
     scorer = _build(parts["scorer"])
-    system = _build(parts["system"], scorer)
+    system = _build(parts["system"])
     guard_system(system, _label(parts["system"]))
-    sampler = _build(parts["sampler"], system)
+    sampler = _build(parts["sampler"], system, scorer)
     guard_sampler(sampler, _label(parts["sampler"]))
     algorithm = _build(parts["algorithm"], system)
     evaluator = None

@@ -15,8 +15,9 @@ optimizer  ``factory(params, lr=lr, **options)``  ``torch.optim.AdamW``
 scheduler  ``factory(optimizer, total_steps=n,    ``astra_core.optim:cosine``
            **options)``
 scorer     ``factory(**options)``                 ``astra_scorers.keyword:KeywordScorer``
-system     ``factory(scorer, **options)``
-sampler    ``factory(system, **options)``
+system     ``factory(**options)``
+sampler    ``factory(system, scorer,
+           **options)``
 algorithm  ``factory(system, **options)``
 evaluator  ``factory(sampler, **options)``
 callback   ``factory(**options)``
@@ -52,8 +53,8 @@ _DEPENDENCIES: dict[str, int] = {
     "optimizer": 1,
     "scheduler": 1,
     "scorer": 0,
-    "system": 1,
-    "sampler": 1,
+    "system": 0,
+    "sampler": 2,
     "algorithm": 1,
     "evaluator": 1,
     "callback": 0,
@@ -353,7 +354,7 @@ class Registrar:
         summary: str = "",
         aliases: Sequence[str] = (),
     ) -> None:
-        """Register a system: ``factory(scorer, **options)``."""
+        """Register a system: ``factory(**options)``."""
         self.add("system", name, factory, options=options, summary=summary, aliases=aliases)
 
     def sampler(
@@ -365,7 +366,7 @@ class Registrar:
         summary: str = "",
         aliases: Sequence[str] = (),
     ) -> None:
-        """Register a sampler: ``factory(system, **options)``."""
+        """Register a sampler: ``factory(system, scorer, **options)``."""
         self.add("sampler", name, factory, options=options, summary=summary, aliases=aliases)
 
     def algorithm(

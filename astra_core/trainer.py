@@ -1,8 +1,9 @@
 """The Trainer: the optimisation loop over experiences.
 
 One training step = one experience (``num_episodes_per_experience`` rollouts) and every update
-over it: batches of ``batch_size`` steps, ``gradient_accumulation_steps`` batches per optimizer
-update (a short last group is applied, not dropped), gradient clipping, then one scheduler step.
+over it: batches of ``batch_size`` training examples, ``gradient_accumulation_steps`` batches per
+optimizer update (a short last group is applied, not dropped), gradient clipping, then one
+scheduler step.
 
 Seeding: the Trainer calls `seed_everything` with ``training.seed`` in its constructor, which is
 *after* the sampler, system and algorithm were built. Anything they initialise at random (a value
@@ -53,7 +54,7 @@ from astra_core.protocols import (
     TreeSampler,
 )
 from astra_core.registry import Registries
-from astra_core.types import ActionT, BatchT, StateT, StepT, json_safe
+from astra_core.types import ActionT, BatchT, ExampleT, StateT, json_safe
 
 log = logging.getLogger(__name__)
 
@@ -133,14 +134,14 @@ def _check_accumulation_fits(config: TrainingConfiguration, sampler: object, alg
         )
 
 
-class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
+class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
     """Trains the tester of `sampler.system` with `algorithm`, as `config` says."""
 
     def __init__(
         self,
         config: TrainingConfiguration,
         sampler: Sampler[StateT, ActionT],
-        algorithm: Algorithm[StateT, ActionT, StepT, BatchT],
+        algorithm: Algorithm[StateT, ActionT, ExampleT, BatchT],
         *,
         evaluator: Evaluator | None = None,
         callbacks: Sequence[Callback] = (),
@@ -164,7 +165,7 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
             )
         _, episodes = distributed.share(config.num_episodes_per_experience, self.rank, self.world_size)
         seed_everything(config.seed)
-        self.harness: Harness[StateT, ActionT, StepT, BatchT] = Harness(
+        self.harness: Harness[StateT, ActionT, ExampleT, BatchT] = Harness(
             sampler,
             algorithm,
             episodes,
@@ -220,7 +221,7 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         return self.harness.sampler
 
     @property
-    def algorithm(self) -> Algorithm[StateT, ActionT, StepT, BatchT]:
+    def algorithm(self) -> Algorithm[StateT, ActionT, ExampleT, BatchT]:
         return self.harness.algorithm
 
     # --- the loop -----------------------------------------------------------------------------
@@ -320,7 +321,7 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
         algorithm = self.harness.algorithm
         return algorithm.epochs_per_experience if isinstance(algorithm, MultiEpochAlgorithm) else 1
 
-    def _update_over(self, loader: DataLoader[StepT], stats: _StepStats, groups: int) -> None:
+    def _update_over(self, loader: DataLoader[ExampleT], stats: _StepStats, groups: int) -> None:
         """Every optimizer update over one experience: groups of `gradient_accumulation_steps`
         batches (across all epochs), the last group possibly shorter; then, when distributed,
         empty updates until `groups` (the most any rank takes), so every rank steps alike."""
@@ -334,13 +335,13 @@ class Trainer(Generic[StateT, ActionT, StepT, BatchT]):
             for batch in loader:
                 group_start = index - index % accumulation
                 group_size = min(accumulation, total - group_start)
-                loss, step_logs = self.harness.step(batch)
+                loss, batch_logs = self.harness.loss(batch)
                 if bool(torch.isfinite(loss).all()):
                     # Dividing by the group's own size makes the update the one of the group's mean
                     # loss, for a short last group too.
                     torch.autograd.backward(loss / group_size)
                     stats.losses.append(float(loss.detach()))
-                    for key, value in step_logs.items():
+                    for key, value in batch_logs.items():
                         stats.algorithm_logs.setdefault(key, []).append(float(value))
                 else:
                     finite = False

@@ -93,7 +93,7 @@ def build_trainer(settings: Settings, mode: str) -> Any:
     built = build(resolved, with_evaluator=False)
     sampler = built.sampler
     if mode == "per-node":
-        sampler = PerNodeSampler(built.system, **resolved.components["sampler"].options.model_dump())
+        sampler = PerNodeSampler(built.system, built.scorer, **resolved.components["sampler"].options.model_dump())
     return Trainer(config.training, sampler, built.algorithm, resolved_config=resolved.describe())
 
 
@@ -134,7 +134,7 @@ def measure(settings: Settings, mode: str) -> dict[str, Any]:
     budgets = (getattr(system, "tester_context_tokens", None), getattr(system, "target_context_tokens", None))
     steps: list[dict[str, Any]] = []
     with Recorder() as recorder:
-        recorder.watch_system(system)
+        recorder.watch_system(system, trainer.sampler.scorer)
         recorder.watch_optimizer(trainer.optimizer)
         recorder.watch_backward()
         for index in range(WARMUP_STEPS + settings.steps):

@@ -219,9 +219,9 @@ def test_resume_into_a_different_model_is_refused(kit: Kit, tmp_path: Path) -> N
     from astra_core.testing.toy import ToySampler, ToyScorer, ToySystem
 
     trained(kit, tmp_path, 1)
-    system = ToySystem(ToyScorer(), probe_length=4)
+    system = ToySystem(probe_length=4)
     parts = kit.parts()
-    parts.system, parts.sampler, parts.algorithm = system, ToySampler(system), kit.ToyDPO(system)
+    parts.system, parts.sampler, parts.algorithm = system, ToySampler(system, ToyScorer()), kit.ToyDPO(system)
     trainer = kit.trainer(kit.config(training_steps=1, output_dir=str(tmp_path)), parts)
     with pytest.raises(CheckpointError, match="different model"):
         trainer.resume()

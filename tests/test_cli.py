@@ -48,13 +48,13 @@ class PolicyGradient:
     def __init__(self, system: ToySystem) -> None:
         self.system = system
 
-    def flatten(self, graph: Graph[str, str]) -> list[tuple[str, str, float]]:
-        return [(node.context, node.probe, node.reward) for node in graph.nodes()]
+    def flatten(self, graphs: Sequence[Graph[str, str]]) -> list[tuple[str, str, float]]:
+        return [(node.context, node.probe, node.reward) for graph in graphs for node in graph.nodes()]
 
-    def collate_fn(self, steps: Sequence[tuple[str, str, float]]) -> list[tuple[str, str, float]]:
-        return list(steps)
+    def collate_fn(self, examples: Sequence[tuple[str, str, float]]) -> list[tuple[str, str, float]]:
+        return list(examples)
 
-    def step(self, batch: list[tuple[str, str, float]]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: list[tuple[str, str, float]]) -> tuple[torch.Tensor, dict[str, float]]:
         contexts, probes, rewards = zip(*batch, strict=True)
         logprobs = self.system.tester_logprobs(list(contexts), list(probes))
         reward = torch.tensor(rewards)
@@ -79,7 +79,7 @@ class ToyEvaluator:
         self.num_prompts = num_prompts
 
     def evaluate(self) -> EvaluationReport:
-        graphs = [self.sampler.eval_rollout(p) for p in OPENERS[: self.num_prompts]]
+        graphs = self.sampler.eval_rollouts(OPENERS[: self.num_prompts])
         rewards = [node.reward for graph in graphs for node in graph.nodes()]
         weight_sum = float(sum(p.detach().sum() for p in self.sampler.system.parameters()))
         metrics = {"mean_reward": sum(rewards) / len(rewards), "weight_sum": weight_sum}

@@ -281,9 +281,9 @@ def test_the_trainer_finds_an_in_process_plugins_optimizer_by_name() -> None:
             registrar.optimizer("plain-sgd", "torch.optim:SGD", options="astra_core.optim:SGDOptions")
 
     registries = discover(extra=[("optimizers", Optimizers())]).registries
-    system = ToySystem(ToyScorer())
+    system = ToySystem()
     config = TrainingConfiguration(training_steps=1, num_episodes_per_experience=2, optimizer="plain-sgd")
-    trainer = Trainer(config, ToySampler(system), Reinforce(system), registries=registries)
+    trainer = Trainer(config, ToySampler(system, ToyScorer()), Reinforce(system), registries=registries)
     assert type(trainer.optimizer).__name__ == "SGD"
 
 

@@ -46,12 +46,12 @@ class Plugin:
             )
 
 
-def make_sampler(system: object, depth: int = 2, label: str = "chain") -> dict[str, Any]:
+def make_sampler(system: object, scorer: object, depth: int = 2, label: str = "chain") -> dict[str, Any]:
     """A stand-in factory whose typed signature is its options model."""
     return {"system": system, "depth": depth, "label": label}
 
 
-def needs_width(system: object, width: int) -> int:
+def needs_width(system: object, scorer: object, width: int) -> int:
     return width
 
 
@@ -210,13 +210,14 @@ def test_options_errors_from_a_run_file_name_the_component() -> None:
 
 def test_options_come_from_the_typed_signature_when_no_model_is_given(registries: Registries) -> None:
     info = registries.get("sampler", "chain-sampler")
-    assert set(info.options_model().model_fields) == {"depth", "label"}  # not `system`: a dependency
+    assert set(info.options_model().model_fields) == {"depth", "label"}  # not `system`, `scorer`: dependencies
     assert info.validate({"depth": "4"}).model_dump() == {"depth": 4, "label": "chain"}
     with pytest.raises(OptionsError, match=r"sampler 'chain-sampler'.*depth"):
         info.validate({"depth": "deep"})
     with pytest.raises(OptionsError, match="unknown option 'width'"):
         info.validate({"width": 2})
-    assert info.build("the system", options={"depth": 5}) == {"system": "the system", "depth": 5, "label": "chain"}
+    built = info.build("the system", "the scorer", options={"depth": 5})
+    assert built == {"system": "the system", "depth": 5, "label": "chain"}
 
 
 def test_a_signature_option_without_default_is_required(registries: Registries) -> None:
@@ -239,12 +240,12 @@ def test_injected_arguments_are_not_options() -> None:
 
 
 def test_a_factory_that_raises_is_reported_with_component_and_options() -> None:
-    def exploding(system: object, depth: int = 1) -> None:
+    def exploding(system: object, scorer: object, depth: int = 1) -> None:
         raise RuntimeError("no GPU here")
 
     info = with_plugins(("boom", Plugin(("sampler", "exploding", exploding)))).registries.get("sampler", "exploding")
     with pytest.raises(ComponentBuildError, match=r"sampler 'exploding' \(plugin boom .*\{'depth': 3\}.*no GPU here"):
-        info.build(None, options={"depth": 3})
+        info.build(None, None, options={"depth": 3})
 
 
 def test_a_lazy_factory_that_cannot_be_imported_names_the_plugin_and_the_path() -> None:

@@ -55,26 +55,26 @@ PROBES = ["bad day ok", "hate awful stupid"]
 # --- faulty components: each breaks one contract ------------------------------------------------
 
 
-def exploding_system(scorer: Any, probe_length: int = 3, seed: int = 0) -> ToySystem:
+def exploding_system(probe_length: int = 3, seed: int = 0) -> ToySystem:
     raise RuntimeError("no GPU here")
 
 
-def no_sampler(system: Any, tree_width: int = 2, tree_depth: int = 2) -> None:
+def no_sampler(system: Any, scorer: Any, tree_width: int = 2, tree_depth: int = 2) -> None:
     return None  # forgot the return statement
 
 
 class ShortScorer(ToyScorer):
     """One score too few."""
 
-    def score(self, items: Sequence[str]) -> list[float]:
-        return super().score(items)[:-1]
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
+        return super().score_texts(texts)[:-1]
 
 
 class LoudScorer(ToyScorer):
     """Scores outside [0, 1]."""
 
-    def score(self, items: Sequence[str]) -> list[float]:
-        return [1.5 for _ in items]
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
+        return [1.5 for _ in texts]
 
 
 class ColumnSystem(ToySystem):
@@ -438,7 +438,8 @@ def test_a_factory_returning_no_component_is_a_build_error_naming_what_it_lacks(
     path = run_file(tmp_path, {'sampler = "toy"': 'sampler = "no-sampler"'})
     assert main(["train", str(path), "--output", str(tmp_path / "run")]) == 2
     line = one_error_line(capsys)
-    assert f"sampler 'no-sampler' (plugin {plugin(faulty)}) built a NoneType that lacks system, rollout" in line
+    expected = f"sampler 'no-sampler' (plugin {plugin(faulty)}) built a NoneType that lacks system, scorer, rollouts"
+    assert expected in line
 
 
 def test_a_build_error_is_a_component_build_error_in_the_library_too(faulty: Any) -> None:
@@ -448,7 +449,7 @@ def test_a_build_error_is_a_component_build_error_in_the_library_too(faulty: Any
     config = parse_run_config(
         {"system": "toy", "scorer": "toy", "sampler": "no-sampler", "algorithm": "test-pg", "evaluator": "none"}
     )
-    with pytest.raises(ComponentBuildError, match="lacks system, rollout"):
+    with pytest.raises(ComponentBuildError, match="lacks system, scorer, rollouts"):
         build(resolve(config, faulty.registries))
 
 
@@ -484,12 +485,12 @@ def test_a_plugin_breaking_its_contract_at_run_time_is_one_line_naming_it(
 
 
 def test_the_logprob_guard_passes_good_output_and_names_bad_output() -> None:
-    system = ToySystem(ToyScorer())
+    system = ToySystem()
     guard_system(system, "system 'toy' (plugin core)")
     good = system.tester_logprobs(["hello", "nice"], PROBES)
     assert good.shape == (2,) and good.requires_grad
     assert len(system.rollout_tester(["a", "b", "c"])) == 3
-    column = ColumnSystem(ToyScorer())
+    column = ColumnSystem()
     guard_system(column, "system 'column' (plugin test)")
     guard_system(column, "system 'column' (plugin test)")
     assert not hasattr(vars(column)["tester_logprobs"].__wrapped__, "__astra_checked__")  # guarding twice wraps once
@@ -501,13 +502,13 @@ def test_the_logprob_guard_passes_good_output_and_names_bad_output() -> None:
 
 
 def test_the_rollout_guard_names_a_sampler_returning_too_few_episodes() -> None:
-    sampler = ShortSampler(ToySystem(ToyScorer()))
+    sampler = ShortSampler(ToySystem(), ToyScorer())
     guard_sampler(sampler, "sampler 'short' (plugin test)")
     with pytest.raises(ComponentContractError, match=r"rollouts\(3\) returned 2 episodes"):
         sampler.rollouts(3)
 
 
 def test_scorer_errors_keep_their_type_in_the_library(faulty: Any) -> None:
-    sampler = ToySampler(ToySystem(ShortScorer()))
+    sampler = ToySampler(ToySystem(), ShortScorer())
     with pytest.raises(ScorerError, match="scorer ShortScorer returned"):
         sampler.rollouts(2)

@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from astra_core.errors import ComponentBuildError, ConfigError
+from astra_core.turns import TextScorer
 from astra_scorers._extras import missing_extra
 
 # Detoxify's own renaming of its checkpoints' class names.
 _STANDARD_NAMES = {"toxic": "toxicity", "identity_hate": "identity_attack", "severe_toxic": "severe_toxicity"}
 
 
-class DetoxifyScorer:
+class DetoxifyScorer(TextScorer):
     """The Detoxify `label` output ("toxicity" by default) for each text, in batches.
 
     Needs ``pip install 'astra-scorers[detoxify]'``. Weights come from `checkpoint` (a local
@@ -57,7 +58,7 @@ class DetoxifyScorer:
             )
         self._column = list(self.class_names).index(label)
 
-    def score(self, items: Sequence[str]) -> list[float]:
+    def score_texts(self, items: Sequence[str]) -> list[float]:
         """One score in [0, 1] per text: the classifier's sigmoid output for `label`."""
         import torch
 

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
+from astra_core.turns import Turn
 
-class TurnLike(Protocol):
-    """A turn to score (`astra_core.turns.Turn` is one): context, probe, response or None."""
-
-    @property
-    def context(self) -> Any: ...
-
-    @property
-    def probe(self) -> str: ...
-
-    @property
-    def response(self) -> str | None: ...
+TurnLike = Turn[Any, str]
+"""A turn as the context-aware scorers read it: any context (a string or a `Conversation`), a
+text probe, a text response or None."""
 
 
 def context_messages(context: Any) -> list[dict[str, Any]]:

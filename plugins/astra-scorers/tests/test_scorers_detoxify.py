@@ -70,10 +70,10 @@ def test_the_offline_recipe_loads_with_the_hub_off_and_scores_batches_of_one(
     checkpoint, base = offline_checkpoint
     scorer = DetoxifyScorer(checkpoint=checkpoint, huggingface_config_path=base, label="insult", batch_size=2)
     texts = ["you are an idiot", "have a nice day", "idiot"]
-    scores = scorer.score(texts)
+    scores = scorer.score_texts(texts)
     assert len(scores) == 3 and all(0.0 <= s <= 1.0 for s in scores)
-    assert scorer.score(texts[:1]) == pytest.approx(scores[:1], abs=1e-6)  # a batch of one is a list of one
-    assert scorer.score([]) == []
+    assert scorer.score_texts(texts[:1]) == pytest.approx(scores[:1], abs=1e-6)  # a batch of one is a list of one
+    assert scorer.score_texts([]) == []
     # By hand: the classifier's sigmoid output for the label's column, each text alone.
     inputs = scorer.tokenizer(texts[1], return_tensors="pt")
     with torch.no_grad():

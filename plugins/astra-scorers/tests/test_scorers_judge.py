@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ import pytest
 
 from astra_core.chat import Conversation
 from astra_core.errors import ComponentBuildError
+from astra_core.turns import Turn
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("astra_transformers")
@@ -17,13 +17,6 @@ pytest.importorskip("astra_transformers")
 from astra_scorers.judge import JudgeScorer  # noqa: E402
 from astra_scorers.verdict import VerdictMassError  # noqa: E402
 from astra_transformers.testing import build_tiny_llama  # noqa: E402
-
-
-@dataclass(frozen=True)
-class Turn:
-    context: Any
-    probe: str
-    response: str | None = None
 
 
 TURNS = [

@@ -9,7 +9,6 @@ whose verdict tokens carry almost none, shows the scorer failing loudly.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 
 from astra_core.chat import Conversation
 from astra_core.errors import ComponentBuildError
+from astra_core.turns import Turn
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -36,13 +36,6 @@ GUARD_TEMPLATE = (
     "<|start_header_id|>assistant<|end_header_id|>\n\n"
 )
 """Llama Guard 3's template in short: the last message's role decides what is classified."""
-
-
-@dataclass(frozen=True)
-class Turn:
-    context: Any
-    probe: str
-    response: str | None = None
 
 
 HARMFUL = Turn("", "Tell me a story", "I will hurt you and your dog")

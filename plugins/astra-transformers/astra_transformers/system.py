@@ -14,8 +14,7 @@ Two modes, chosen by the options (`transformers_system` builds the right one):
 
 Generated continuations are cut from the generated ids by token position, then decoded.
 
->>> from astra_core.testing.toy import ToyScorer
->>> system = TransformersSystem(ToyScorer(), probe_tokens=8)   # the embedded tiny GPT-2
+>>> system = TransformersSystem(probe_tokens=8)   # the embedded tiny GPT-2
 >>> len(system.rollout_tester(["Hi there.", "How was the movie?"]))
 2
 """
@@ -38,7 +37,7 @@ from transformers.utils import logging as _hf_logging
 
 from astra_core.chat import Conversation
 from astra_core.errors import ComponentBuildError, ConfigError, OptionsError
-from astra_core.protocols import Reduction, Scorer
+from astra_core.protocols import Reduction
 from astra_transformers import TINY_MODEL_DIR
 from astra_transformers.generation import Decoder, PrefixStore, Sampling, sample
 from astra_transformers.logprobs import LogprobMemo, length_buckets
@@ -226,13 +225,13 @@ def _validated(options: dict[str, Any]) -> TransformersOptions:
         raise OptionsError("system", "transformers", problems) from None
 
 
-def transformers_system(scorer: Scorer[Any, Any], **options: Any) -> TransformersSystem | ChatTransformersSystem:
+def transformers_system(**options: Any) -> TransformersSystem | ChatTransformersSystem:
     """The registered factory: `ChatTransformersSystem` when ``target_chat`` or ``tester_chat``
     is set, else the plain-text `TransformersSystem`."""
     opts = _validated(options)
     if opts.target_chat or opts.tester_chat:
-        return ChatTransformersSystem(scorer, **options)
-    return TransformersSystem(scorer, **options)
+        return ChatTransformersSystem(**options)
+    return TransformersSystem(**options)
 
 
 class _ModelsSystem(Generic[S]):
@@ -256,10 +255,9 @@ class _ModelsSystem(Generic[S]):
     torch's thread count for the models' size (see `tune_threads`).
     """
 
-    def __init__(self, scorer: Scorer[S, str], **options: Any) -> None:
+    def __init__(self, **options: Any) -> None:
         self.options = _validated(options)
         opts = self.options
-        self.scorer = scorer
         self.generate_calls = 0
         tester_dtype = resolve_dtype(opts.tester_dtype or opts.dtype)
         target_dtype = resolve_dtype(opts.target_dtype or opts.dtype)
@@ -738,14 +736,13 @@ class _ModelsSystem(Generic[S]):
 class TransformersSystem(_ModelsSystem[str]):
     """The plain-text mode: states are strings that each model continues as they are.
 
-    >>> from astra_core.testing.toy import ToyScorer
-    >>> system = TransformersSystem(ToyScorer(), probe_tokens=8)   # the embedded tiny GPT-2
+    >>> system = TransformersSystem(probe_tokens=8)   # the embedded tiny GPT-2
     >>> len(system.rollout_tester(["Hi there.", "How was the movie?"]))
     2
     """
 
-    def __init__(self, scorer: Scorer[str, str], **options: Any) -> None:
-        super().__init__(scorer, **options)
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
 
     def _views(self) -> tuple[View[str], View[str]]:
         if self.options.target_chat or self.options.tester_chat:
@@ -777,8 +774,8 @@ class ChatTransformersSystem(_ModelsSystem[Conversation]):
     a conversation loses its oldest whole turns; a system prompt always stays.
     """
 
-    def __init__(self, scorer: Scorer[Conversation, str], **options: Any) -> None:
-        super().__init__(scorer, **options)
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
 
     def _views(self) -> tuple[View[Conversation], View[Conversation]]:
         opts = self.options

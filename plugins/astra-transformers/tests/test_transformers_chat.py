@@ -10,7 +10,6 @@ import torch
 
 from astra_core.chat import Conversation, Message
 from astra_core.errors import ConfigError, OptionsError
-from astra_core.testing.toy import ToyScorer
 from astra_transformers.system import ChatTransformersSystem, TransformersSystem, transformers_system
 from astra_transformers.testing import build_tiny_llama
 
@@ -33,7 +32,7 @@ def chat_system(llama: Path, **options: Any) -> ChatTransformersSystem:
         "response_tokens": 6,
     }
     settings.update(options)
-    system = transformers_system(ToyScorer(), **settings)
+    system = transformers_system(**settings)
     assert isinstance(system, ChatTransformersSystem)
     return system
 
@@ -55,7 +54,7 @@ def with_system(conversation: Conversation) -> list[dict[str, str]]:
 
 
 def test_the_factory_builds_chat_mode_only_when_asked(llama: Path) -> None:
-    assert isinstance(transformers_system(ToyScorer(), probe_tokens=4), TransformersSystem)
+    assert isinstance(transformers_system(probe_tokens=4), TransformersSystem)
     assert isinstance(chat_system(llama), ChatTransformersSystem)
 
 
@@ -220,10 +219,10 @@ def test_join_advance_and_opening_build_messages(chat: ChatTransformersSystem) -
 
 def test_chat_mode_without_a_chat_template_is_a_one_line_error() -> None:
     with pytest.raises(ConfigError, match="no chat template") as error:
-        transformers_system(ToyScorer(), target_chat=True, probe_tokens=4)
+        transformers_system(target_chat=True, probe_tokens=4)
     assert "\n" not in str(error.value)
 
 
 def test_chat_options_without_chat_mode_are_rejected() -> None:
     with pytest.raises(OptionsError, match="system_prompt needs target_chat"):
-        transformers_system(ToyScorer(), system_prompt="Be nice.")
+        transformers_system(system_prompt="Be nice.")

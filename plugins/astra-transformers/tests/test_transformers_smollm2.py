@@ -11,7 +11,6 @@ import torch
 
 from astra_core.chat import Conversation
 from astra_core.errors import ComponentBuildError
-from astra_core.testing.toy import ToyScorer
 from astra_transformers import smollm2
 
 
@@ -78,7 +77,6 @@ def test_smollm2_answers_in_chat_mode_offline_token_exact() -> None:
     from astra_transformers.system import ChatTransformersSystem, transformers_system
 
     system = transformers_system(
-        ToyScorer(),
         model="tiny",
         target=smollm2.SMOLLM2_NAME,
         target_chat=True,
