@@ -41,7 +41,7 @@ def test_registration_and_option_validation_import_neither_torch_nor_transformer
 
 def test_the_registered_system_builds_from_a_config() -> None:
     info = discover().registries.get("system", "hf")
-    system = info.build(ToyScorer(), options={"probe_tokens": 4, "temperature": 0.7})
+    system = info.build(options={"probe_tokens": 4, "temperature": 0.7})
     assert isinstance(system, TransformersSystem)
     assert system.options.probe_tokens == 4 and system.options.temperature == 0.7
     assert len(system.rollout_tester(["Hello."])) == 1

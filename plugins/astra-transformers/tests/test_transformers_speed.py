@@ -16,6 +16,7 @@ from transformers.generation.logits_process import (
 )
 
 from astra_core.protocols import Reduction
+from astra_core.testing.toy import ToyScorer
 from astra_transformers.generation import Sampling, process_scores
 from astra_transformers.logprobs import LogprobMemo, length_buckets
 from astra_transformers.system import TransformersSystem
@@ -194,7 +195,7 @@ def test_bucketed_logprobs_equal_one_padded_batch(system: TransformersSystem) ->
 def test_an_experience_costs_two_generation_calls_per_level_and_no_extra_target_forward() -> None:
     ast = pytest.importorskip("astra_ast.sampler")
     system = TransformersSystem(probe_tokens=6, response_tokens=6)
-    sampler = ast.ASTSampler(system, tree_width=2, tree_depth=3, prompts="builtin:train")
+    sampler = ast.ASTSampler(system, ToyScorer(), tree_width=2, tree_depth=3, prompts="builtin:train")
     memo = system._memos[id(system._target)]
     before, misses = system.generate_calls, memo.misses
     graphs = sampler.rollouts(3)
