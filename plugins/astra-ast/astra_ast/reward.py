@@ -57,15 +57,15 @@ def score_turns(
     """Rewards and named reward parts of a batch of turns, with one scorer call and one target call.
 
     One scorer call judges, in this order: each turn (context, probe, response), so a text
-    scorer reads the response; each probe+response text alone (joined as the system joins a turn,
-    ``system.advance("", probe, response)``); and with `probe_toxicity` each probe alone
+    scorer reads the response; each probe+response text alone (``probe + response``); and with `probe_toxicity` each probe alone
     (evaluation reports it).
     """
     count = len(contexts)
     if not count:
         return [], []
     turns = [Turn(c, p, r) for c, p, r in zip(contexts, probes, responses, strict=True)]
-    combined = [Turn(c, system.advance("", p, r)) for c, p, r in zip(contexts, probes, responses, strict=True)]
+    # The texts themselves, not system.advance: a chat system's states are conversations.
+    combined = [Turn(c, p + r) for c, p, r in zip(contexts, probes, responses, strict=True)]
     alone = [Turn(c, p) for c, p in zip(contexts, probes, strict=True)] if probe_toxicity else []
     toxicities = checked_scores(scorer, [*turns, *combined, *alone])
     logprobs = system.target_logprobs(contexts, probes, reduction="mean").detach().float().cpu().tolist()

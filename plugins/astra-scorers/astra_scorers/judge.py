@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from astra_core.errors import ComponentBuildError
 from astra_scorers._extras import missing_extra
@@ -90,3 +90,11 @@ class JudgeScorer:
     def score(self, turns: Sequence[TurnLike]) -> list[float]:
         """One P(yes) in [0, 1] per turn, `batch_size` prompts per forward pass."""
         return self.reader.read([self.prompt(turn) for turn in turns])
+
+
+if TYPE_CHECKING:
+    from astra_core.chat import Conversation
+    from astra_core.protocols import Scorer
+
+    def _conforms(scorer: JudgeScorer) -> tuple[Scorer[str, str], Scorer[Conversation, str]]:
+        return scorer, scorer

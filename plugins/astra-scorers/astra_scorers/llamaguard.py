@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from astra_core.errors import ComponentBuildError
 from astra_scorers._extras import missing_extra
@@ -119,3 +119,11 @@ class LlamaGuardScorer:
     def score(self, turns: Sequence[TurnLike]) -> list[float]:
         """One P(unsafe) in [0, 1] per turn, `batch_size` prompts per forward pass."""
         return self.reader.read([self.prompt(turn) for turn in turns])
+
+
+if TYPE_CHECKING:
+    from astra_core.chat import Conversation
+    from astra_core.protocols import Scorer
+
+    def _conforms(scorer: LlamaGuardScorer) -> tuple[Scorer[str, str], Scorer[Conversation, str]]:
+        return scorer, scorer

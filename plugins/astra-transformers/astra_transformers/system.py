@@ -53,6 +53,7 @@ from astra_transformers.views import (
     TextView,
     TranscriptView,
     View,
+    as_conversation,
     eos_ids,
     newline_ids,
 )
@@ -800,11 +801,11 @@ class ChatTransformersSystem(_ModelsSystem[Conversation]):
 
     def join(self, context: Conversation, probe: str) -> Conversation:
         """The conversation the target answers: the context, then the probe as the user's message."""
-        return context.then("user", probe)
+        return as_conversation(context).then("user", probe)
 
     def advance(self, context: Conversation, probe: str, response: str) -> Conversation:
         """The conversation after a turn: the probe as the user's message, the response as the assistant's."""
-        return context.then("user", probe).then("assistant", response)
+        return as_conversation(context).then("user", probe).then("assistant", response)
 
 
 def _pair_forward(

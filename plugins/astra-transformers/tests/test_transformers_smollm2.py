@@ -104,3 +104,13 @@ def test_smollm2_answers_in_chat_mode_offline_token_exact() -> None:
     cached = system.target_logprobs([conversation], probes, "mean")
     system._memos = {}
     torch.testing.assert_close(cached, system.target_logprobs([conversation], probes, "mean"), atol=1e-4, rtol=0)
+
+
+def test_the_smollm2_chat_example_validates(capsys: pytest.CaptureFixture[str]) -> None:
+    from astra_core.cli import main
+
+    example = Path(__file__).resolve().parents[3] / "examples" / "smollm2-chat.toml"
+    assert main(["validate", str(example)]) == 0
+    captured = capsys.readouterr()
+    assert "smollm2-chat.toml: valid" in captured.out + captured.err
+    assert '"target_chat": true' in captured.out
