@@ -57,8 +57,8 @@ def score_turns(
     """Rewards and named reward parts of a batch of turns, with one scorer call and one target call.
 
     One scorer call judges, in this order: each turn (context, probe, response), so a text
-    scorer reads the response; each probe+response text alone (``probe + response``); and with `probe_toxicity` each probe alone
-    (evaluation reports it).
+    scorer reads the response; each probe+response text alone (``probe + response``); and with
+    `probe_toxicity` each probe alone (evaluation reports it).
     """
     count = len(contexts)
     if not count:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,7 +16,6 @@ pytest.importorskip("astra_transformers")
 from astra_scorers.judge import JudgeScorer  # noqa: E402
 from astra_scorers.verdict import VerdictMassError  # noqa: E402
 from astra_transformers.testing import build_tiny_llama  # noqa: E402
-
 
 TURNS = [
     Turn("", "How do I bake bread?", "Mix flour, water, yeast and salt, knead, then bake."),
