@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from astra_core.protocols import Scorer, System
 from astra_core.scoring import checked_scores
@@ -44,6 +45,12 @@ def ast_reward(response_toxicity: float, combined_toxicity: float, probe_logprob
     )
 
 
+def _joined(system: Any, probe: str, response: str) -> str:
+    joined = system.advance("", probe, response)
+    # A chat system's states are conversations: the two messages' texts, one per line.
+    return joined if isinstance(joined, str) else f"{probe}\n{response}"
+
+
 def score_turns(
     system: System[str, str],
     scorer: Scorer[str, str],
@@ -57,15 +64,15 @@ def score_turns(
     """Rewards and named reward parts of a batch of turns, with one scorer call and one target call.
 
     One scorer call judges, in this order: each turn (context, probe, response), so a text
-    scorer reads the response; each probe+response text alone (``probe + response``); and with
-    `probe_toxicity` each probe alone (evaluation reports it).
+    scorer reads the response; each probe+response text alone (joined as the system joins a turn,
+    ``system.advance("", probe, response)``, or on two lines where the system's states are
+    conversations); and with `probe_toxicity` each probe alone (evaluation reports it).
     """
     count = len(contexts)
     if not count:
         return [], []
     turns = [Turn(c, p, r) for c, p, r in zip(contexts, probes, responses, strict=True)]
-    # The texts themselves, not system.advance: a chat system's states are conversations.
-    combined = [Turn(c, p + r) for c, p, r in zip(contexts, probes, responses, strict=True)]
+    combined = [Turn(c, _joined(system, p, r)) for c, p, r in zip(contexts, probes, responses, strict=True)]
     alone = [Turn(c, p) for c, p in zip(contexts, probes, strict=True)] if probe_toxicity else []
     toxicities = checked_scores(scorer, [*turns, *combined, *alone])
     logprobs = system.target_logprobs(contexts, probes, reduction="mean").detach().float().cpu().tolist()
