@@ -63,9 +63,9 @@ def rollout_metrics(graphs: Sequence[Graph[Any, Any]]) -> dict[str, float]:
 class Harness(Generic[StateT, ActionT, ExampleT, BatchT]):
     """Connects a sampler to an algorithm: one experience in, batches of examples out::
 
-        harness = Harness(sampler, algorithm, num_episodes_per_experience=8, batch_size=16)
-        for batch in harness.experience(step=0):
-            loss, logs = harness.loss(batch)
+    harness = Harness(sampler, algorithm, num_episodes_per_experience=8, batch_size=16)
+    for batch in harness.experience(step=0):
+        loss, logs = harness.loss(batch)
     """
 
     def __init__(
@@ -115,7 +115,8 @@ class Harness(Generic[StateT, ActionT, ExampleT, BatchT]):
         self.last_metrics["train_examples"] = float(len(examples))
         if not examples:
             log.warning("experience at step %d produced no training examples; skipping its update", step)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        # Modulo 2**64: torch takes no larger seed (the same value as before for every seed < 2**44).
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + step) % 2**64)
         return DataLoader(
             _Examples(examples),
             batch_size=self.batch_size,

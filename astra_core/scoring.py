@@ -24,8 +24,10 @@ def checked_scores(scorer: Scorer[StateT, ActionT], items: Sequence[Turn[StateT,
     name = type(scorer).__name__
     scores = scorer.score(items)
     if len(scores) != len(items):
-        raise ScorerError(f"scorer {name} returned {len(scores)} scores for {len(items)} inputs; "
-                          f"a scorer must return exactly one score per input")
+        raise ScorerError(
+            f"scorer {name} returned {len(scores)} scores for {len(items)} inputs; "
+            f"a scorer must return exactly one score per input"
+        )
     checked = []
     for index, value in enumerate(scores):
         try:

@@ -83,18 +83,16 @@ def run_config(settings: Settings) -> Any:
 
 
 def build_trainer(settings: Settings, mode: str) -> Any:
-    """A seeded Trainer over the registries' components; `mode` ``per-node`` swaps in `PerNodeSampler`."""
-    from astra_core.build import build, resolve
-    from astra_core.trainer import Trainer, seed_everything
+    """The run's assembled Trainer; `mode` ``per-node`` swaps in `PerNodeSampler`."""
+    from astra_core.assembly import assemble
+    from astra_core.build import BuiltRun, resolve
 
-    config = run_config(settings)
-    resolved = resolve(config)
-    seed_everything(settings.seed)
-    built = build(resolved, with_evaluator=False)
-    sampler = built.sampler
-    if mode == "per-node":
-        sampler = PerNodeSampler(built.system, built.scorer, **resolved.components["sampler"].options.model_dump())
-    return Trainer(config.training, sampler, built.algorithm, resolved_config=resolved.describe())
+    resolved = resolve(run_config(settings))
+
+    def per_node(built: BuiltRun) -> PerNodeSampler:
+        return PerNodeSampler(built.system, built.scorer, **resolved.components["sampler"].options.model_dump())
+
+    return assemble(resolved, sampler=per_node if mode == "per-node" else None)
 
 
 def _token_counter(system: Any, attribute: str) -> Any:

@@ -351,10 +351,10 @@ def test_train_without_a_run_file_announces_the_builtin_default_first(
 
 
 def test_default_run_file_is_valid_when_its_plugins_are_installed(capsys: pytest.CaptureFixture[str]) -> None:
-    from astra_core.cli import _default_run_text, _parse_toml, _run_config
+    from astra_core.cli.common import default_run_text, parse_toml, run_config
 
-    text, source = _default_run_text()
-    config = _run_config(_parse_toml(text, source), source, {"output_dir": "runs/x"})
+    text, source = default_run_text()
+    config = run_config(parse_toml(text, source), source, {"output_dir": "runs/x"})
     assert (config.system.name, config.algorithm.name, config.training.eval_every) == ("transformers", "dpo", None)
     from astra_core.plugins import load_plugins
 
@@ -580,10 +580,10 @@ def _doc_run_files() -> list[tuple[str, str]]:
 def test_run_files_in_the_docs_validate(
     where: str, text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from astra_core.cli import _parse_toml, _run_config
+    from astra_core.cli.common import parse_toml, run_config
     from astra_core.plugins import load_plugins
 
-    config = _run_config(_parse_toml(text, where), where, {"output_dir": "runs/x"})
+    config = run_config(parse_toml(text, where), where, {"output_dir": "runs/x"})
     load_plugins.cache_clear()
     registries = load_plugins().registries
     kinds = ("scorer", "system", "sampler", "algorithm", "evaluator")

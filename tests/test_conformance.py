@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from astra_core import Graph, Node, Registrar, hookimpl
+from astra_core import Graph, Node, Registrar, hookimpl, kinds, testing
 from astra_core.plugins import discover
 from astra_core.protocols import Reduction
 from astra_core.testing import (
@@ -162,14 +162,14 @@ class PrivateGenerator(ToySystem):
         return [" ".join(words[(self.calls + i + j) % 4] for j in range(3)) for i in range(len(contexts))]
 
 
-class NoJoin:
-    """Everything but `join`."""
+class Without:
+    """Everything of `inner` but `member`."""
 
-    def __init__(self, inner: ToySystem) -> None:
-        self.inner = inner
+    def __init__(self, inner: object, member: str) -> None:
+        self.inner, self.member = inner, member
 
     def __getattr__(self, name: str) -> Any:
-        if name == "join":
+        if name == self.member:
             raise AttributeError(name)
         return getattr(self.inner, name)
 
@@ -198,7 +198,7 @@ def test_broken_system_fails_with_its_contract(
 
 def test_system_without_a_method_fails_the_protocol(system: ToySystem) -> None:
     with broken("protocol", "'join'"):
-        check_system(NoJoin(system), CONTEXTS, PROBES)
+        check_system(Without(system, "join"), CONTEXTS, PROBES)
 
 
 def test_system_check_rejects_unequal_inputs(system: ToySystem) -> None:
@@ -498,3 +498,35 @@ def test_optimizer_options_reach_the_factory() -> None:
     check_optimizer(torch.optim.SGD, {"momentum": 0.9})
     with broken("optimizer", "must decrease"):
         check_optimizer(torch.optim.SGD, {"maximize": True})
+
+
+# --- the kit's method lists are the protocols' ----------------------------------------------
+
+
+def _checks(system: ToySystem) -> dict[str, tuple[object, Callable[[Any], object]]]:
+    """Each kind with a conformance check: a passing component, and the check run on a stand-in."""
+    sampler = ToySampler(system, ToyScorer(), tree_width=2, tree_depth=2)
+    return {
+        "scorer": (ToyScorer(), lambda c: check_scorer(c, ["bad day"])),
+        "system": (system, lambda c: check_system(c, CONTEXTS, PROBES)),
+        "sampler": (sampler, lambda c: check_sampler(c, episodes=1)),
+        "algorithm": (Imitation(system), lambda c: check_algorithm(c, sampler, episodes=1)),
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "member"),
+    [(kind, member) for kind in ("scorer", "system", "sampler", "algorithm") for member in kinds.kind(kind).required],
+)
+def test_a_component_without_any_required_member_fails_the_protocol(system: ToySystem, kind: Any, member: str) -> None:
+    component, check = _checks(system)[kind]
+    with broken("protocol", f"{member!r}"):
+        check(Without(component, member))
+
+
+def test_every_kind_with_a_conformance_check_is_covered_here(system: ToySystem) -> None:
+    covered = {k.name for k in kinds.KINDS_TABLE.values() if k.conformance and k.name != "optimizer"}
+    assert covered == set(_checks(system))
+    for record in kinds.KINDS_TABLE.values():
+        if record.conformance:
+            assert callable(getattr(testing, record.conformance)), record.conformance

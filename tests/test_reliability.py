@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -122,6 +123,7 @@ class Faulty:
         registrar.system("short-rollout-system", ShortRolloutSystem, options=TOY_OPTIONS)
         registrar.sampler("short-sampler", ShortSampler, options=SAMPLER_OPTIONS)
         registrar.callback("disk-full-at", DiskFullAt)
+        registrar.system("saving-toy", SavingToySystem, options=TOY_OPTIONS)
 
 
 class RaisesAtRegistration:
@@ -242,10 +244,10 @@ def test_enospc_while_writing_tensors_is_a_checkpoint_error_and_the_previous_che
     previous = tmp_path / "checkpoints" / "step-00000002"
     assert ckpt.latest_checkpoint(tmp_path) == previous
 
-    def full_disk(tensors: dict[str, torch.Tensor], filename: str) -> None:
+    def full_disk(tensors: dict[str, torch.Tensor], filename: str, metadata: dict[str, str] | None = None) -> None:
         if filename.endswith("optimizer.safetensors"):  # what safetensors raises on ENOSPC
             raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
-        save_file(tensors, filename)
+        save_file(tensors, filename, metadata=metadata)
 
     monkeypatch.setattr(ckpt, "save_file", full_disk)
     trainer.train_step()
@@ -305,6 +307,91 @@ def test_a_checkpoint_failing_during_astra_train_is_one_line_and_resume_complete
     monkeypatch.setattr(ckpt, "_write_json", write_json)  # space freed
     assert main(["train", "--resume", str(run_dir)]) == 0
     assert ckpt.latest_checkpoint(run_dir) == run_dir / "checkpoints" / "step-00000006"
+
+
+def test_enospc_on_the_first_checkpoint_advises_a_resume_that_works(
+    tmp_path: Path, faulty: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "run"
+    write_json = ckpt._write_json
+
+    def full(path: Path, data: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(ckpt, "_write_json", full)
+    assert main(["train", str(run_file(tmp_path)), "--output", str(run_dir)]) == 2
+    line = one_error_line(capsys)
+    assert "cannot write checkpoint step-00000002: No space left on device" in line
+    assert "no complete earlier checkpoint exists" in line and "then resume" in line
+    monkeypatch.setattr(ckpt, "_write_json", write_json)  # space freed
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert "no checkpoint was written yet, starting again at step 0" in capsys.readouterr().out
+    assert ckpt.latest_checkpoint(run_dir) == run_dir / "checkpoints" / "step-00000006"
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # the records of the first attempt were dropped
+
+
+class SavingToySystem(ToySystem):
+    """A toy system that saves itself (as a Hugging Face system would), through `write`."""
+
+    def save_pretrained(self, directory: str) -> None:
+        Path(directory).mkdir()
+        SavingToySystem.write(Path(directory) / "config.json", "{}")
+        SavingToySystem.write(Path(directory) / "model.safetensors", "weights")
+
+    @staticmethod
+    def write(path: Path, text: str) -> None:
+        path.write_text(text, encoding="utf-8")
+
+
+def test_enospc_while_the_tester_is_saved_is_one_line_keeps_no_half_folder_and_resumes(
+    tmp_path: Path, faulty: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "run"
+    write = SavingToySystem.write
+
+    def full_at_weights(path: Path, text: str) -> None:
+        if path.name == "model.safetensors":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        write(path, text)
+
+    monkeypatch.setattr(SavingToySystem, "write", staticmethod(full_at_weights))
+    path = run_file(tmp_path, replace={'system = "toy"': 'system = "saving-toy"'})
+    assert main(["train", str(path), "--output", str(run_dir)]) == 2
+    line = one_error_line(capsys)
+    assert "training stopped at step 6: No space left on device (ENOSPC)" in line
+    assert f"astra train --resume {run_dir}" in line
+    assert not (run_dir / "tester").exists() and not list(run_dir.glob(".tmp-*"))
+    monkeypatch.setattr(SavingToySystem, "write", staticmethod(write))
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert sorted(p.name for p in (run_dir / "tester").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_enospc_while_an_evaluation_is_written_is_one_line(
+    tmp_path: Path, faulty: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from astra_core import rundir
+
+    run_dir = tmp_path / "run"
+    write_atomic = rundir.write_atomic
+
+    def full_under_eval(path: Path, text: str) -> None:
+        if path.parent.name == "eval":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        write_atomic(path, text)
+
+    monkeypatch.setattr(rundir, "write_atomic", full_under_eval)
+    path = run_file(tmp_path, extra="")
+    path.write_text(path.read_text(encoding="utf-8").replace("[training]\n", "[training]\neval_every = 3\n"))
+    assert main(["train", str(path), "--output", str(run_dir)]) == 2
+    line = one_error_line(capsys)
+    assert "training stopped at step 3: No space left on device (ENOSPC)" in line and "step-00000003.json" in line
+    monkeypatch.setattr(rundir, "write_atomic", write_atomic)
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert sorted(p.name for p in (run_dir / "eval").glob("step-*.json")) == [
+        "step-00000003.json",
+        "step-00000006.json",
+    ]
 
 
 def test_a_full_disk_under_a_callback_is_one_line_naming_the_resume(

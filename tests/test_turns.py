@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import doctest
 from collections.abc import Sequence
 
 import pytest
 
-import astra_core.turns
 from astra_core import Scorer, TextScorer, Turn, text_scorer
 from astra_core.testing import check_scorer
 
@@ -50,7 +48,3 @@ def test_a_subclass_writes_only_score_texts() -> None:
 
     assert Upper().score([Turn("", "", "A"), Turn("", "b")]) == [1.0, 0.0]
 
-
-def test_the_module_examples_run() -> None:
-    result = doctest.testmod(astra_core.turns)
-    assert result.attempted >= 3 and result.failed == 0

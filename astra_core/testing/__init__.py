@@ -32,6 +32,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from astra_core import kinds
+from astra_core.kinds import ComponentKind
+
 if TYPE_CHECKING:
     import torch
 
@@ -84,8 +87,8 @@ def _seeded(seed: int) -> Iterator[None]:
             random.setstate(python_state)
 
 
-def _require(obj: object, component: str, names: Sequence[str]) -> None:
-    for name in names:
+def _require(obj: object, component: str, kind: ComponentKind) -> None:
+    for name in kinds.kind(kind).required:  # the protocol's members (astra_core.kinds)
         if not hasattr(obj, name):
             raise ConformanceError(component, "protocol", f"it has no {name!r} (required by the protocol)")
 
@@ -107,7 +110,7 @@ def check_scorer(scorer: Any, items: Sequence[Any]) -> list[float]:
         raise ValueError("check_scorer needs at least one item to score")
     from astra_core.turns import Turn
 
-    _require(scorer, component, ["reads", "score"])
+    _require(scorer, component, "scorer")
     if scorer.reads not in ("text", "turn"):
         raise ConformanceError(component, "protocol", f"reads is {scorer.reads!r}; expected 'text' or 'turn'")
     items = [item if isinstance(item, Turn) else Turn("", item) for item in items]
@@ -145,17 +148,6 @@ def check_scorer(scorer: Any, items: Sequence[Any]) -> list[float]:
 
 
 # --- systems --------------------------------------------------------------------------------
-
-_SYSTEM_METHODS = (
-    "tester_logprobs",
-    "baseline_logprobs",
-    "target_logprobs",
-    "rollout_tester",
-    "rollout_target",
-    "advance",
-    "join",
-    "parameters",
-)
 
 
 def _check_logprobs(component: str, which: str, values: Any, count: int, *, with_grad: bool) -> None:
@@ -196,7 +188,7 @@ def check_system(system: Any, contexts: Sequence[Any], continuations: Sequence[A
     component = f"system {_name(system)}"
     if not contexts or len(contexts) != len(continuations):
         raise ValueError("check_system needs equally long, non-empty contexts and continuations")
-    _require(system, component, _SYSTEM_METHODS)
+    _require(system, component, "system")
     parameters = [p for p in system.parameters() if p.requires_grad]
     if not parameters:
         raise ConformanceError(component, "gradient", "parameters() yielded no trainable parameters")
@@ -304,7 +296,7 @@ def check_sampler(sampler: Any, episodes: int = 2) -> list[Graph[Any, Any]]:
     component = f"sampler {_name(sampler)}"
     if episodes < 1:
         raise ValueError("check_sampler needs episodes >= 1")
-    _require(sampler, component, ["system", "scorer", "rollouts", "eval_rollouts"])
+    _require(sampler, component, "sampler")
     which = f"rollouts({episodes})"
     with _seeded(SEED):
         graphs = sampler.rollouts(episodes)
@@ -358,7 +350,7 @@ def check_algorithm(algorithm: Any, sampler: Any, episodes: int = 4) -> dict[str
     from torch.utils.data import DataLoader
 
     component = f"algorithm {_name(algorithm)}"
-    _require(algorithm, component, ["flatten", "collate_fn", "loss", "parameters"])
+    _require(algorithm, component, "algorithm")
     parameters = [p for p in algorithm.parameters() if p.requires_grad]
     if not parameters:
         raise ConformanceError(component, "gradient", "parameters() yielded no trainable parameters")

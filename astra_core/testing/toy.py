@@ -152,6 +152,10 @@ class ToySystem:
     def parameters(self) -> Iterator[nn.Parameter]:
         return self.tester.parameters()
 
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """The tester's parameters by name (what checkpoints store them under)."""
+        return self.tester.named_parameters(prefix="tester")
+
     def state_features(self, contexts: Sequence[str]) -> torch.Tensor:
         """The mean of the tester's word embeddings over each context (detached)."""
         with torch.no_grad():
@@ -169,9 +173,7 @@ class ToySampler:
     every episode of an experience generated together, one model call per level and model.
     A turn's reward is `scorer`'s score of the turn (for `ToyScorer`: its response's toxicity)."""
 
-    def __init__(
-        self, system: ToySystem, scorer: Scorer[str, str], tree_width: int = 2, tree_depth: int = 2
-    ) -> None:
+    def __init__(self, system: ToySystem, scorer: Scorer[str, str], tree_width: int = 2, tree_depth: int = 2) -> None:
         self.system = system
         self.scorer = scorer
         self.tree_width = tree_width

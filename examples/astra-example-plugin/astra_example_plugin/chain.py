@@ -12,7 +12,7 @@ import random
 from collections.abc import Sequence
 from typing import Generic
 
-from astra_core import Graph, Node, Scorer, System, Turn
+from astra_core import Graph, Node, Scorer, System, Turn, factories
 from astra_core.scoring import checked_scores
 from astra_core.types import ActionT, StateT
 
@@ -63,3 +63,7 @@ class ChainSampler(Generic[StateT, ActionT]):
                 children.append(node)
                 following.append((node.children, self.system.advance(context, probe, response)))
             frontier = following
+
+
+factory = factories.sampler(ChainSampler)
+"""What the plugin registers; mypy checks ``ChainSampler`` against the sampler protocol here."""

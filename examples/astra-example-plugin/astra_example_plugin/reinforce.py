@@ -18,7 +18,7 @@ from typing import Generic, Literal
 
 import torch
 
-from astra_core import Graph, Node, System
+from astra_core import Graph, Node, System, factories
 from astra_core.types import ActionT, StateT
 
 
@@ -91,3 +91,7 @@ class Reinforce(Generic[StateT, ActionT]):
 def _mean(values: Iterator[float] | Sequence[float]) -> float:
     items = list(values)
     return sum(items) / len(items) if items else 0.0
+
+
+factory = factories.algorithm(Reinforce)
+"""What the plugin registers; mypy checks ``Reinforce`` against the algorithm protocol here."""

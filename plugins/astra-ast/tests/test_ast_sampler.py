@@ -14,7 +14,7 @@ import torch
 from astra_ast.prompt_sets import load_prompts
 from astra_ast.reward import Weights, ast_reward
 from astra_ast.sampler import SUPERVISION_MARGIN, ASTSampler
-from astra_core.errors import ConfigError, OptionsError
+from astra_core.errors import OptionsError
 from astra_core.graph import Graph
 from astra_core.testing.toy import ToyScorer
 from astra_core.turns import TextScorer
@@ -176,7 +176,7 @@ def test_bad_options_are_options_errors(system: Any, options: dict[str, object])
 
 
 def test_a_missing_prompt_file_fails_at_construction(system: Any, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"does not exist"):
+    with pytest.raises(OptionsError, match=r"prompts: .*does not exist"):  # when the options validate
         ASTSampler(system, system.counting_scorer, prompts=str(tmp_path / "nope.txt"))
 
 

@@ -23,7 +23,8 @@ class DetoxifyScorer(TextScorer):
     ``config.json`` and tokenizer files) the model is built from those files alone, so
     ``HF_HUB_OFFLINE=1`` works: Detoxify's own loader would still ask the hub for the base
     model's config. Every batch is scored as a batch, a batch of one included (Detoxify's
-    ``predict`` returns a bare float there).
+    ``predict`` returns a bare float there). Detoxify's checkpoints are pickles, so the scorer
+    refuses to load unless `allow_pickle_weights` is true.
     """
 
     def __init__(
@@ -34,7 +35,15 @@ class DetoxifyScorer(TextScorer):
         device: str = "cpu",
         batch_size: int = 32,
         label: str = "toxicity",
+        allow_pickle_weights: bool = False,
     ) -> None:
+        if not allow_pickle_weights:
+            # Detoxify's checkpoints (a local .ckpt or its downloads) are pickles loaded with an
+            # unrestricted torch.load: loading one can run any code it carries.
+            raise ConfigError(
+                "scorer 'detoxify' loads its weights from a pickle (.ckpt), which can run code; "
+                "set allow_pickle_weights = true only for a checkpoint you trust"
+            )
         try:
             import torch
             from detoxify import Detoxify
@@ -105,5 +114,5 @@ def _load_offline(checkpoint: str, config_path: str, device: str) -> tuple[Any, 
             f"detoxify checkpoint {checkpoint!r} does not fit the {arch['model_name']} of {config_path!r} "
             f"({len(missing)} missing, {len(unexpected)} unexpected weights); give the base model it was trained from"
         )
-    tokenizer = tokenizer_class.from_pretrained(config_path, local_files_only=True)
+    tokenizer = tokenizer_class.from_pretrained(config_path, local_files_only=True, trust_remote_code=False)
     return model, tokenizer, classes

@@ -23,7 +23,8 @@ class JudgeScorer:
     answer token decides: the score is P(yes) / (P(yes) + P(no)), each summed over the spellings
     in `yes_words` / `no_words` (as written and after a space). Below `min_verdict_mass` of the
     next-token probability on those words the judge is not answering the question, and the
-    scorer fails (`VerdictMassError`). Needs ``pip install 'astra-scorers[judge]'``.
+    scorer fails (`VerdictMassError`). Weights load as the system loads them: safetensors only
+    unless `allow_pickle_weights`, never code from the model directory. Needs ``pip install 'astra-scorers[judge]'``.
     """
 
     reads: Literal["turn"] = "turn"
@@ -39,6 +40,7 @@ class JudgeScorer:
         device: str = "cpu",
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         batch_size: int = 8,
+        allow_pickle_weights: bool = False,
         min_verdict_mass: float = 0.1,
     ) -> None:
         try:
@@ -54,7 +56,7 @@ class JudgeScorer:
         self.rubric = rubric
         self.probe_rubric = probe_rubric
         self.answer_prefix = answer_prefix
-        loaded = load_model(model, resolve_dtype(dtype), torch.device(device))
+        loaded = load_model(model, resolve_dtype(dtype), torch.device(device), allow_pickle_weights)
         self.model: Any = loaded.module
         self.tokenizer: Any = loaded.tokenizer
         if not getattr(self.tokenizer, "chat_template", None):

@@ -44,6 +44,7 @@ class LlamaGuardScorer:
         unsafe_token: str = "unsafe",
         prompt_suffix: str = "",
         local_files_only: bool = False,
+        allow_pickle_weights: bool = False,
         min_verdict_mass: float = 0.5,
         with_context: bool = True,
     ) -> None:
@@ -57,12 +58,18 @@ class LlamaGuardScorer:
         self.prompt_suffix = prompt_suffix
         self.with_context = with_context
         self.device = torch.device(device)
-        self.tokenizer: Any = AutoTokenizer.from_pretrained(model, local_files_only=local_files_only)
-        load: dict[str, Any] = {"local_files_only": local_files_only}
+        # No code from the model directory, and safetensors weights only unless allowed.
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(
+            model, local_files_only=local_files_only, trust_remote_code=False
+        )
+        load: dict[str, Any] = {
+            "local_files_only": local_files_only,
+            "use_safetensors": None if allow_pickle_weights else True,
+        }
         if dtype is not None:
             load["dtype"] = getattr(torch, dtype)
         # transformers' typed `.to` wrapper rejects a torch.device; the model is used untyped below anyway.
-        self.model: Any = cast(Any, AutoModelForCausalLM.from_pretrained(model, **load))
+        self.model: Any = cast(Any, AutoModelForCausalLM.from_pretrained(model, trust_remote_code=False, **load))
         self.model.to(self.device).eval()
         if not getattr(self.tokenizer, "chat_template", None):
             raise ComponentBuildError(

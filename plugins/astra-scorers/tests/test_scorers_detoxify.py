@@ -14,7 +14,7 @@ from astra_scorers.detoxify_scorer import DetoxifyScorer
 def test_missing_detoxify_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "detoxify", None)  # makes `import detoxify` fail even where installed
     with pytest.raises(ComponentBuildError) as caught:
-        DetoxifyScorer()
+        DetoxifyScorer(allow_pickle_weights=True)
     assert str(caught.value) == "scorer 'detoxify' needs the detoxify package: pip install 'astra-scorers[detoxify]'"
 
 
@@ -22,7 +22,14 @@ def test_building_through_the_registry_keeps_the_message(monkeypatch: pytest.Mon
     monkeypatch.setitem(sys.modules, "detoxify", None)
     info = discover().registries.get("scorer", "detoxify")
     with pytest.raises(ComponentBuildError, match=r"pip install 'astra-scorers\[detoxify\]'"):
-        info.build(options={"checkpoint": "/nowhere/model.ckpt"})
+        info.build(options={"checkpoint": "/nowhere/model.ckpt", "allow_pickle_weights": True})
+
+
+def test_detoxify_refuses_its_pickle_checkpoints_without_the_opt_in() -> None:
+    from astra_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="set allow_pickle_weights = true only for a checkpoint you trust"):
+        DetoxifyScorer(checkpoint="/nowhere/model.ckpt")
 
 
 CLASSES = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
@@ -68,7 +75,9 @@ def test_the_offline_recipe_loads_with_the_hub_off_and_scores_batches_of_one(
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     checkpoint, base = offline_checkpoint
-    scorer = DetoxifyScorer(checkpoint=checkpoint, huggingface_config_path=base, label="insult", batch_size=2)
+    scorer = DetoxifyScorer(
+        checkpoint=checkpoint, huggingface_config_path=base, label="insult", batch_size=2, allow_pickle_weights=True
+    )
     texts = ["you are an idiot", "have a nice day", "idiot"]
     scores = scorer.score_texts(texts)
     assert len(scores) == 3 and all(0.0 <= s <= 1.0 for s in scores)
@@ -85,6 +94,6 @@ def test_the_offline_recipe_standardises_labels_and_rejects_unknown_ones(offline
     from astra_core.errors import ConfigError
 
     checkpoint, base = offline_checkpoint
-    assert DetoxifyScorer(checkpoint=checkpoint, huggingface_config_path=base).class_names[0] == "toxicity"
+    assert DetoxifyScorer(checkpoint=checkpoint, huggingface_config_path=base, allow_pickle_weights=True).class_names[0] == "toxicity"
     with pytest.raises(ConfigError, match="no output 'rudeness'"):
-        DetoxifyScorer(checkpoint=checkpoint, huggingface_config_path=base, label="rudeness")
+        DetoxifyScorer(checkpoint=checkpoint, huggingface_config_path=base, label="rudeness", allow_pickle_weights=True)

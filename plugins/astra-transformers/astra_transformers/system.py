@@ -157,18 +157,27 @@ def _no_hf_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_model(source: str, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+def load_model(
+    source: str, dtype: torch.dtype, device: torch.device, allow_pickle_weights: bool = False
+) -> LoadedModel:
     """Load a causal LM and its tokenizer through `from_pretrained`, the same way for the
-    embedded model, a hub id or a local directory; failures become a `ComponentBuildError`."""
+    embedded model, a hub id or a local directory; failures become a `ComponentBuildError`.
+
+    Never runs code from the model directory (``trust_remote_code=False``, so transformers never
+    asks on the terminal either) and reads safetensors weights only, unless
+    `allow_pickle_weights` admits ``.bin`` pickles (which can run code when loaded)."""
     location = resolve_source(source)
     try:
         with _no_hf_progress_bars():
-            tokenizer = AutoTokenizer.from_pretrained(location)
-            module = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
+            module = AutoModelForCausalLM.from_pretrained(
+                location, dtype=dtype, trust_remote_code=False, use_safetensors=None if allow_pickle_weights else True
+            )
     except Exception as error:  # any loading failure is reported with the source that caused it
         raise ComponentBuildError(
             f"cannot load model {source!r} (from {location!r}): {type(error).__name__}: {error}; "
             f"give a local model directory, a hub id that is cached (runs are offline), or 'tiny'"
+            + ("" if allow_pickle_weights else "; weights must be safetensors unless allow_pickle_weights = true")
         ) from error
     _as_torch(module).to(device).eval()
     config = module.config
@@ -278,11 +287,11 @@ class _ModelsSystem(Generic[S]):
         target_source = opts.target or opts.model
         baseline_source = opts.baseline or base_source
 
-        self._tester = load_model(base_source, tester_dtype, tester_device)
+        self._tester = load_model(base_source, tester_dtype, tester_device, opts.allow_pickle_weights)
         _as_torch(self._tester.module).train(False)  # no dropout: log-probs must match what was sampled
         self._lora: LoraTester | None = None
         if adapter is not None:
-            self._lora = LoraTester.load(self._tester.module, adapter, base_source)
+            self._lora = LoraTester.load(self._tester.module, adapter, base_source, opts.allow_pickle_weights)
         elif opts.lora is not None:
             self._lora = LoraTester.attach(self._tester.module, opts.lora, base_source)
         beside_tester = baseline_device == tester_device and baseline_dtype == tester_dtype
@@ -295,7 +304,7 @@ class _ModelsSystem(Generic[S]):
             _as_torch(starting).to(device=baseline_device, dtype=baseline_dtype)
             self._baseline = replace(self._tester, module=starting, device=baseline_device)
         else:
-            self._baseline = load_model(baseline_source, baseline_dtype, baseline_device)
+            self._baseline = load_model(baseline_source, baseline_dtype, baseline_device, opts.allow_pickle_weights)
             _freeze(self._baseline.module)
         if (
             resolve_source(target_source) == resolve_source(baseline_source)
@@ -304,7 +313,7 @@ class _ModelsSystem(Generic[S]):
         ):
             self._target = self._baseline  # one frozen copy serves both roles
         else:
-            self._target = load_model(target_source, target_dtype, target_device)
+            self._target = load_model(target_source, target_dtype, target_device, opts.allow_pickle_weights)
             _freeze(self._target.module)
 
         largest = max(sum(p.numel() for p in m.module.parameters()) for m in (self._tester, self._target))
