@@ -94,6 +94,7 @@ def test_the_offline_recipe_standardises_labels_and_rejects_unknown_ones(offline
     from astra_core.errors import ConfigError
 
     checkpoint, base = offline_checkpoint
-    assert DetoxifyScorer(checkpoint=checkpoint, huggingface_config_path=base, allow_pickle_weights=True).class_names[0] == "toxicity"
+    scorer = DetoxifyScorer(checkpoint=checkpoint, huggingface_config_path=base, allow_pickle_weights=True)
+    assert scorer.class_names[0] == "toxicity"
     with pytest.raises(ConfigError, match="no output 'rudeness'"):
         DetoxifyScorer(checkpoint=checkpoint, huggingface_config_path=base, label="rudeness", allow_pickle_weights=True)
