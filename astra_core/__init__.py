@@ -43,11 +43,12 @@ from astra_core.protocols import (
 )
 from astra_core.registry import ComponentInfo, Provider, Registrar, Registration, Registries, Registry
 from astra_core.turns import Reads, TextScorer, Turn, text_scorer
+from astra_core.types import ActionT, BatchT, ExampleT, StateT
 
 if TYPE_CHECKING:
+    from astra_core.assembly import seed_everything
     from astra_core.callbacks import BaseCallback
     from astra_core.harness import Harness
-    from astra_core.assembly import seed_everything
     from astra_core.trainer import Trainer
 
 __version__ = "0.1.0"
@@ -67,9 +68,11 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ActionT",
     "Algorithm",
     "AstraError",
     "BaseCallback",
+    "BatchT",
     "Callback",
     "CheckpointError",
     "ComparingEvaluator",
@@ -81,6 +84,7 @@ __all__ = [
     "DuplicateComponentError",
     "EvaluationReport",
     "Evaluator",
+    "ExampleT",
     "FeatureSystem",
     "Graph",
     "Harness",
@@ -99,6 +103,7 @@ __all__ = [
     "RunConfig",
     "Sampler",
     "Scorer",
+    "StateT",
     "System",
     "TextScorer",
     "Trainer",

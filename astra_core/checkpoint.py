@@ -728,7 +728,16 @@ def open_resumable(source: str | Path, accept: Any = None) -> Resumable:
 
 # Settings that may change between an interrupted run and its resume.
 RESUMABLE_CHANGES = frozenset(
-    {"training_steps", "output_dir", "checkpoint_every", "eval_every", "keep_checkpoints", "max_nonfinite_in_a_row"}
+    {
+        "training_steps",
+        "output_dir",
+        "checkpoint_every",
+        "eval_every",
+        "samples_every",
+        "samples_per_step",
+        "keep_checkpoints",
+        "max_nonfinite_in_a_row",
+    }
 )
 
 

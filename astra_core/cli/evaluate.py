@@ -1,4 +1,4 @@
-"""``astra evaluate``: evaluate a trained tester (or the untrained base) and write evaluation.json/.md."""
+"""``astra evaluate``: evaluate a trained tester (or the untrained base); write evaluation.json/.md and transcripts."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from astra_core.cli.common import (
     timestamped,
 )
 from astra_core.errors import CheckpointError, ConfigError
-from astra_core.rundir import RunDir, describe_os_error, write_atomic
+from astra_core.rundir import TRANSCRIPTS, RunDir, append_jsonl, describe_os_error, transcript_records, write_atomic
 from astra_core.types import json_safe
 
 if TYPE_CHECKING:
@@ -97,12 +97,16 @@ def run(args: argparse.Namespace) -> int:
         step = _load_tester(built, checkpoint)
         reports["trained"] = _evaluate_once(built, resolved.config.training.seed, source)
     markdown = _evaluation_markdown(reports, target, checkpoint, built.evaluator)
-    payload = {
+    payload: dict[str, Any] = {
         "target": str(target),
         "checkpoint": str(checkpoint) if checkpoint else None,
         "step": step,
         "reports": {label: {"metrics": r.metrics, "details": r.details} for label, r in reports.items()},
     }
+    # An evaluator that can pair two testers over the same prompts (ast's `paired`) adds that comparison.
+    paired = getattr(built.evaluator, "paired", None)
+    if callable(paired) and "base" in reports and "trained" in reports:
+        payload["comparison"] = paired(reports["base"], reports["trained"])
     run = RunDir(target) if is_run and output.resolve().is_relative_to(target.resolve()) else None
     try:
         if run is not None:
@@ -110,13 +114,17 @@ def run(args: argparse.Namespace) -> int:
         output.mkdir(parents=True, exist_ok=True)
         write_atomic(output / "evaluation.json", json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n")
         write_atomic(output / "evaluation.md", markdown)
+        for label, report in reports.items():  # the base tester is the step-0 tester
+            append_jsonl(
+                output / TRANSCRIPTS, transcript_records(report.details, label, step if label == "trained" else 0)
+            )
     except OSError as error:
         raise ConfigError(f"{output}: cannot write the evaluation: {describe_os_error(error)}") from None
     finally:
         if run is not None:
             run.release()
     print(markdown)
-    print(f"wrote {output / 'evaluation.json'} and {output / 'evaluation.md'}")
+    print(f"wrote {output / 'evaluation.json'}, {output / 'evaluation.md'} and {output / TRANSCRIPTS}")
     return 0
 
 

@@ -25,6 +25,7 @@ Importing this module is light: torch is imported inside the checks.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -289,7 +290,8 @@ def check_sampler(sampler: Any, episodes: int = 2) -> list[Graph[Any, Any]]:
 
     ``rollouts(n)`` returns a list of exactly `n` non-empty `Graph`s whose first turns start from
     the root's context and whose rewards are finite numbers; the same seed gives the same
-    episodes; ``eval_rollouts(prompts)`` returns one width-1 chain per prompt, in order, each
+    episodes (for a sampler with ``state_dict()``, from the same state); ``eval_rollouts(prompts)``
+    returns one width-1 chain per prompt, in order, each
     starting from its prompt. The sampler exposes the ``system`` it rolls out and the ``scorer``
     its reward uses.
     """
@@ -298,6 +300,14 @@ def check_sampler(sampler: Any, episodes: int = 2) -> list[Graph[Any, Any]]:
         raise ValueError("check_sampler needs episodes >= 1")
     _require(sampler, component, "sampler")
     which = f"rollouts({episodes})"
+    # A sampler may keep state its rewards read (a memory of past probes): repeat from the same state.
+    state = copy.deepcopy(sampler.state_dict()) if callable(getattr(sampler, "state_dict", None)) else None
+
+    def restart() -> None:
+        if state is not None:
+            sampler.load_state_dict(copy.deepcopy(state))
+
+    restart()
     with _seeded(SEED):
         graphs = sampler.rollouts(episodes)
     if not isinstance(graphs, list) or len(graphs) != episodes:
@@ -305,6 +315,7 @@ def check_sampler(sampler: Any, episodes: int = 2) -> list[Graph[Any, Any]]:
         raise ConformanceError(component, "length", f"{which} returned {got}; expected {episodes}")
     for graph in graphs:
         _check_graph(component, which, graph)
+    restart()
     with _seeded(SEED):
         again = sampler.rollouts(episodes)
     if [_signature(g) for g in graphs] != [_signature(g) for g in again]:
