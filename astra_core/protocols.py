@@ -88,11 +88,12 @@ class System(Protocol[StateT, ActionT]):
         """Sample one probe per context from the tester, batched."""
         ...
 
-    def rollout_target(self, contexts: Sequence[StateT]) -> list[StateT]:
-        """Sample one response per context (context already ends with the probe), batched."""
+    def rollout_target(self, contexts: Sequence[StateT]) -> list[str]:
+        """Sample one response per context (context already ends with the probe), batched.
+        A response is text whatever the state is (a chat system's state is a conversation)."""
         ...
 
-    def advance(self, context: StateT, probe: ActionT, response: StateT) -> StateT:
+    def advance(self, context: StateT, probe: ActionT, response: str) -> StateT:
         """The state after a turn: context, then probe, then response."""
         ...
 

@@ -33,9 +33,9 @@ class Turn(Generic[StateT_co, ActionT_co]):
 
     context: StateT_co
     probe: ActionT_co
-    response: StateT_co | None = None
+    response: str | None = None
 
-    def text(self) -> StateT_co | ActionT_co:
+    def text(self) -> ActionT_co | str:
         """What a text scorer judges: the response, or the probe when there is none."""
         return self.probe if self.response is None else self.response
 

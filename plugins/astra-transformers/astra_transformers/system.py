@@ -879,3 +879,8 @@ if TYPE_CHECKING:
 
     def _conforms(system: TransformersSystem) -> tuple[System[str, str], FeatureSystem[str]]:
         return system, system
+
+    def _chat_conforms(
+        system: ChatTransformersSystem,
+    ) -> tuple[System[Conversation, str], FeatureSystem[Conversation]]:
+        return system, system
