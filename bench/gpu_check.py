@@ -160,7 +160,8 @@ def _decode_rate(system: Any, mode: str, rows: list[list[int]], new_tokens: int)
         with torch.inference_mode():
             if mode == "loop":
                 return sample(decoder, rows, new_tokens, greedy, model.device).new_ids
-            return fast_sample(mode, decoder, rows, new_tokens, greedy, model.device).new_ids
+            stops = [model.eos_id] if model.eos_id is not None else []
+            return fast_sample(mode, decoder, rows, new_tokens, greedy, model.device, stop_ids=stops).new_ids
 
     once()  # warm-up
     if model.device.type == "cuda":

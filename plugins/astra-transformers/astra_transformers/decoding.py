@@ -14,8 +14,8 @@ kernels. The loops here never ask the host anything while decoding:
 - ``"generate"`` (`sample_generate`): transformers' own ``generate`` with
   ``cache_implementation="static"``, for comparison (it checks its stopping criteria on the host).
 
-Both apply the lean loop's sampling rules (`process_scores`: no eos as the first token, then
-temperature, top-k, top-p) and draw with ``torch.multinomial`` from torch's global generator.
+Both apply the lean loop's sampling rules (no stop token as the first token, then
+`process_scores`' temperature, top-k, top-p) and draw with ``torch.multinomial`` from torch's global generator.
 Greedy (``top_k=1``) they give the lean loop's tokens exactly; sampled, they draw the same
 tokens until the first row finishes (the lean loop's batch shrinks then, these keep theirs).
 They keep no caches across turns (`PrefixStore`): a fixed-shape cache per call is the point.
@@ -116,11 +116,13 @@ def sample_static(
     *,
     tail: int = 0,
     compile: bool = False,
+    stop_ids: Sequence[int] = (),
 ) -> Decoded:
-    """Sample up to `new_tokens` tokens after each row, with no host sync until the end.
+    """Sample up to `new_tokens` tokens after each row, with no host sync until the end; a row
+    ends at the first of `stop_ids` (eos, a chat template's end of turn) it draws.
 
     The result has `sample`'s shape and meaning (new ids cut at the step the last row finished,
-    pad after a row's eos; prompt tails with ``tail > 0``); `Decoded.caches` is None.
+    pad after a row's stop token; prompt tails with ``tail > 0``); `Decoded.caches` is None.
     Call under `torch.inference_mode`.
     """
     if not rows:
@@ -134,14 +136,16 @@ def sample_static(
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     all_done = torch.zeros(new_tokens, dtype=torch.bool, device=device)
     pad = torch.tensor(decoder.pad_id, dtype=torch.long, device=device)
+    stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device) if stop_ids else None
     step_fn = compiled_step(decoder) if compile else _step_function(decoder)
     for step in range(new_tokens):
-        scores = process_scores(last, sampling, decoder.eos_id, first=step == 0)
+        scores = _first_not_a_stop(last, stops) if step == 0 else last
+        scores = process_scores(scores, sampling, None, first=False)
         tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
-        # A finished row writes pad (as the lean loop pads it); its eos is the last real token.
+        # A finished row writes pad (as the lean loop pads it); its stop token is the last real one.
         produced[:, step] = torch.where(finished, pad, tokens)
-        if decoder.eos_id is not None:
-            finished = finished | (tokens == decoder.eos_id)
+        if stops is not None:
+            finished = finished | torch.isin(tokens, stops)
         all_done[step] = finished.all()
         if step == new_tokens - 1:
             break
@@ -154,6 +158,15 @@ def sample_static(
     return Decoded(produced[:, :taken].tolist(), tails, None)
 
 
+def _first_not_a_stop(scores: torch.Tensor, stops: torch.Tensor | None) -> torch.Tensor:
+    # min_new_tokens=1, as generate (and the lean loop) apply it.
+    if stops is None:
+        return scores
+    scores = scores.clone()
+    scores[:, stops] = -float("inf")
+    return scores
+
+
 def sample_generate(
     module: Any,
     rows: Sequence[Sequence[int]],
@@ -161,7 +174,7 @@ def sample_generate(
     sampling: Sampling,
     device: torch.device,
     pad_id: int,
-    eos_id: int | None,
+    stop_ids: Sequence[int] = (),
 ) -> Decoded:
     """`sample`'s contract through transformers' ``generate`` with a static cache (no prompt
     tails: the target's log-prob memo then stays empty and its log-probs take a forward)."""
@@ -183,14 +196,14 @@ def sample_generate(
         top_k=sampling.top_k or None,
         top_p=sampling.top_p,
         pad_token_id=pad_id,
-        eos_token_id=eos_id,
+        eos_token_id=sorted(stop_ids) or None,
         cache_implementation="static",
     )
     new = out[:, width:]
-    if eos_id is not None:
-        # generate pads after eos already; make sure rows end as the lean loop's do.
-        after_eos = (new == eos_id).long().cumsum(-1) - (new == eos_id).long()
-        new = new.masked_fill(after_eos > 0, pad_id)
+    if stop_ids:
+        # Pad after a row's first stop token, as the lean loop does.
+        is_stop = torch.isin(new, torch.tensor(sorted(stop_ids), dtype=torch.long, device=new.device)).long()
+        new = new.masked_fill(is_stop.cumsum(-1) - is_stop > 0, pad_id)
     return Decoded(new.tolist(), None, None)
 
 
@@ -204,10 +217,11 @@ def fast_sample(
     *,
     tail: int = 0,
     compile: bool = False,
+    stop_ids: Sequence[int] = (),
 ) -> Decoded:
     """`sample_static` (``mode="static"``) or `sample_generate` (``"generate"``) for the system."""
     if mode == "static":
-        return sample_static(decoder, rows, new_tokens, sampling, device, tail=tail, compile=compile)
+        return sample_static(decoder, rows, new_tokens, sampling, device, tail=tail, compile=compile, stop_ids=stop_ids)
     if mode == "generate":
-        return sample_generate(decoder.module, rows, new_tokens, sampling, device, decoder.pad_id, decoder.eos_id)
+        return sample_generate(decoder.module, rows, new_tokens, sampling, device, decoder.pad_id, stop_ids)
     raise ValueError(f"unknown decoding {mode!r}; use 'loop', 'static' or 'generate'")

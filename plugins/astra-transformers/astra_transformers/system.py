@@ -679,9 +679,10 @@ class TransformersSystem:
         # Fixed-shape decoding (astra_transformers.decoding) keeps no caches across turns.
         store = self._prefix_store(model) if decoding == "loop" else None
         prefixes = [store.find(text) for text in contexts] if store is not None else None
+        stop_ids = [model.eos_id] if model.eos_id is not None else []
         with torch.inference_mode(), self._running(model):
             if model is self._target and self._vllm is not None:
-                decoded = Decoded(self._vllm.generate(rows, new_tokens, model.eos_id), None, None)
+                decoded = Decoded(self._vllm.generate(rows, new_tokens, stop_ids), None, None)
             elif decoding != "loop":
                 compile_step = self.options.compile_decoding and model.device.type == "cuda"
                 decoded = fast_sample(
@@ -693,6 +694,7 @@ class TransformersSystem:
                     model.device,
                     tail=tail,
                     compile=compile_step,
+                    stop_ids=stop_ids,
                 )
             else:
                 decoded = sample(
