@@ -14,8 +14,10 @@ missing):
   time, generated tokens per second and the peak GPU memory are the line's headline numbers.
 - ``lora``: the same with a LoRA tester: only the adapter trains, and it moves.
 - ``gradient_checkpointing``: the tester's loss and gradients with and without checkpointing.
-- ``static_decoding`` / ``generate_decoding``: greedy tokens of the fixed-shape decoders equal
-  the lean loop's on CUDA; their tokens per second are reported beside the loop's.
+- ``static_decoding`` / ``static_compiled_decoding`` / ``generate_decoding``: greedy tokens of
+  the fixed-shape decoders (the static one also under ``torch.compile``) equal the lean loop's on
+  CUDA in float32 (more than 5 % differing rows fail; fewer are reported); their tokens per
+  second are reported beside the loop's.
 - ``smollm2_chat``: a training step against the SmolLM2-135M-Instruct chat target (skipped when
   its package is not installed).
 - ``qlora_4bit``: a 4-bit QLoRA tester trains a step (skipped without bitsandbytes).
@@ -146,7 +148,9 @@ def check_gradient_checkpointing(device: str, report: dict[str, Any]) -> None:
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
 
 
-def _decode_rate(system: Any, mode: str, rows: list[list[int]], new_tokens: int) -> tuple[list[list[int]], float]:
+def _decode_rate(
+    system: Any, mode: str, rows: list[list[int]], new_tokens: int, compile: bool = False
+) -> tuple[list[list[int]], float]:
     import torch
 
     from astra_transformers.decoding import fast_sample
@@ -160,7 +164,11 @@ def _decode_rate(system: Any, mode: str, rows: list[list[int]], new_tokens: int)
         with torch.inference_mode():
             if mode == "loop":
                 return sample(decoder, rows, new_tokens, greedy, model.device).new_ids
-            return fast_sample(mode, decoder, rows, new_tokens, greedy, model.device).new_ids
+            stops = [model.eos_id] if model.eos_id is not None else []
+            decoded = fast_sample(
+                mode, decoder, rows, new_tokens, greedy, model.device, stop_ids=stops, compile=compile
+            )
+            return decoded.new_ids
 
     once()  # warm-up
     if model.device.type == "cuda":
@@ -172,17 +180,26 @@ def _decode_rate(system: Any, mode: str, rows: list[list[int]], new_tokens: int)
     return ids, sum(len(r) for r in ids) / (time.perf_counter() - started)
 
 
-def _decoding_check(mode: str) -> Callable[[str, dict[str, Any]], None]:
+def _decoding_check(mode: str, compile: bool = False) -> Callable[[str, dict[str, Any]], None]:
+    name = f"{mode}_compiled" if compile else mode
+
     def check(device: str, report: dict[str, Any]) -> None:
-        system = _system(device)
+        if compile and device != "cuda":
+            raise Skip("compile_decoding compiles for CUDA graphs: CUDA only")
+        # float32: greedy ties broken by bfloat16 rounding would differ between batch shapes.
+        system = _system(device, dtype="float32")
         model = system._tester
         rows = [system._truncate(model, ids, 200) for ids in system._ids(model, CONTEXTS * 13)]
         loop_ids, loop_rate = _decode_rate(system, "loop", rows, 32)
-        ids, rate = _decode_rate(system, mode, rows, 32)
+        ids, rate = _decode_rate(system, mode, rows, 32, compile)
         rates = report.setdefault("decode_tokens_per_s", {})
-        rates["loop"], rates[mode] = round(loop_rate, 1), round(rate, 1)
-        if ids != loop_ids:
-            differing = sum(a != b for a, b in zip(ids, loop_ids, strict=True))
+        rates["loop"], rates[name] = round(loop_rate, 1), round(rate, 1)
+        differing = sum(a != b for a, b in zip(ids, loop_ids, strict=True))
+        if differing:
+            # Token-exact on the CPU (the suite checks it); GPU kernels may pick another
+            # reduction order per batch shape, so a rare near-tie may flip: report, fail beyond 5 %.
+            report.setdefault("decode_rows_differing", {})[name] = differing
+        if differing > len(ids) // 20:
             raise AssertionError(f"{differing} of {len(ids)} greedy rows differ from the lean loop's")
 
     return check
@@ -263,6 +280,7 @@ CHECKS: dict[str, Callable[[str, dict[str, Any]], None]] = {
     "lora": check_lora,
     "gradient_checkpointing": check_gradient_checkpointing,
     "static_decoding": _decoding_check("static"),
+    "static_compiled_decoding": _decoding_check("static", compile=True),
     "generate_decoding": _decoding_check("generate"),
     "smollm2_chat": check_smollm2_chat,
     "qlora_4bit": check_qlora,

@@ -14,8 +14,8 @@ kernels. The loops here never ask the host anything while decoding:
 - ``"generate"`` (`sample_generate`): transformers' own ``generate`` with
   ``cache_implementation="static"``, for comparison (it checks its stopping criteria on the host).
 
-Both apply the lean loop's sampling rules (`process_scores`: no eos as the first token, then
-temperature, top-k, top-p) and draw with ``torch.multinomial`` from torch's global generator.
+Both apply the lean loop's sampling rules (no stop token as the first token, then
+`process_scores`' temperature, top-k, top-p) and draw with ``torch.multinomial`` from torch's global generator.
 Greedy (``top_k=1``) they give the lean loop's tokens exactly; sampled, they draw the same
 tokens until the first row finishes (the lean loop's batch shrinks then, these keep theirs).
 They keep no caches across turns (`PrefixStore`): a fixed-shape cache per call is the point.
@@ -118,7 +118,8 @@ def sample_static(
     compile: bool = False,
     stop_ids: Sequence[int] = (),
 ) -> Decoded:
-    """Sample up to `new_tokens` tokens after each row, with no host sync until the end.
+    """Sample up to `new_tokens` tokens after each row, with no host sync until the end; a row
+    ends at the first of `stop_ids` (eos, a chat template's end of turn) it draws.
 
     The result has `sample`'s shape and meaning (new ids cut at the step the last row finished,
     pad after a row's stop token; prompt tails with ``tail > 0``); `Decoded.caches` is None.
@@ -135,10 +136,11 @@ def sample_static(
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     all_done = torch.zeros(new_tokens, dtype=torch.bool, device=device)
     pad = torch.tensor(decoder.pad_id, dtype=torch.long, device=device)
-    step_fn = compiled_step(decoder) if compile else _step_function(decoder)
     stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device) if stop_ids else None
+    step_fn = compiled_step(decoder) if compile else _step_function(decoder)
     for step in range(new_tokens):
-        scores = process_scores(last, sampling, stops, first=step == 0)
+        scores = _first_not_a_stop(last, stops) if step == 0 else last
+        scores = process_scores(scores, sampling, None, first=False)
         tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
         # A finished row writes pad (as the lean loop pads it); its stop token is the last real one.
         produced[:, step] = torch.where(finished, pad, tokens)
@@ -154,6 +156,15 @@ def sample_static(
     done_at = all_done.nonzero()
     taken = int(done_at[0, 0]) + 1 if done_at.numel() else new_tokens
     return Decoded(produced[:, :taken].tolist(), tails, None)
+
+
+def _first_not_a_stop(scores: torch.Tensor, stops: torch.Tensor | None) -> torch.Tensor:
+    # min_new_tokens=1, as generate (and the lean loop) apply it.
+    if stops is None:
+        return scores
+    scores = scores.clone()
+    scores[:, stops] = -float("inf")
+    return scores
 
 
 def sample_generate(
@@ -185,14 +196,14 @@ def sample_generate(
         top_k=sampling.top_k or None,
         top_p=sampling.top_p,
         pad_token_id=pad_id,
-        eos_token_id=list(stop_ids) or None,
+        eos_token_id=sorted(stop_ids) or None,
         cache_implementation="static",
     )
     new = out[:, width:]
     if stop_ids:
-        # generate pads after a stop token already; make sure rows end as the lean loop's do.
-        stopped = torch.isin(new, torch.tensor(list(stop_ids), dtype=new.dtype, device=new.device)).long()
-        new = new.masked_fill((stopped.cumsum(-1) - stopped) > 0, pad_id)
+        # Pad after a row's first stop token, as the lean loop does.
+        is_stop = torch.isin(new, torch.tensor(sorted(stop_ids), dtype=torch.long, device=new.device)).long()
+        new = new.masked_fill(is_stop.cumsum(-1) - is_stop > 0, pad_id)
     return Decoded(new.tolist(), None, None)
 
 

@@ -53,7 +53,7 @@ class VllmTarget:
             max_tokens=new_tokens,
             min_tokens=1,
             seed=seed,
-            stop_token_ids=list(stop_ids) or None,
+            stop_token_ids=sorted(stop_ids) or None,
         )
         prompts = [{"prompt_token_ids": list(row)} for row in rows]
         outputs = self.engine.generate(prompts, params, use_tqdm=False)

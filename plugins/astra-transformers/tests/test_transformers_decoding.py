@@ -4,6 +4,8 @@ target backend's option error (and the backend itself where vllm and a GPU exist
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from pydantic import ValidationError
@@ -17,6 +19,11 @@ from astra_transformers.system import TransformersSystem
 # Two copies of one context (a shared prefill), lengths that need padding, rows that stop early.
 TEXTS = ["Hi Sam! How are you?", "What do you think about the weather?", "Oh,", "Oh,", "I"]
 GREEDY = Sampling(top_k=1)
+
+
+def stops_of(model: Any) -> list[int]:
+    """The stop tokens the system's lean loop uses for `model` (its eos)."""
+    return [model.eos_id] if model.eos_id is not None else []
 
 
 def build(**options: object) -> TransformersSystem:
@@ -38,9 +45,8 @@ def test_static_decoding_gives_the_lean_loops_greedy_tokens_and_prompt_tails(sys
     decoder = system._decoder(model)
     rows = _rows(system)
     with torch.inference_mode():
-        stops = sorted(model.stop_ids)
-        lean = sample(decoder, rows, 24, GREEDY, model.device, tail=6, stop_ids=stops)
-        static = sample_static(decoder, rows, 24, GREEDY, model.device, tail=6, stop_ids=stops)
+        lean = sample(decoder, rows, 24, GREEDY, model.device, tail=6)
+        static = sample_static(decoder, rows, 24, GREEDY, model.device, tail=6, stop_ids=stops_of(model))
     assert static.new_ids == lean.new_ids
     # Some rows finished early (eos, then pad): the finished-row handling was exercised.
     assert any(row[-1] == model.pad_id for row in lean.new_ids)
@@ -53,9 +59,8 @@ def test_generate_with_a_static_cache_gives_the_lean_loops_greedy_tokens(system:
     model = system._tester
     rows = _rows(system)
     with torch.inference_mode():
-        stops = sorted(model.stop_ids)
-        lean = sample(system._decoder(model), rows, 24, GREEDY, model.device, stop_ids=stops)
-        generated = sample_generate(model.module, rows, 24, GREEDY, model.device, model.pad_id, stops)
+        lean = sample(system._decoder(model), rows, 24, GREEDY, model.device)
+        generated = sample_generate(model.module, rows, 24, GREEDY, model.device, model.pad_id, stops_of(model))
     assert generated.new_ids == lean.new_ids
 
 
@@ -68,12 +73,12 @@ def test_sampled_static_decoding_repeats_under_a_seed_and_respects_the_budget(sy
         with torch.inference_mode():
             draws.append(
                 sample_static(
-                    system._decoder(model), rows, 10, Sampling(), model.device, stop_ids=sorted(model.stop_ids)
+                    system._decoder(model), rows, 10, Sampling(), model.device, stop_ids=stops_of(model)
                 ).new_ids
             )
     assert draws[0] == draws[1]
     assert all(1 <= len(row) <= 10 for row in draws[0]) and len(draws[0]) == len(rows)
-    assert all(row[0] not in model.stop_ids for row in draws[0])  # at least one real token first
+    assert all(row[0] != model.eos_id for row in draws[0])  # at least one real token first
 
 
 @pytest.mark.parametrize("decoding", ["static", "generate"])
@@ -119,3 +124,18 @@ def test_vllm_target_matches_the_hf_target_greedily() -> None:
     probes = hf.rollout_tester(TEXTS)
     joined = [t + p for t, p in zip(TEXTS, probes, strict=True)]
     assert vllm.rollout_target(joined) == hf.rollout_target(joined)
+
+
+def test_static_decoding_ends_a_row_at_any_of_its_stop_tokens(system: TransformersSystem) -> None:
+    model = system._tester
+    decoder = system._decoder(model)
+    rows = _rows(system)
+    with torch.inference_mode():
+        free = sample_static(decoder, rows, 24, GREEDY, model.device, stop_ids=stops_of(model)).new_ids
+        stop = free[0][2]  # a token row 0 writes third: a chat template's end-of-turn, say
+        stopped = sample_static(decoder, rows, 24, GREEDY, model.device, stop_ids=[*stops_of(model), stop]).new_ids
+    for before, after in zip(free, stopped, strict=True):
+        end = before.index(stop) + 1 if stop in before else len(after)
+        assert after[:end] == before[:end]
+        assert all(token == model.pad_id for token in after[end:])
+    assert len(stopped[0]) >= 3 and stopped[0][2] == stop
