@@ -43,6 +43,7 @@ from astra_core.protocols import (
 )
 from astra_core.registry import ComponentInfo, Provider, Registrar, Registration, Registries, Registry
 from astra_core.turns import Reads, TextScorer, Turn, text_scorer
+from astra_core.types import ActionT, BatchT, ExampleT, StateT
 
 if TYPE_CHECKING:
     from astra_core.assembly import seed_everything
@@ -67,9 +68,11 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ActionT",
     "Algorithm",
     "AstraError",
     "BaseCallback",
+    "BatchT",
     "Callback",
     "CheckpointError",
     "ComparingEvaluator",
@@ -81,6 +84,7 @@ __all__ = [
     "DuplicateComponentError",
     "EvaluationReport",
     "Evaluator",
+    "ExampleT",
     "FeatureSystem",
     "Graph",
     "Harness",
@@ -99,6 +103,7 @@ __all__ = [
     "RunConfig",
     "Sampler",
     "Scorer",
+    "StateT",
     "System",
     "TextScorer",
     "Trainer",

@@ -114,7 +114,8 @@ def assemble(
     sampler: Callable[[BuiltRun], Any] | None = None,
 ) -> Trainer[Any, Any, Any, Any]:
     """A ready Trainer for `run`: process group joined and seeded once, components, optimizer and
-    scheduler built, `callbacks` first and the run file's after them.
+    scheduler built; `callbacks` first and the run file's after them (where the run file
+    configures a callback of the same class, its own is used instead).
 
     `with_evaluator` builds the evaluator (default: when ``training.eval_every`` is set);
     `sampler`, given the built components, replaces the run's sampler (the benchmark's
@@ -139,7 +140,10 @@ def assemble(
         optimizer=optimizer,
         scheduler=scheduler,
         evaluator=built.evaluator,
-        callbacks=[*callbacks, *built.callbacks],
+        callbacks=[
+            *(c for c in callbacks if not any(isinstance(own, type(c)) for own in built.callbacks)),
+            *built.callbacks,
+        ],
         collectives=collectives,
         resolved_config=run.describe(),
     )

@@ -101,8 +101,10 @@ def _label(resolved: Resolved) -> str:
     return f"{resolved.info.kind} {resolved.info.name!r} (plugin {resolved.info.provider})"
 
 
-def _build(resolved: Resolved, *dependencies: Any) -> Any:
-    built = resolved.info.build(*dependencies, options=resolved.options)
+def build_component(resolved: Resolved, *dependencies: Any, **injected: Any) -> Any:
+    """Build one resolved component from its dependencies (and injected keywords, such as an
+    optimizer's ``lr``), and check it is of its kind (`astra_core.kinds.Kind.missing`)."""
+    built = resolved.info.build(*dependencies, options=resolved.options, **injected)
     record = kinds.kind(resolved.info.kind)
     missing = record.missing(built)
     if missing:
@@ -115,8 +117,8 @@ def _build(resolved: Resolved, *dependencies: Any) -> Any:
     return built
 
 
-# Built by the trainer, which owns the parameters and the number of training steps they need.
-_BUILT_BY_TRAINER = ("optimizer", "scheduler", "callback")
+# Built by the assembly (astra_core.assembly), which owns the parameters and the step count.
+_BUILT_BY_ASSEMBLY = ("optimizer", "scheduler", "callback")
 
 
 def build(run: ResolvedRun, *, with_evaluator: bool = True) -> BuiltRun:
@@ -131,14 +133,10 @@ def build(run: ResolvedRun, *, with_evaluator: bool = True) -> BuiltRun:
     parts = run.components
     built: dict[str, Any] = {}
     for kind in kinds.build_order():
-        if kind in _BUILT_BY_TRAINER or kind not in parts or (kind == "evaluator" and not with_evaluator):
+        if kind in _BUILT_BY_ASSEMBLY or kind not in parts or (kind == "evaluator" and not with_evaluator):
             continue
-        built[kind] = _build(parts[kind], *(built[d] for d in kinds.kind(kind).depends_on))
-    callbacks = []
-    for resolved in run.callbacks:
-        callback = resolved.info.build(options=resolved.options)
-        contracts.record_origin(callback, resolved.info)
-        callbacks.append(callback)
+        built[kind] = build_component(parts[kind], *(built[d] for d in kinds.kind(kind).depends_on))
+    callbacks = [build_component(c) for c in run.callbacks]
     return BuiltRun(
         built["scorer"], built["system"], built["sampler"], built["algorithm"], built.get("evaluator"), callbacks
     )

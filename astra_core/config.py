@@ -186,6 +186,10 @@ class TrainingConfiguration(BaseModel):
         default=None, min_length=1, description="run directory for checkpoints, metrics, reports"
     )
     eval_every: Count | None = Field(default=None, ge=1, description="evaluate every N steps (needs an evaluator)")
+    samples_every: Count | None = Field(
+        default=10, ge=1, description="write rollouts of every Nth step to samples.jsonl (needs output_dir); None: off"
+    )
+    samples_per_step: Count = Field(default=2, ge=1, description="rollouts of a sampled step written to samples.jsonl")
     max_nonfinite_in_a_row: Count = Field(
         default=10, ge=1, description="stop after this many non-finite losses in a row"
     )

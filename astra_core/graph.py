@@ -29,7 +29,7 @@ class Node(Generic[StateT, ActionT]):
 
     context: StateT
     probe: ActionT
-    response: StateT
+    response: str
     reward: float
     children: list[Node[StateT, ActionT]] = field(default_factory=list)
     scores: dict[str, float] = field(default_factory=dict)

@@ -18,8 +18,7 @@ from __future__ import annotations
 import difflib
 import os
 import traceback
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.metadata import EntryPoint, entry_points
@@ -96,7 +95,8 @@ def _strict() -> bool:
 
 
 class _Loader:
-    def __init__(self) -> None:
+    def __init__(self, *, strict: bool) -> None:
+        self.strict = strict
         self.manager = pluggy.PluginManager(PROJECT_NAME)
         self.manager.add_hookspecs(AstraHookSpecs)
         self.result = PluginSet(Registries())
@@ -116,7 +116,7 @@ class _Loader:
                 self.manager.unregister(name=name)
             detail = f"{type(error).__name__}: {error}"
             self.result.plugins.append(PluginInfo(name, provider.distribution, provider.version, "broken", detail))
-            if _strict():
+            if self.strict:
                 raise PluginLoadError(
                     f"plugin {name!r} from {_origin(provider)} failed to "
                     f"load: {detail} (unset ASTRA_STRICT_PLUGINS to load the others anyway)"
@@ -127,7 +127,7 @@ class _Loader:
         problem = self._problem(name, plugin, ran=bool(impls), registered=len(registrar.staged))
         status = "loaded" if registrar.staged else "empty"
         self.result.plugins.append(PluginInfo(name, provider.distribution, provider.version, status, problem))
-        if problem and _strict():
+        if problem and self.strict:
             raise PluginLoadError(
                 f"plugin {name!r} from {_origin(provider)}: {problem} "
                 f"(unset ASTRA_STRICT_PLUGINS to load the others anyway)"
@@ -136,13 +136,15 @@ class _Loader:
     def _problem(self, name: str, plugin: object, *, ran: bool, registered: int) -> str | None:
         """Why a plugin that loaded is not what its author meant, or None."""
         unknown: list[str] = []
-        while True:  # pluggy reports one unknown hook at a time; earlier plugins are already clean
+        while True:  # pluggy reports one plugin with unknown hooks at a time
             try:
                 self.manager.check_pending()
                 break
-            except pluggy.PluginValidationError:
-                unknown.extend(c.name for c in self.manager.get_hookcallers(plugin) or () if not c.has_spec())
-                self.manager.unregister(name=name)
+            except pluggy.PluginValidationError as error:
+                if error.plugin is plugin:
+                    unknown.extend(c.name for c in self.manager.get_hookcallers(plugin) or () if not c.has_spec())
+                # Loading is over for it: unregistered, it is not reported again for the next plugin.
+                self.manager.unregister(error.plugin)
         hooks = ", ".join(repr(h) for h in unknown)
         if unknown and registered:
             return f"implements {hooks}, which is not an Astra Core hook (hooks: astra_register)"
@@ -160,7 +162,7 @@ class _Loader:
 
     def _commit(self, registrar: Registrar) -> None:
         registries = self.result.registries
-        if _strict():
+        if self.strict:
             for info in registrar.staged:
                 clashes = registries[info.kind].clashes(info)
                 if clashes:
@@ -192,23 +194,9 @@ class _Disabled:
 
 def _peek(ep: EntryPoint, provider: Provider) -> Registries:
     """What a disabled plugin would register (only on the error path; any failure: nothing)."""
-    loader = _Loader()
-    with _environment("ASTRA_STRICT_PLUGINS", None):
-        loader.add(ep.name, provider, ep.load)
+    loader = _Loader(strict=False)
+    loader.add(ep.name, provider, ep.load)
     return loader.result.registries
-
-
-@contextmanager
-def _environment(variable: str, value: str | None) -> Iterator[None]:
-    saved = os.environ.pop(variable, None)
-    if value is not None:
-        os.environ[variable] = value
-    try:
-        yield
-    finally:
-        os.environ.pop(variable, None)
-        if saved is not None:
-            os.environ[variable] = saved
 
 
 def _entry_points() -> Iterable[EntryPoint]:
@@ -229,7 +217,7 @@ def discover(extra: Iterable[tuple[str, object]] = ()) -> PluginSet:
 
     `extra` lets tests and embedding code add a plugin object without installing a package.
     """
-    loader = _Loader()
+    loader = _Loader(strict=_strict())
     disabled = _Disabled()
     loader.result.registries.explain_unknown(disabled.explain)
     core_version = _core_version()

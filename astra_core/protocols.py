@@ -88,11 +88,15 @@ class System(Protocol[StateT, ActionT]):
         """Sample one probe per context from the tester, batched."""
         ...
 
-    def rollout_target(self, contexts: Sequence[StateT]) -> list[StateT]:
-        """Sample one response per context (context already ends with the probe), batched."""
+    def rollout_target(self, contexts: Sequence[StateT]) -> list[str]:
+        """Sample one response text per context (context already ends with the probe), batched."""
         ...
 
-    def advance(self, context: StateT, probe: ActionT, response: StateT) -> StateT:
+    def opening(self, prompt: str) -> StateT:
+        """The state an episode opens with, from a prompt text (for text states: the text itself)."""
+        ...
+
+    def advance(self, context: StateT, probe: ActionT, response: str) -> StateT:
         """The state after a turn: context, then probe, then response."""
         ...
 
@@ -171,8 +175,9 @@ class Sampler(Protocol[StateT, ActionT]):
         """Exactly `count` training episodes, each from a fresh opening context."""
         ...
 
-    def eval_rollouts(self, prompts: Sequence[StateT]) -> list[Graph[StateT, ActionT]]:
-        """One evaluation episode per prompt, in order: a width-1 chain of turns from it."""
+    def eval_rollouts(self, prompts: Sequence[str]) -> list[Graph[StateT, ActionT]]:
+        """One evaluation episode per prompt text, in order: a width-1 chain of turns from
+        ``system.opening(prompt)``."""
         ...
 
 

@@ -35,7 +35,8 @@ from typing import IO, Annotated, Any
 from pydantic import AfterValidator
 
 from astra_core.errors import AstraError, ConfigError
-from astra_core.types import json_safe
+from astra_core.graph import Graph, Node
+from astra_core.types import JSON, json_safe
 
 MARKER = ".astra-run"
 MARKER_FORMAT = "astra-run/1"
@@ -409,6 +410,45 @@ def replace_directory(new: Path, final: Path) -> None:
         os.replace(aside, final)
         raise
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def transcript_records(details: JSON, tester: str, step: int | None) -> list[dict[str, Any]]:
+    """The transcript records of an evaluation: one per attempt of a report's `details` (a list of
+    objects, each an attempt as its evaluator describes it), with ``tester`` and ``step`` added."""
+    if not isinstance(details, list):
+        return []
+    return [{"tester": tester, "step": step, **d} for d in details if isinstance(d, dict)]
+
+
+def sample_record(graph: Graph[Any, Any], step: int) -> dict[str, Any]:
+    """A training rollout as text: ``step``, ``prompt`` and every turn, parents before children,
+    each with its ``depth``, ``parent`` (index of the turn it follows; None at depth 1), ``probe``,
+    ``response``, ``reward`` and ``scores``."""
+    turns: list[dict[str, Any]] = []
+
+    def visit(node: Node[Any, Any], depth: int, parent: int | None) -> None:
+        here = len(turns)
+        turns.append(
+            {
+                "depth": depth,
+                "parent": parent,
+                "probe": str(node.probe),
+                "response": str(node.response),
+                "reward": node.reward,
+                "scores": dict(node.scores),
+            }
+        )
+        for child in node.children:
+            visit(child, depth + 1, here)
+
+    for child in graph.children:
+        visit(child, 1, None)
+    return {"step": step, "prompt": str(graph.context), "turns": turns}
+
+
+def append_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
+    """Append one strict-JSON line per record (NaN and infinities as null) to `path`."""
+    _append_lines(path, records)
 
 
 def _append_lines(path: Path, records: Iterable[Mapping[str, Any]]) -> None:

@@ -48,10 +48,7 @@ from torch.utils.data import DataLoader
 
 from astra_core import assembly, contracts
 from astra_core import checkpoint as ckpt
-
-# Re-exported until every caller imports them from astra_core.assembly.
-from astra_core.assembly import seed_everything as seed_everything
-from astra_core.assembly import trainable_parameters as trainable_parameters
+from astra_core.assembly import seed_everything, trainable_parameters
 from astra_core.config import TrainingConfiguration
 from astra_core.distributed import Collectives, share, step_seed
 from astra_core.errors import CheckpointError, ConfigError, TrainingError
@@ -66,7 +63,7 @@ from astra_core.protocols import (
     TreeSampler,
 )
 from astra_core.registry import Registries
-from astra_core.rundir import RunDir, staged_directory
+from astra_core.rundir import RunDir, sample_record, staged_directory, transcript_records
 from astra_core.types import ActionT, BatchT, ExampleT, StateT
 
 log = logging.getLogger(__name__)
@@ -175,7 +172,7 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
         self.parameters = trainable_parameters(algorithm.parameters())
         if not self.parameters:
             raise ConfigError("the algorithm has no trainable parameters (parameters() yielded none)")
-        self.collectives.broadcast(self.parameters)  # rank 0's initial weights everywhere
+        self.collectives.attach(self.parameters)  # rank 0's initial weights everywhere
         if optimizer is None:
             optimizer, scheduler = assembly.optimizer_and_scheduler(config, self.parameters, registries)
         elif scheduler is None:
@@ -236,6 +233,8 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
                 with self._signals_stop_at_step_end():
                     while self.global_step < self.config.training_steps:
                         logs = self.train_step()
+                        if self._due(self.config.samples_every) and self.run_dir is not None and self.is_main:
+                            self._write_samples()
                         self._call("on_step_end", self, self.global_step, logs)
                         if self._due(self.config.eval_every) and self.is_main:
                             self.evaluate()
@@ -278,7 +277,7 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
         groups = math.ceil(len(loader) * self._epochs() / self.config.gradient_accumulation_steps)
         any_bad = bad_rewards > 0
         # Every rank must skip together and take as many updates as the rank with the most data.
-        agreed = self._all_reduce_max([float(any_bad), float(groups)])
+        agreed = self._agreed_max([float(any_bad), float(groups)])
         any_bad, groups = agreed[0] > 0, int(agreed[1])
         if any_bad:
             stats.skipped += 1
@@ -328,11 +327,14 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
             for batch in loader:
                 group_start = index - index % accumulation
                 group_size = min(accumulation, total - group_start)
-                loss, batch_logs = self.harness.loss(batch)
-                if bool(torch.isfinite(loss).all()):
+                # The engine reduces gradients in the backward of a group's last batch only.
+                with self.collectives.accumulating(index + 1 - group_start < group_size):
+                    loss, batch_logs = self.collectives.forward(self.harness.loss, batch)
                     # Dividing by the group's own size makes the update the one of the group's mean
-                    # loss, for a short last group too.
+                    # loss, for a short last group too. A non-finite loss is backed too (every
+                    # rank's backward takes part in the reduction); its update is then skipped.
                     torch.autograd.backward(loss / group_size)
+                if bool(torch.isfinite(loss).all()):
                     stats.losses.append(float(loss.detach()))
                     for key, value in batch_logs.items():
                         stats.algorithm_logs.setdefault(key, []).append(float(value))
@@ -399,9 +401,16 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
         with _preserved_rng():
             report = self.evaluator.evaluate()
         if self.run_dir is not None and self.is_main:
-            RunDir(self.run_dir).write_evaluation(self.global_step, report.metrics, report.details, report.markdown)
+            run_dir = RunDir(self.run_dir)
+            run_dir.write_evaluation(self.global_step, report.metrics, report.details, report.markdown)
+            run_dir.append_transcripts(transcript_records(report.details, "trained", self.global_step))
         self._call("on_evaluate", self, self.global_step, report)
         return report
+
+    def _write_samples(self) -> None:
+        """The first ``samples_per_step`` rollouts of this step's experience, to samples.jsonl."""
+        graphs = self.harness.last_graphs[: self.config.samples_per_step]
+        RunDir(str(self.run_dir)).append_samples(sample_record(graph, self.global_step) for graph in graphs)
 
     # --- checkpoints --------------------------------------------------------------------------
 
@@ -419,12 +428,16 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
         key = (self.global_step, self.run_dir)
         if self._saved is not None and self._saved[0] == key and self._saved[1].is_dir():
             return self._saved[1]  # nothing changed since (a state change always advances the step)
-        state = {
+        state: dict[str, Any] = {
             "global_step": self.global_step,
             "nonfinite_total": self.nonfinite_total,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "world_size": self.world_size,
         }
+        # A sampler with state of its own (a memory its reward reads) offers state_dict(): JSON.
+        sampler_state = getattr(self.harness.sampler, "state_dict", None)
+        if callable(sampler_state):
+            state["sampler"] = sampler_state()
         path = ckpt.save_checkpoint(
             self.run_dir,
             self.global_step,
@@ -456,6 +469,7 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
                 ckpt.load_weights(loaded.path, named if set(named) <= set(loaded.weights) else self.parameters)
             except CheckpointError as error:
                 raise ckpt.DifferentRunError(str(error)) from None
+            ckpt.check_optimizer_shapes(loaded, self.parameters)
             try:  # the last check that can fail: an optimizer state that does not fit this optimizer
                 ckpt.load_optimizer_state(self.optimizer, loaded.optimizer_tensors, loaded.optimizer_data)
                 if loaded.scheduler is not None:
@@ -471,6 +485,9 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
         self.global_step = loaded.step
         self.nonfinite_total = int(state.get("nonfinite_total", 0))
         self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
+        load_sampler_state = getattr(self.harness.sampler, "load_state_dict", None)
+        if callable(load_sampler_state) and "sampler" in state:
+            load_sampler_state(state["sampler"])
         saved_world = int(state.get("world_size", 1))
         if saved_world != self.world_size:
             log.warning(
@@ -504,7 +521,7 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
     def _due(self, every: int | None) -> bool:
         return every is not None and self.global_step % every == 0
 
-    def _all_reduce_max(self, values: Sequence[float]) -> list[float]:
+    def _agreed_max(self, values: Sequence[float]) -> list[float]:
         return self.collectives.max(values, self.parameters[0].device)
 
     def _barrier(self) -> None:
@@ -520,7 +537,7 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
         """The stop signal any rank received (torchrun forwards signals, but not at the same instant)."""
         if self.world_size == 1:
             return self._stop_signal
-        agreed = int(self._all_reduce_max([float(self._stop_signal or 0)])[0])
+        agreed = int(self._agreed_max([float(self._stop_signal or 0)])[0])
         return agreed or None
 
     def _call(self, hook: str, *args: Any) -> None:

@@ -28,14 +28,15 @@ the response, or the probe when a probe alone is scored); ``"turn"``, the whole 
 class Turn(Generic[StateT_co, ActionT_co]):
     """One turn to score: the conversation so far, the tester's probe, the target's response.
 
-    `response` is None when a probe (or any text in the probe's place) is scored alone.
+    `response` (the target's text) is None when a probe (or any text in the probe's place) is
+    scored alone.
     """
 
     context: StateT_co
     probe: ActionT_co
-    response: StateT_co | None = None
+    response: str | None = None
 
-    def text(self) -> StateT_co | ActionT_co:
+    def text(self) -> ActionT_co | str:
         """What a text scorer judges: the response, or the probe when there is none."""
         return self.probe if self.response is None else self.response
 

@@ -14,3 +14,8 @@ fi
     -e 'plugins/astra-transformers[lora]' \
     -e plugins/astra-ast \
     -e examples/astra-example-plugin
+# The HTML report test drives a real headless browser (Debian's chromium); it skips without one.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+        || echo "warning: could not install chromium; tests/test_report_html.py will skip its browser test" >&2
+fi

@@ -189,9 +189,7 @@ class Without:
         (PrivateGenerator, "determinism", "under the same seed"),
     ],
 )
-def test_broken_system_fails_with_its_contract(
-    variant: Callable[[], Any], contract: str, fragment: str
-) -> None:
+def test_broken_system_fails_with_its_contract(variant: Callable[[], Any], contract: str, fragment: str) -> None:
     with broken(contract, f"system {variant.__name__}", fragment):
         check_system(variant(), CONTEXTS, PROBES)
 

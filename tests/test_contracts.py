@@ -346,6 +346,7 @@ def test_every_protocol_method_of_every_kind_has_a_check_by_what_it_returns() ->
             "target_logprobs": "log-probs",
             "rollout_tester": "one output per input",
             "rollout_target": "one output per input",
+            "opening": "call",
             "advance": "call",
             "join": "call",
             "parameters": "parameters",

@@ -245,6 +245,15 @@ def test_an_unknown_hook_next_to_a_working_one_is_flagged_and_the_components_loa
     assert status(found, "fine") == PluginInfo("fine", "in-process", "", "loaded")
 
 
+def test_each_plugin_with_an_unknown_hook_is_flagged_once() -> None:
+    found = discover(
+        extra=[("first", ExtraHook("first-sampler")), ("second", MisspeltHook()), ("third", ExtraHook("x"))]
+    )
+    assert [p.name for p in found.flagged] == ["first", "second", "third"]
+    assert status(found, "second").status == "empty"
+    assert found.registries.get("sampler", "x").provider.plugin == "third"
+
+
 def test_an_unknown_hook_is_fatal_in_strict_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ASTRA_STRICT_PLUGINS", "1")
     with pytest.raises(PluginLoadError, match=r"plugin 'extra' .*'astra_configure', which is not an Astra Core hook"):
@@ -279,6 +288,9 @@ def test_astra_plugins_flags_an_installed_plugin_whose_hook_never_runs(misspelt_
     assert result.returncode == 0, result.stderr
     [line] = [line for line in result.stdout.splitlines() if line.strip().startswith("misspelt ")]
     assert "astra-misspelt 1.0  EMPTY: registered nothing: 'astra_registr' is not an Astra Core hook" in line
+    assert result.stdout.splitlines()[-1] == (
+        "1 plugin(s) loaded but did not register as meant (misspelt): see their lines above"
+    )
     listed = json.loads(_astra("plugins", "--json", path=misspelt_distribution).stdout)
     [row] = [p for p in listed["plugins"] if p["name"] == "misspelt"]
     assert row["status"] == "empty"

@@ -1,4 +1,4 @@
-"""``astra evaluate``: evaluate a trained tester (or the untrained base) and write evaluation.json/.md."""
+"""``astra evaluate``: evaluate a trained tester (or the untrained base); write evaluation.json/.md and transcripts."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from astra_core.cli.common import (
     timestamped,
 )
 from astra_core.errors import CheckpointError, ConfigError
-from astra_core.rundir import RunDir, describe_os_error, write_atomic
+from astra_core.rundir import TRANSCRIPTS, RunDir, append_jsonl, describe_os_error, transcript_records, write_atomic
 from astra_core.types import json_safe
 
 if TYPE_CHECKING:
@@ -88,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     if output.exists() and not output.is_dir():
         raise ConfigError(f"{output}: exists and is not a directory; pass --output DIR with a directory path")
 
+    run = RunDir(target) if is_run and output.resolve().is_relative_to(target.resolve()) else None
+    if run is not None:
+        run.check_unlocked()  # a run still training: refused now, not after the evaluation
     built = build(resolved, source, with_evaluator=True)
     reports: dict[str, EvaluationReport] = {}
     if not trained or args.compare_base:
@@ -97,31 +100,38 @@ def run(args: argparse.Namespace) -> int:
         step = _load_tester(built, checkpoint)
         reports["trained"] = _evaluate_once(built, resolved.config.training.seed, source)
     markdown = _evaluation_markdown(reports, target, checkpoint, built.evaluator)
-    payload = {
+    payload: dict[str, Any] = {
         "target": str(target),
         "checkpoint": str(checkpoint) if checkpoint else None,
         "step": step,
         "reports": {label: {"metrics": r.metrics, "details": r.details} for label, r in reports.items()},
     }
-    run = RunDir(target) if is_run and output.resolve().is_relative_to(target.resolve()) else None
+    # An evaluator that can pair two testers over the same prompts (ast's `paired`) adds that comparison.
+    paired = getattr(built.evaluator, "paired", None)
+    if callable(paired) and "base" in reports and "trained" in reports:
+        payload["comparison"] = paired(reports["base"], reports["trained"])
     try:
         if run is not None:
             run.acquire()  # writing into a run: not while it trains
         output.mkdir(parents=True, exist_ok=True)
         write_atomic(output / "evaluation.json", json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n")
         write_atomic(output / "evaluation.md", markdown)
+        for label, report in reports.items():  # the base tester is the step-0 tester
+            append_jsonl(
+                output / TRANSCRIPTS, transcript_records(report.details, label, step if label == "trained" else 0)
+            )
     except OSError as error:
         raise ConfigError(f"{output}: cannot write the evaluation: {describe_os_error(error)}") from None
     finally:
         if run is not None:
             run.release()
     print(markdown)
-    print(f"wrote {output / 'evaluation.json'} and {output / 'evaluation.md'}")
+    print(f"wrote {output / 'evaluation.json'}, {output / 'evaluation.md'} and {output / TRANSCRIPTS}")
     return 0
 
 
 def _evaluate_once(built: BuiltRun, seed: int, source: str) -> EvaluationReport:
-    from astra_core.trainer import seed_everything
+    from astra_core.assembly import seed_everything
 
     seed_everything(seed)  # the same sampling noise for the base and the trained tester
     if built.evaluator is None:  # build() skips it only when asked to
@@ -137,7 +147,7 @@ def _evaluate_once(built: BuiltRun, seed: int, source: str) -> EvaluationReport:
 def _load_tester(built: BuiltRun, checkpoint: Path) -> int:
     """Copy a checkpoint's tester weights into the system (by parameter name); return its step."""
     from astra_core import checkpoint as ckpt
-    from astra_core.trainer import trainable_parameters
+    from astra_core.assembly import trainable_parameters
 
     return ckpt.load_tester(checkpoint, built.system, lambda: trainable_parameters(built.algorithm.parameters()))
 

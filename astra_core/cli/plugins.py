@@ -67,4 +67,7 @@ def run(args: argparse.Namespace) -> int:
     broken = [p for p in plugin_rows if p["status"] == "broken"]
     if broken:
         print(f"{len(broken)} plugin(s) failed to load; set ASTRA_DEBUG_PLUGINS=1 for their tracebacks")
+    if loaded.flagged:
+        names = ", ".join(p.name for p in loaded.flagged)
+        print(f"{len(loaded.flagged)} plugin(s) loaded but did not register as meant ({names}): see their lines above")
     return 0

@@ -25,6 +25,7 @@ Importing this module is light: torch is imported inside the checks.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -289,8 +290,9 @@ def check_sampler(sampler: Any, episodes: int = 2) -> list[Graph[Any, Any]]:
 
     ``rollouts(n)`` returns a list of exactly `n` non-empty `Graph`s whose first turns start from
     the root's context and whose rewards are finite numbers; the same seed gives the same
-    episodes; ``eval_rollouts(prompts)`` returns one width-1 chain per prompt, in order, each
-    starting from its prompt. The sampler exposes the ``system`` it rolls out and the ``scorer``
+    episodes (for a sampler with ``state_dict()``, from the same state); ``eval_rollouts(prompts)``
+    returns one width-1 chain per prompt text, in order, each starting from ``system.opening(prompt)``.
+    The sampler exposes the ``system`` it rolls out and the ``scorer``
     its reward uses.
     """
     component = f"sampler {_name(sampler)}"
@@ -298,6 +300,14 @@ def check_sampler(sampler: Any, episodes: int = 2) -> list[Graph[Any, Any]]:
         raise ValueError("check_sampler needs episodes >= 1")
     _require(sampler, component, "sampler")
     which = f"rollouts({episodes})"
+    # A sampler may keep state its rewards read (a memory of past probes): repeat from the same state.
+    state = copy.deepcopy(sampler.state_dict()) if callable(getattr(sampler, "state_dict", None)) else None
+
+    def restart() -> None:
+        if state is not None:
+            sampler.load_state_dict(copy.deepcopy(state))
+
+    restart()
     with _seeded(SEED):
         graphs = sampler.rollouts(episodes)
     if not isinstance(graphs, list) or len(graphs) != episodes:
@@ -305,6 +315,7 @@ def check_sampler(sampler: Any, episodes: int = 2) -> list[Graph[Any, Any]]:
         raise ConformanceError(component, "length", f"{which} returned {got}; expected {episodes}")
     for graph in graphs:
         _check_graph(component, which, graph)
+    restart()
     with _seeded(SEED):
         again = sampler.rollouts(episodes)
     if [_signature(g) for g in graphs] != [_signature(g) for g in again]:
@@ -313,7 +324,8 @@ def check_sampler(sampler: Any, episodes: int = 2) -> list[Graph[Any, Any]]:
             "determinism",
             f"{which} gave different episodes under the same seed; sample with torch's and Python's global RNGs",
         )
-    prompts = [graph.context for graph in graphs]
+    # Prompts are texts; a text sampler's opening contexts serve, others get a neutral one.
+    prompts = [g.context for g in graphs] if all(isinstance(g.context, str) for g in graphs) else ["hello there"]
     with _seeded(SEED):
         chains = sampler.eval_rollouts(prompts)
     if not isinstance(chains, list) or len(chains) != len(prompts):
@@ -323,9 +335,11 @@ def check_sampler(sampler: Any, episodes: int = 2) -> list[Graph[Any, Any]]:
         )
     for prompt, chain in zip(prompts, chains, strict=True):
         _check_graph(component, "eval_rollouts(prompts)", chain)
-        if chain.context != prompt:
+        opened = sampler.system.opening(prompt)
+        if chain.context != opened:
             raise ConformanceError(
-                component, "graph", f"eval_rollouts: the episode of {prompt!r} starts from {chain.context!r}"
+                component, "graph", f"eval_rollouts: the episode of {prompt!r} starts from {chain.context!r}, "
+                f"not from system.opening(prompt) = {opened!r}"
             )
         widths = [len(level) for level in chain.levels()]
         if any(width != 1 for width in widths):

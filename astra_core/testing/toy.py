@@ -142,6 +142,9 @@ class ToySystem:
         self.generate_calls += 1
         return [" ".join(context.split()[-self.probe_length :]) for context in contexts]
 
+    def opening(self, prompt: str) -> str:
+        return prompt
+
     def advance(self, context: str, probe: str, response: str) -> str:
         return f"{context} {probe} {response}".strip()
 
@@ -187,7 +190,7 @@ class ToySampler:
         return graphs
 
     def eval_rollouts(self, prompts: Sequence[str]) -> list[Graph[str, str]]:
-        graphs: list[Graph[str, str]] = [Graph(prompt) for prompt in prompts]
+        graphs: list[Graph[str, str]] = [Graph(self.system.opening(prompt)) for prompt in prompts]
         frontier: list[tuple[list[Node[str, str]], str]] = [(g.children, g.context) for g in graphs]
         for _ in range(self.tree_depth):
             frontier = self._expand(frontier)

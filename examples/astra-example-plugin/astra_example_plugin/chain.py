@@ -40,9 +40,9 @@ class ChainSampler(Generic[StateT, ActionT]):
         self._grow(graphs)
         return graphs
 
-    def eval_rollouts(self, prompts: Sequence[StateT]) -> list[Graph[StateT, ActionT]]:
+    def eval_rollouts(self, prompts: Sequence[str]) -> list[Graph[StateT, ActionT]]:
         """One evaluation episode from each prompt, rolled out together."""
-        graphs = [Graph[StateT, ActionT](prompt) for prompt in prompts]
+        graphs = [Graph[StateT, ActionT](self.system.opening(prompt)) for prompt in prompts]
         self._grow(graphs)
         return graphs
 

@@ -13,11 +13,11 @@ def astra_register(registrar: Registrar) -> None:
         "ast",
         "astra_ast.sampler:ASTSampler",
         options="astra_ast.options:ASTSamplerOptions",
-        summary="ASTPrompter tree sampler: toxicity + probe-likelihood reward, one generate call per level",
+        summary="ASTPrompter tree sampler: benign-probe reward (or the paper's), novelty, one generate call per level",
     )
     registrar.evaluator(
         "ast",
         "astra_ast.evaluator:ASTEvaluator",
         options="astra_ast.options:ASTEvaluatorOptions",
-        summary="attack success rate (bootstrap CI), toxicity, first toxic turn, perplexity, diversity",
+        summary="benign-probe attack success (BCa CI, paired vs base), successful-probe diversity, perplexity",
     )

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from astra_ast.options import ASTSamplerOptions
 from astra_ast.prompt_sets import load_prompts
-from astra_ast.reward import SUPERVISED, Weights, score_turns
+from astra_ast.reward import SUPERVISED, NoveltyMemory, Weights, score_turns
 from astra_core.errors import OptionsError
 from astra_core.graph import Graph, Node
 from astra_core.protocols import Scorer, System
@@ -60,7 +60,10 @@ class ASTSampler:
         self.scorer = scorer
         self.tree_width = self.options.tree_width
         self.tree_depth = self.options.tree_depth
-        self.weights = Weights(self.options.alpha, self.options.zeta, self.options.gamma)
+        o = self.options
+        self.weights = Weights(o.alpha, o.zeta, o.gamma, o.eta, o.gate, o.probe_threshold, o.nu)
+        # The probes the novelty bonus compares against; part of the checkpoint (state_dict).
+        self.memory = NoveltyMemory(o.novelty_memory, o.novelty_order)
         self.prompts = load_prompts(self.options.prompts, self.options.prompt_key)
         self.tox_texts: list[str] = []
         if self.options.tox_texts is not None:
@@ -70,7 +73,7 @@ class ASTSampler:
         """`count` training episodes grown together: 2 * tree_depth generation calls in all."""
         if count < 1:
             return []
-        graphs: list[Graph[str, str]] = [Graph(random.choice(self.prompts)) for _ in range(count)]
+        graphs: list[Graph[str, str]] = [Graph(self.system.opening(random.choice(self.prompts))) for _ in range(count)]
         frontier: list[_Slot] = [(graph.children, graph.context) for graph in graphs]
         for _ in range(self.tree_depth):
             slots = [slot for slot in frontier for _ in range(self.tree_width)]
@@ -83,7 +86,7 @@ class ASTSampler:
         Evaluation nodes also carry ``scores["probe_toxicity"]``; no weak supervision applies.
         """
         turns = self.tree_depth if depth is None else depth
-        graphs: list[Graph[str, str]] = [Graph(prompt) for prompt in prompts]
+        graphs: list[Graph[str, str]] = [Graph(self.system.opening(prompt)) for prompt in prompts]
         if not graphs:
             return graphs
         frontier: list[_Slot] = [(graph.children, graph.context) for graph in graphs]
@@ -103,9 +106,19 @@ class ASTSampler:
         for index in sorted(supervised):
             probes[index] = random.choice(self.tox_texts)
         responses = self.system.rollout_target([self.system.join(c, p) for c, p in zip(contexts, probes, strict=True)])
+        memory = self.memory if supervise else None  # evaluation neither reads nor grows the memory
         rewards, parts = score_turns(
-            self.system, self.scorer, contexts, probes, responses, self.weights, probe_toxicity=not supervise
+            self.system,
+            self.scorer,
+            contexts,
+            probes,
+            responses,
+            self.weights,
+            probe_toxicity=not supervise,
+            memory=memory,
         )
+        if memory is not None and self.weights.nu:
+            memory.add([probes[i] for i in tester_indices])  # after scoring: siblings meet the same memory
         if supervise and self.options.tox_mix > 0:
             for index, part in enumerate(parts):
                 part[SUPERVISED] = 1.0 if index in supervised else 0.0
@@ -120,6 +133,14 @@ class ASTSampler:
             children.append(node)
             following.append((node.children, self.system.advance(context, probe, response)))
         return following
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must hold for an exact resume: the novelty memory (JSON)."""
+        return {"novelty_memory": self.memory.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict`."""
+        self.memory.load_state_dict(state["novelty_memory"])
 
     def _supervised_slots(self, count: int, width: int) -> set[int]:
         """Which slots get a supervised probe: at most one per sibling group, never without siblings."""

@@ -9,11 +9,14 @@ import pytest
 from astra_ast.metrics import (
     asr,
     attack_succeeded,
+    benign_success,
+    benign_turns,
     bootstrap_ci,
+    distinct_count,
     distinct_n,
     first_toxic_turn,
+    paired_difference,
     perplexity,
-    quantile,
     self_bleu,
     sentence_bleu,
 )
@@ -31,30 +34,73 @@ def test_asr_is_the_fraction_of_successful_rollouts() -> None:
     assert math.isnan(asr([]))
 
 
-def test_quantile_interpolates_linearly() -> None:
-    assert quantile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
-    assert quantile([1.0, 2.0, 3.0, 4.0], 0.0) == 1.0
-    assert quantile([1.0, 2.0, 3.0, 4.0], 1.0) == 4.0
-    assert quantile([0.0, 10.0], 0.025) == pytest.approx(0.25)
+def test_a_toxic_probe_success_does_not_count_as_a_benign_one() -> None:
+    # Turn 1: toxic response after a toxic probe (plain success only); turn 2: nothing toxic.
+    assert attack_succeeded([0.9, 0.1], 0.5)
+    assert benign_turns([0.9, 0.1], [0.8, 0.0], 0.5, 0.5) == [False, False]
+    assert not benign_success([0.9, 0.1], [0.8, 0.0], 0.5, 0.5)
+    # A benign probe (0.49 < 0.5) that draws a response at the threshold counts.
+    assert benign_turns([0.9, 0.5], [0.8, 0.49], 0.5, 0.5) == [False, True]
+    assert benign_success([0.9, 0.5], [0.8, 0.49], 0.5, 0.5)
+    # A probe at the probe threshold is not benign; thresholds are independent.
+    assert not benign_success([0.9], [0.5], 0.5, 0.5)
+    assert benign_success([0.9], [0.5], 0.5, 0.6)
+    assert not benign_success([0.3], [0.0], 0.5, 0.5)
 
 
 def test_bootstrap_of_a_constant_is_that_constant() -> None:
     assert bootstrap_ci([1.0, 1.0, 1.0], resamples=200) == (1.0, 1.0)
     assert bootstrap_ci([0.0] * 5, resamples=200) == (0.0, 0.0)
+    assert math.isnan(bootstrap_ci([])[0])
 
 
-def test_bootstrap_of_two_outcomes_spans_both() -> None:
-    # Resample means of [0, 1] are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4, so the 2.5% and
-    # 97.5% quantiles of 1000 resamples are 0 and 1.
-    assert bootstrap_ci([0.0, 1.0], resamples=1000) == (0.0, 1.0)
+def test_bootstrap_is_scipys_bca_interval_and_seeded() -> None:
+    import numpy as np
+    from scipy.stats import bootstrap
 
-
-def test_bootstrap_is_seeded_and_brackets_the_mean() -> None:
     values = [1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     low, high = bootstrap_ci(values, resamples=500, seed=3)
     assert (low, high) == bootstrap_ci(values, resamples=500, seed=3)
+    expected = bootstrap(
+        (np.array(values),), np.mean, n_resamples=500, method="BCa", rng=np.random.default_rng(3)
+    ).confidence_interval
+    assert (low, high) == pytest.approx((expected.low, expected.high))
     assert 0.0 <= low < 0.4 < high <= 1.0
-    assert math.isnan(bootstrap_ci([])[0])
+
+
+def test_paired_difference_on_known_data() -> None:
+    # The trained tester succeeds on every prompt the base did and on 6 more of 20.
+    base = [1.0] * 4 + [0.0] * 16
+    trained = [1.0] * 10 + [0.0] * 10
+    change, low, high = paired_difference(base, trained, resamples=2000, seed=0)
+    assert change == pytest.approx(0.3)
+    # Per-prompt differences are six 1s and fourteen 0s: the paired interval is that of their
+    # mean, 0.3, and excludes 0; an unpaired interval would be much wider.
+    assert 0.05 < low < 0.3 < high < 0.55
+    # Close to the one-sample interval of those differences (resampling draws differ).
+    assert (low, high) == pytest.approx(bootstrap_ci([1.0] * 6 + [0.0] * 14, resamples=2000, seed=0), abs=0.1)
+    # And exactly scipy's paired BCa interval of the difference of means.
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    expected = bootstrap(
+        (np.array(base), np.array(trained)),
+        lambda b, t, axis=-1: np.mean(t, axis=axis) - np.mean(b, axis=axis),
+        n_resamples=2000,
+        method="BCa",
+        paired=True,
+        rng=np.random.default_rng(0),
+    ).confidence_interval
+    assert (low, high) == pytest.approx((expected.low, expected.high))
+    # Pairing matters: the same rates on disjoint prompts give a wider interval.
+    disjoint = [0.0] * 4 + [1.0] * 10 + [0.0] * 6
+    change_disjoint, low_disjoint, high_disjoint = paired_difference(base, disjoint, resamples=2000, seed=0)
+    assert change_disjoint == pytest.approx(0.3)
+    assert high_disjoint - low_disjoint > 1.5 * (high - low)
+    # Identical testers: a degenerate interval at 0.
+    assert paired_difference(base, base) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="one value per item"):
+        paired_difference([1.0], [1.0, 0.0])
 
 
 def test_distinct_n_counts_unique_ngrams_over_all_texts() -> None:
@@ -65,21 +111,27 @@ def test_distinct_n_counts_unique_ngrams_over_all_texts() -> None:
     assert distinct_n([], 1) == 0.0
 
 
-def test_sentence_bleu_hand_cases() -> None:
-    # p1 = 2/3; p2 = (1 + 1) / (2 + 1) add-one smoothed; equal lengths: BLEU = sqrt(2/3 * 2/3).
-    assert sentence_bleu(["a", "b", "c"], [["a", "b", "d"]], max_n=2) == pytest.approx(2 / 3)
-    # Clipping: only one "a" of three counts.
-    assert sentence_bleu(["a", "a", "a"], [["a", "b"]], max_n=1) == pytest.approx(1 / 3)
-    # Brevity: c = 2 below r = 4, precisions 1: BLEU = exp(1 - 4/2).
-    assert sentence_bleu(["a", "b"], [["a", "b", "c", "d"]]) == pytest.approx(math.exp(-1))
-    assert sentence_bleu(["x", "y"], [["a", "b"]]) == 0.0
-    assert sentence_bleu(["a", "b", "c", "d", "e"], [["a", "b", "c", "d", "e"]]) == pytest.approx(1.0)
+def test_distinct_count_ignores_case_and_spacing() -> None:
+    assert distinct_count(["What the", "what  THE", "why"]) == 2
+    assert distinct_count([]) == 0
+
+
+def test_sentence_bleu_is_sacrebleus() -> None:
+    from sacrebleu.metrics.bleu import BLEU
+
+    hypothesis, references = "the cat sat on the mat", ["the cat is on the mat", "a dog sat there"]
+    expected = BLEU(effective_order=True).sentence_score(hypothesis, references).score / 100
+    assert sentence_bleu(hypothesis, references) == pytest.approx(expected)
+    assert sentence_bleu("a b c d e", ["a b c d e"]) == pytest.approx(1.0)
+    assert sentence_bleu("x y", ["a b"]) == 0.0
+    assert sentence_bleu("", ["a b"]) == 0.0 and sentence_bleu("a", []) == 0.0
 
 
 def test_self_bleu_is_the_mean_over_texts_against_the_rest() -> None:
-    assert self_bleu(["a b c", "a b d"], max_n=2) == pytest.approx(2 / 3)
+    texts = ["the cat sat on the mat", "the cat is on the mat", "a dog sat there"]
+    by_hand = sum(sentence_bleu(t, [o for o in texts if o is not t]) for t in texts) / 3
+    assert self_bleu(texts) == pytest.approx(by_hand)
     assert self_bleu(["same words here"] * 3) == pytest.approx(1.0)
-    # "a b" vs "c d" scores 0 and vice versa; mean 0.
     assert self_bleu(["a b", "c d"]) == 0.0
     assert math.isnan(self_bleu(["alone"]))
 

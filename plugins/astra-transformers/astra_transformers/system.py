@@ -29,14 +29,25 @@ from transformers.utils import logging as _hf_logging
 from astra_core.errors import ComponentBuildError, ConfigError, OptionsError
 from astra_core.protocols import Reduction
 from astra_transformers import TINY_MODEL_DIR
-from astra_transformers.generation import Decoder, PrefixStore, Sampling, sample
+from astra_transformers.decoding import fast_sample
+from astra_transformers.generation import Decoded, Decoder, PrefixStore, Sampling, sample
+from astra_transformers.large import (
+    Loading,
+    checkpointing,
+    enable_gradient_checkpointing,
+    input_device,
+    prepare_for_qlora,
+    role_dtype,
+    spans_devices,
+)
 from astra_transformers.logprobs import LogprobMemo, length_buckets
 from astra_transformers.lora import ADAPTER_CONFIG, LoraTester, adapter_base, adapter_directory
 from astra_transformers.options import TransformersOptions
-from astra_transformers.precision import autocast, check_autocast, placement_guard, resolve_dtype
+from astra_transformers.precision import autocast, check_autocast, placement_guard
 
 if TYPE_CHECKING:
     from astra_core.protocols import FeatureSystem, System
+    from astra_transformers.vllm_backend import VllmTarget
 
 hf_logging: Any = _hf_logging  # its progress-bar switches are untyped
 _TAIL_SLACK = 8
@@ -127,20 +138,29 @@ def _no_hf_progress_bars() -> Iterator[None]:
 
 
 def load_model(
-    source: str, dtype: torch.dtype, device: torch.device, allow_pickle_weights: bool = False
+    source: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    allow_pickle_weights: bool = False,
+    loading: Loading | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer through `from_pretrained`, the same way for the
     embedded model, a hub id or a local directory; failures become a `ComponentBuildError`.
+    `loading` quantises it, places it with accelerate or picks its attention (`astra_transformers.large`).
 
     Never runs code from the model directory (``trust_remote_code=False``, so transformers never
     asks on the terminal either) and reads safetensors weights only, unless
     `allow_pickle_weights` admits ``.bin`` pickles (which can run code when loaded)."""
     location = resolve_source(source)
+    loading = loading or Loading()
     try:
         with _no_hf_progress_bars():
             tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
             module = AutoModelForCausalLM.from_pretrained(
-                location, dtype=dtype, trust_remote_code=False, use_safetensors=None if allow_pickle_weights else True
+                location,
+                trust_remote_code=False,
+                use_safetensors=None if allow_pickle_weights else True,
+                **loading.from_pretrained_kwargs(dtype, device),
             )
     except Exception as error:  # any loading failure is reported with the source that caused it
         raise ComponentBuildError(
@@ -148,7 +168,11 @@ def load_model(
             f"give a local model directory, a hub id that is cached (runs are offline), or 'tiny'"
             + ("" if allow_pickle_weights else "; weights must be safetensors unless allow_pickle_weights = true")
         ) from error
-    _as_torch(module).to(device).eval()
+    if loading.places_itself:
+        _as_torch(module).eval()
+        device = input_device(module)
+    else:
+        _as_torch(module).to(device).eval()
     config = module.config
     n_positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
     if not isinstance(n_positions, int) or n_positions < 2:
@@ -161,7 +185,8 @@ def load_model(
     bos_id = tokenizer.bos_token_id
     start_id = bos_id if isinstance(bos_id, int) else pad_id
     loaded = LoadedModel(source, module, tokenizer, device, n_positions, pad_id, eos, start_id, False)
-    loaded.sliced_head = _head_is_linear_readout(loaded)
+    # A model spread over devices takes the full forward, whose outputs accelerate brings back.
+    loaded.sliced_head = not spans_devices(module) and _head_is_linear_readout(loaded)
     return loaded
 
 
@@ -224,12 +249,17 @@ class TransformersSystem:
             raise OptionsError("system", "transformers", problems) from None
         opts = self.options
         self.generate_calls = 0
-        tester_dtype = resolve_dtype(opts.tester_dtype or opts.dtype)
-        target_dtype = resolve_dtype(opts.target_dtype or opts.dtype)
-        baseline_dtype = resolve_dtype(opts.baseline_dtype or opts.tester_dtype or opts.dtype)
+        self.generated_tokens = 0  # new tokens decoded by every role (bench/gpu_check.py's tokens/s)
         tester_device = _device(opts.tester_device or opts.device)
         target_device = _device(opts.target_device or opts.device)
         baseline_device = _device(opts.baseline_device) if opts.baseline_device else tester_device
+        tester_dtype = role_dtype(opts.tester_dtype or opts.dtype, tester_device)
+        target_dtype = role_dtype(opts.target_dtype or opts.dtype, target_device)
+        baseline_dtype = role_dtype(opts.baseline_dtype or opts.tester_dtype or opts.dtype, baseline_device)
+        # Large-model loading (astra_transformers.large); the options were checked against this machine.
+        tester_loading = Loading(opts.quantization, attn_implementation=opts.attn_implementation)
+        target_loading = Loading(opts.target_quantization, opts.target_device_map, opts.attn_implementation)
+        baseline_loading = Loading(attn_implementation=opts.attn_implementation)
         check_autocast(opts.autocast, tester_device)
         tester_source = opts.tester or opts.model
         adapter = adapter_directory(tester_source)
@@ -242,8 +272,10 @@ class TransformersSystem:
         target_source = opts.target or opts.model
         baseline_source = opts.baseline or base_source
 
-        self._tester = load_model(base_source, tester_dtype, tester_device, opts.allow_pickle_weights)
+        self._tester = load_model(base_source, tester_dtype, tester_device, opts.allow_pickle_weights, tester_loading)
         _as_torch(self._tester.module).train(False)  # no dropout: log-probs must match what was sampled
+        if opts.quantization is not None:
+            prepare_for_qlora(self._tester.module, opts.gradient_checkpointing)
         self._lora: LoraTester | None = None
         if adapter is not None:
             self._lora = LoraTester.load(self._tester.module, adapter, base_source, opts.allow_pickle_weights)
@@ -254,26 +286,39 @@ class TransformersSystem:
         if self._lora is not None and base_is_baseline and beside_tester:
             # The tester's own weights with the adapter off (see _running): the base model, no copy.
             self._baseline = replace(self._tester)
+            baseline_loading = tester_loading
         elif opts.baseline is None and self._lora is None:
             starting = _freeze(copy.deepcopy(self._tester.module))
             _as_torch(starting).to(device=baseline_device, dtype=baseline_dtype)
             self._baseline = replace(self._tester, module=starting, device=baseline_device)
         else:
-            self._baseline = load_model(baseline_source, baseline_dtype, baseline_device, opts.allow_pickle_weights)
+            self._baseline = load_model(
+                baseline_source, baseline_dtype, baseline_device, opts.allow_pickle_weights, baseline_loading
+            )
             _freeze(self._baseline.module)
         if (
             resolve_source(target_source) == resolve_source(baseline_source)
             and target_device == baseline_device
             and target_dtype == baseline_dtype
+            and target_loading == baseline_loading
         ):
             self._target = self._baseline  # one frozen copy serves both roles
         else:
-            self._target = load_model(target_source, target_dtype, target_device, opts.allow_pickle_weights)
+            self._target = load_model(
+                target_source, target_dtype, target_device, opts.allow_pickle_weights, target_loading
+            )
             _freeze(self._target.module)
+        if opts.gradient_checkpointing:
+            enable_gradient_checkpointing(self._tester.module)
 
         largest = max(sum(p.numel() for p in m.module.parameters()) for m in (self._tester, self._target))
         self.num_threads = tune_threads(largest, opts.num_threads)
         self._sampling = Sampling(opts.temperature, opts.top_k, opts.top_p)
+        self._vllm: VllmTarget | None = None
+        if opts.target_backend == "vllm":
+            from astra_transformers.vllm_backend import VllmTarget
+
+            self._vllm = VllmTarget(resolve_source(target_source), target_dtype, self._sampling)
         self._decoders: dict[int, Decoder] = {}
         # Frozen weights never change, so the target's prompt log-probs stay exact (see rollout_target).
         self._memos: dict[int, LogprobMemo] = {id(self._target): LogprobMemo()}
@@ -374,6 +419,10 @@ class TransformersSystem:
             yield
 
     # -- text ------------------------------------------------------------------------------
+
+    def opening(self, prompt: str) -> str:
+        """A text episode opens with the prompt itself."""
+        return prompt
 
     def join(self, context: str, probe: str) -> str:
         """The text the target continues: the context, then the probe, as they are."""
@@ -561,7 +610,8 @@ class TransformersSystem:
         shared = [
             sw == sl and rw[:sw] == rl[:sl] for rw, sw, rl, sl in zip(rows_w, starts_w, rows_l, starts_l, strict=True)
         ]
-        if not all(shared):
+        # Checkpointed blocks keep no KV cache in a gradient forward: the pair path needs one.
+        if not all(shared) or checkpointing(model.module):
             both = self.tester_logprobs(list(contexts) * 2, list(chosen) + list(rejected), reduction)
             return both[:n], both[n:]
         with self._running(model):
@@ -625,19 +675,37 @@ class TransformersSystem:
         rows = [self._truncate(model, ids, budget) for ids in self._ids(model, contexts)]
         # The memo serves log-probs of continuations up to this many tokens at a prompt's end.
         tail = self.options.probe_tokens + _TAIL_SLACK if memo is not None else 0
-        store = self._prefix_store(model)
+        decoding = self.options.decoding
+        # Fixed-shape decoding (astra_transformers.decoding) keeps no caches across turns.
+        store = self._prefix_store(model) if decoding == "loop" else None
         prefixes = [store.find(text) for text in contexts] if store is not None else None
         with torch.inference_mode(), self._running(model):
-            decoded = sample(
-                self._decoder(model),
-                rows,
-                new_tokens,
-                self._sampling,
-                model.device,
-                tail=tail,
-                prefixes=prefixes,
-                keep_caches=store is not None,
-            )
+            if model is self._target and self._vllm is not None:
+                decoded = Decoded(self._vllm.generate(rows, new_tokens, model.eos_id), None, None)
+            elif decoding != "loop":
+                compile_step = self.options.compile_decoding and model.device.type == "cuda"
+                decoded = fast_sample(
+                    decoding,
+                    self._decoder(model),
+                    rows,
+                    new_tokens,
+                    self._sampling,
+                    model.device,
+                    tail=tail,
+                    compile=compile_step,
+                )
+            else:
+                decoded = sample(
+                    self._decoder(model),
+                    rows,
+                    new_tokens,
+                    self._sampling,
+                    model.device,
+                    tail=tail,
+                    prefixes=prefixes,
+                    keep_caches=store is not None,
+                )
+        self.generated_tokens += sum(len(ids) for ids in decoded.new_ids)
         if memo is not None and decoded.prompt_tails is not None:
             for text, row, logprobs in zip(contexts, rows, decoded.prompt_tails, strict=True):
                 memo.record(text, row, logprobs)

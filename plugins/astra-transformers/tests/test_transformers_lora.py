@@ -187,8 +187,8 @@ def _cli(*argv: str | Path) -> int:
 
 def test_lora_dpo_run_resumes_to_the_same_adapter_and_evaluate_loads_it(tmp_path: Path) -> None:
     from astra_core import checkpoint as ckpt
+    from astra_core.assembly import trainable_parameters
     from astra_core.plugins import load_plugins
-    from astra_core.trainer import trainable_parameters
 
     registries = load_plugins().registries
     if "ast" not in registries.kind("sampler") or "dpo" not in registries.kind("algorithm"):
