@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from astra_core import distributed
-from astra_core.build import BuiltRun, Resolved, ResolvedRun, build
+from astra_core.build import BuiltRun, Resolved, ResolvedRun, build, build_component
 from astra_core.config import TrainingConfiguration
 from astra_core.protocols import Callback
 from astra_core.registry import Registries
@@ -101,8 +101,9 @@ def optimizer_and_scheduler(
             Resolved(scheduler_info, scheduler_info.validate(schedule.options)),
         )
     optimizer_ref, scheduler_ref = resolved
-    optimizer: torch.optim.Optimizer = optimizer_ref.info.build(parameters, options=optimizer_ref.options, lr=config.lr)
-    scheduler = scheduler_ref.info.build(optimizer, options=scheduler_ref.options, total_steps=config.training_steps)
+    # build_component checks each is of its kind and records its plugin, as for every component.
+    optimizer: torch.optim.Optimizer = build_component(optimizer_ref, parameters, lr=config.lr)
+    scheduler = build_component(scheduler_ref, optimizer, total_steps=config.training_steps)
     return optimizer, scheduler
 
 

@@ -86,13 +86,20 @@ class Loading:
         if self.quantization is not None:
             kwargs["quantization_config"] = quantization_config(self.quantization, dtype)
             if self.device_map is None:
-                # bitsandbytes quantises while loading onto the GPU: name it.
-                kwargs["device_map"] = {"": str(device) if device is not None else "cuda"}
+                # bitsandbytes quantises while loading onto the GPU: name it (under torchrun,
+                # "cuda" is this rank's GPU, which init_from_env made the current one).
+                kwargs["device_map"] = {"": _gpu_name(device)}
         if self.device_map is not None:
             kwargs["device_map"] = self.device_map
             if self.max_memory is not None:
                 kwargs["max_memory"] = dict(self.max_memory)
         return kwargs
+
+
+def _gpu_name(device: torch.device | None) -> str:
+    if device is None or (device.type == "cuda" and device.index is None):
+        return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cuda"
+    return str(device)
 
 
 def input_device(module: nn.Module) -> torch.device:
