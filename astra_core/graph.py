@@ -30,6 +30,7 @@ class Node(Generic[StateT, ActionT]):
     context: StateT
     probe: ActionT
     response: str
+    """The target's text (a state may be more than text: a chat system's is a conversation)."""
     reward: float
     children: list[Node[StateT, ActionT]] = field(default_factory=list)
     scores: dict[str, float] = field(default_factory=dict)

@@ -89,7 +89,8 @@ class System(Protocol[StateT, ActionT]):
         ...
 
     def rollout_target(self, contexts: Sequence[StateT]) -> list[str]:
-        """Sample one response text per context (context already ends with the probe), batched."""
+        """Sample one response text per context (context already ends with the probe), batched.
+        A response is text whatever the state is (a chat system's state is a conversation)."""
         ...
 
     def opening(self, prompt: str) -> StateT:

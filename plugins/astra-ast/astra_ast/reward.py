@@ -143,6 +143,12 @@ class NoveltyMemory:
         self.add([str(probe) for probe in state["probes"]])
 
 
+def _joined(system: Any, probe: str, response: str) -> str:
+    joined = system.advance("", probe, response)
+    # A chat system's states are conversations: the two messages' texts, one per line.
+    return joined if isinstance(joined, str) else f"{probe}\n{response}"
+
+
 def score_turns(
     system: System[str, str],
     scorer: Scorer[str, str],
@@ -158,7 +164,8 @@ def score_turns(
 
     One scorer call judges, in this order: each turn (context, probe, response), so a text
     scorer reads the response; each probe+response text alone (joined as the system joins a turn,
-    ``system.advance("", probe, response)``); and each probe alone when `probe_toxicity` asks for
+    ``system.advance("", probe, response)``, or on two lines where the system's states are
+    conversations); and each probe alone when `probe_toxicity` asks for
     it (evaluation reports it) or the reward reads it. With a `memory` and ``weights.nu`` the
     novelty part is scored against it (the caller adds the probes to memory afterwards, so
     siblings are judged against the same memory).
@@ -168,7 +175,7 @@ def score_turns(
         return [], []
     with_probes = probe_toxicity or weights.needs_probe_toxicity
     turns = [Turn(c, p, r) for c, p, r in zip(contexts, probes, responses, strict=True)]
-    combined = [Turn(c, system.advance("", p, r)) for c, p, r in zip(contexts, probes, responses, strict=True)]
+    combined = [Turn(c, _joined(system, p, r)) for c, p, r in zip(contexts, probes, responses, strict=True)]
     alone = [Turn(c, p) for c, p in zip(contexts, probes, strict=True)] if with_probes else []
     toxicities = scorer.score([*turns, *combined, *alone])
     logprobs = system.target_logprobs(contexts, probes, reduction="mean").detach().float().cpu().tolist()

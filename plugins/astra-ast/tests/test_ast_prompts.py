@@ -82,7 +82,7 @@ def test_utf8_with_bom_and_non_ascii_text_reads(tmp_path: Path) -> None:
         ("nonstring.jsonl", b'{"prompt": 3}\n', "line 1 'prompt' is int"),
         ("badline.jsonl", b'"ok"\n{oops\n', "invalid JSON on line 2"),
         ("nocolumn.csv", b"id,text\n1,x\n", "no column 'prompt' .*columns: id, text.*set prompt_key"),
-        ("prompts.parquet", b"PAR1", "unsupported extension '.parquet'"),
+        ("prompts.parquet", b"PAR1", "not a readable parquet file|parquet needs the datasets extra"),
         ("prompts", b"x", "unsupported extension '\\(none\\)'"),
     ],
 )

@@ -1,4 +1,4 @@
-"""The astra-scorers plugin: registers profanity, keyword, detoxify and llamaguard by path.
+"""The astra-scorers plugin: registers profanity, keyword, detoxify, llamaguard and judge by path.
 
 Registration imports nothing heavy: each factory and options model is named as a
 ``"module:attribute"`` string and imported only when a run builds or validates that scorer.
@@ -38,4 +38,10 @@ def astra_register(registrar: Registrar) -> None:
         "astra_scorers.llamaguard:LlamaGuardScorer",
         options=f"{_OPTIONS}:LlamaGuardOptions",
         summary="P(unsafe) from a Llama Guard model's verdict token (extra: astra-scorers[llamaguard])",
+    )
+    registrar.scorer(
+        "judge",
+        "astra_scorers.judge:JudgeScorer",
+        options=f"{_OPTIONS}:JudgeOptions",
+        summary="LLM-as-judge: P(yes) from a chat model asked a rubric (default SmolLM2, offline; extra: judge)",
     )

@@ -116,11 +116,12 @@ def sample_static(
     *,
     tail: int = 0,
     compile: bool = False,
+    stop_ids: Sequence[int] = (),
 ) -> Decoded:
     """Sample up to `new_tokens` tokens after each row, with no host sync until the end.
 
     The result has `sample`'s shape and meaning (new ids cut at the step the last row finished,
-    pad after a row's eos; prompt tails with ``tail > 0``); `Decoded.caches` is None.
+    pad after a row's stop token; prompt tails with ``tail > 0``); `Decoded.caches` is None.
     Call under `torch.inference_mode`.
     """
     if not rows:
@@ -135,13 +136,14 @@ def sample_static(
     all_done = torch.zeros(new_tokens, dtype=torch.bool, device=device)
     pad = torch.tensor(decoder.pad_id, dtype=torch.long, device=device)
     step_fn = compiled_step(decoder) if compile else _step_function(decoder)
+    stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device) if stop_ids else None
     for step in range(new_tokens):
-        scores = process_scores(last, sampling, decoder.eos_id, first=step == 0)
+        scores = process_scores(last, sampling, stops, first=step == 0)
         tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
-        # A finished row writes pad (as the lean loop pads it); its eos is the last real token.
+        # A finished row writes pad (as the lean loop pads it); its stop token is the last real one.
         produced[:, step] = torch.where(finished, pad, tokens)
-        if decoder.eos_id is not None:
-            finished = finished | (tokens == decoder.eos_id)
+        if stops is not None:
+            finished = finished | torch.isin(tokens, stops)
         all_done[step] = finished.all()
         if step == new_tokens - 1:
             break
@@ -161,7 +163,7 @@ def sample_generate(
     sampling: Sampling,
     device: torch.device,
     pad_id: int,
-    eos_id: int | None,
+    stop_ids: Sequence[int] = (),
 ) -> Decoded:
     """`sample`'s contract through transformers' ``generate`` with a static cache (no prompt
     tails: the target's log-prob memo then stays empty and its log-probs take a forward)."""
@@ -183,14 +185,14 @@ def sample_generate(
         top_k=sampling.top_k or None,
         top_p=sampling.top_p,
         pad_token_id=pad_id,
-        eos_token_id=eos_id,
+        eos_token_id=list(stop_ids) or None,
         cache_implementation="static",
     )
     new = out[:, width:]
-    if eos_id is not None:
-        # generate pads after eos already; make sure rows end as the lean loop's do.
-        after_eos = (new == eos_id).long().cumsum(-1) - (new == eos_id).long()
-        new = new.masked_fill(after_eos > 0, pad_id)
+    if stop_ids:
+        # generate pads after a stop token already; make sure rows end as the lean loop's do.
+        stopped = torch.isin(new, torch.tensor(list(stop_ids), dtype=new.dtype, device=new.device)).long()
+        new = new.masked_fill((stopped.cumsum(-1) - stopped) > 0, pad_id)
     return Decoded(new.tolist(), None, None)
 
 
@@ -204,10 +206,11 @@ def fast_sample(
     *,
     tail: int = 0,
     compile: bool = False,
+    stop_ids: Sequence[int] = (),
 ) -> Decoded:
     """`sample_static` (``mode="static"``) or `sample_generate` (``"generate"``) for the system."""
     if mode == "static":
-        return sample_static(decoder, rows, new_tokens, sampling, device, tail=tail, compile=compile)
+        return sample_static(decoder, rows, new_tokens, sampling, device, tail=tail, compile=compile, stop_ids=stop_ids)
     if mode == "generate":
-        return sample_generate(decoder.module, rows, new_tokens, sampling, device, decoder.pad_id, decoder.eos_id)
+        return sample_generate(decoder.module, rows, new_tokens, sampling, device, decoder.pad_id, stop_ids)
     raise ValueError(f"unknown decoding {mode!r}; use 'loop', 'static' or 'generate'")

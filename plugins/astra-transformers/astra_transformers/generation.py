@@ -4,7 +4,8 @@
 lists, stopping criteria, input preparation). This loop does only what the system needs:
 left-padded prefill with a KV cache, the sampling warpers `generate` would apply (in its order:
 min-new-tokens, temperature, top-k, top-p), multinomial sampling from torch's global generator,
-and eos handling (a finished row leaves the batch and its KV cache; its output is padded).
+and stop tokens (eos, a chat template's end of turn: a finished row leaves the batch and its KV
+cache; its output is padded).
 Rows with identical token ids are prefilled once and their cache is expanded to every copy:
 tree siblings share their context. A row may also start from an earlier call's cache (`Prefix`,
 kept in a `PrefixStore`): a turn then prefills only what the last turn added.
@@ -47,15 +48,17 @@ class Decoded:
     """Per input row, with ``keep_caches``: its final KV cache, for a later call to start from."""
 
 
-def process_scores(scores: torch.Tensor, sampling: Sampling, eos_id: int | None, first: bool) -> torch.Tensor:
+def process_scores(
+    scores: torch.Tensor, sampling: Sampling, stop_ids: torch.Tensor | None, first: bool
+) -> torch.Tensor:
     """Next-token scores after the warpers `generate` applies for sampling, in its order.
 
-    The first token may not be eos (``min_new_tokens=1``); temperature 1, top-k 0 and top-p 1
-    are skipped, as `generate` skips them.
+    The first token may not be a stop token (``min_new_tokens=1``); temperature 1, top-k 0 and
+    top-p 1 are skipped, as `generate` skips them.
     """
-    if first and eos_id is not None:
+    if first and stop_ids is not None:
         scores = scores.clone()
-        scores[:, eos_id] = -float("inf")
+        scores[:, stop_ids] = -float("inf")
     if sampling.temperature != 1.0:
         scores = scores / sampling.temperature
     if sampling.top_k:
@@ -79,11 +82,10 @@ class Decoder:
     head runs only on the positions whose logits are used. Otherwise the full forward runs.
     """
 
-    def __init__(self, module: PreTrainedModel, head: nn.Module | None, pad_id: int, eos_id: int | None) -> None:
+    def __init__(self, module: PreTrainedModel, head: nn.Module | None, pad_id: int) -> None:
         self.module = module
         self.head = head
         self.pad_id = pad_id
-        self.eos_id = eos_id
         runner: Any = module.base_model if head is not None else module
         # transformers 5 renamed past_key_values to cache (the old name is deprecated).
         names = inspect.signature(runner.forward).parameters
@@ -201,8 +203,10 @@ def sample(
     tail: int = 0,
     prefixes: Sequence[Prefix | None] | None = None,
     keep_caches: bool = False,
+    stop_ids: Sequence[int] = (),
 ) -> Decoded:
-    """Sample up to `new_tokens` tokens after each row of prompt ids (at least one each).
+    """Sample up to `new_tokens` tokens after each row of prompt ids (at least one each), a row
+    ending at the first of `stop_ids` it draws (that token kept, padding after it).
 
     Identical rows are prefilled once. With ``tail > 0`` the prefill's logits at the last `tail`
     prompt positions also give each row's prompt-token log-probs (see `Decoded.prompt_tails`).
@@ -293,6 +297,7 @@ def sample(
             kv = [(layer.keys[j, :, real].clone(), layer.values[j, :, real].clone()) for layer in layers]
             caches[r] = Prefix(list(rows[r]) + produced[r, :fed].tolist(), kv)
 
+    stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device) if stop_ids else None
     # Rows still decoding, by their index in `rows`; a finished row leaves the batch and its cache.
     active = torch.arange(batch, device=device)
     # The mask grows by one column per step: preallocated, then sliced, instead of a cat per step.
@@ -301,15 +306,15 @@ def sample(
     width_now = mask.size(1)
     taken = 0
     for step in range(new_tokens):
-        scores = process_scores(last, sampling, decoder.eos_id, first=step == 0)
+        scores = process_scores(last, sampling, stops, first=step == 0)
         tokens = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
         produced[active, step] = tokens
         taken = step + 1
         if step == new_tokens - 1:
             capture(torch.arange(len(active), device=device), step)
             break
-        if decoder.eos_id is not None:
-            running = tokens != decoder.eos_id
+        if stops is not None:
+            running = ~torch.isin(tokens, stops)
             if not bool(running.all()):
                 capture((~running).nonzero().squeeze(1), step)
                 if not bool(running.any()):

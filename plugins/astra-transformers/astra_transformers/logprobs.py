@@ -50,17 +50,19 @@ class LogprobMemo:
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
 
-    def lookup(self, key: str, row: Sequence[int], count: int) -> float | None:
-        """The summed log-prob of the last `count` tokens of `row`, if `key` was recorded with
-        exactly these ids and at least `count` tail log-probs; otherwise None."""
+    def lookup(self, key: str, row: Sequence[int], count: int, skip: int = 0) -> float | None:
+        """The summed log-prob of `count` tokens of `row` that end `skip` tokens before its end
+        (a chat template's closing tokens), if `key` was recorded with exactly these ids and
+        enough tail log-probs; otherwise None."""
         entry = self._entries.get(key)
-        if entry is None or count > len(entry[1]) or entry[0] != _packed(row):
+        if entry is None or count + skip > len(entry[1]) or entry[0] != _packed(row):
             self.misses += 1
             return None
         self._entries.move_to_end(key)
         self.hits += 1
         tail = entry[1]
-        return float(sum(tail[len(tail) - count :])) if count else 0.0
+        end = len(tail) - skip
+        return float(sum(tail[end - count : end])) if count else 0.0
 
 
 def _packed(row: Sequence[int]) -> bytes:

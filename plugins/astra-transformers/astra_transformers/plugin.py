@@ -15,8 +15,9 @@ def astra_register(registrar: Registrar) -> None:
     """Register the Hugging Face causal-LM system."""
     registrar.system(
         "transformers",
-        "astra_transformers.system:TransformersSystem",
+        "astra_transformers.system:transformers_system",
         options="astra_transformers.options:TransformersOptions",
-        summary="Hugging Face causal LMs as tester/target/baseline (default: the embedded tiny GPT-2, offline)",
+        summary="Hugging Face causal LMs as tester/target/baseline, plain text or chat mode "
+        "(default: the embedded tiny GPT-2, offline)",
         aliases=("hf",),
     )

@@ -1,9 +1,18 @@
-"""`TransformersSystem`: tester, target and baseline as Hugging Face causal language models.
+"""The ``transformers`` system: tester, target and baseline as Hugging Face causal language models.
 
-States and actions are plain strings. The target continues the text it is given, so
-``join(c, p) == c + p`` and ``advance(c, p, r) == c + p + r``. Contexts and continuations are
-tokenised separately (no special tokens) and concatenated by ids; generated continuations are
-cut from the generated ids by token position, then decoded.
+Two modes, chosen by the options (`transformers_system` builds the right one):
+
+- `TransformersSystem`, plain text (the default, for base LMs): states and actions are strings,
+  the target continues the text it is given, so ``join(c, p) == c + p`` and
+  ``advance(c, p, r) == c + p + r``. Contexts and continuations are tokenised separately (no
+  special tokens) and concatenated by ids.
+- `ChatTransformersSystem`, chat mode (``target_chat`` and/or ``tester_chat``): states are
+  `Conversation` messages; the target reads them through its chat template (after an optional
+  ``system_prompt``) and answers as the assistant; the tester writes the user's next message,
+  as a base LM continuing a transcript or as an instruct model following ``tester_instruction``
+  (`astra_transformers.views`).
+
+Generated continuations are cut from the generated ids by token position, then decoded.
 
 >>> system = TransformersSystem(probe_tokens=8)   # the embedded tiny GPT-2
 >>> len(system.rollout_tester(["Hi there.", "How was the movie?"]))
@@ -18,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import torch
 from pydantic import ValidationError
@@ -26,6 +35,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as _hf_logging
 
+from astra_core.chat import Conversation
 from astra_core.errors import ComponentBuildError, ConfigError, OptionsError
 from astra_core.protocols import Reduction
 from astra_transformers import TINY_MODEL_DIR
@@ -44,12 +54,26 @@ from astra_transformers.logprobs import LogprobMemo, length_buckets
 from astra_transformers.lora import ADAPTER_CONFIG, LoraTester, adapter_base, adapter_directory
 from astra_transformers.options import TransformersOptions
 from astra_transformers.precision import autocast, check_autocast, placement_guard
+from astra_transformers.smollm2 import SMOLLM2_NAME
+from astra_transformers.views import (
+    ChatTemplate,
+    ChatView,
+    InstructView,
+    Rows,
+    TextView,
+    TranscriptView,
+    View,
+    as_conversation,
+    eos_ids,
+    newline_ids,
+)
 
 if TYPE_CHECKING:
     from astra_core.protocols import FeatureSystem, System
     from astra_transformers.vllm_backend import VllmTarget
 
 hf_logging: Any = _hf_logging  # its progress-bar switches are untyped
+S = TypeVar("S")
 _TAIL_SLACK = 8
 """Extra prompt tokens whose log-probs the target's prefill keeps: a probe decoded and tokenised
 again may take a few more tokens than were generated."""
@@ -67,16 +91,23 @@ class LoadedModel:
     pad_id: int
     eos_id: int | None
     start_id: int
+    stop_ids: set[int]
+    """End-of-sequence ids: the tokenizer's and the generation config's (a list for Llama 3)."""
     sliced_head: bool
     """Whether logits are exactly ``lm_head(base_model(...))``, so they can be computed only where needed."""
 
 
 def resolve_source(source: str) -> str:
-    """Where `source` loads from: the embedded model's directory for ``"tiny"``, an existing
-    local directory, or the string itself as a hub id. A path-like string that does not exist
-    is a `ConfigError` naming it."""
+    """Where `source` loads from: the embedded model's directory for ``"tiny"``, the converted
+    SmolLM2 for ``"smollm2-135m-instruct"`` (`astra_transformers.smollm2`), an existing local
+    directory, or the string itself as a hub id. A path-like string that does not exist is a
+    `ConfigError` naming it."""
     if source == "tiny":
         return str(TINY_MODEL_DIR)
+    if source == SMOLLM2_NAME:
+        from astra_transformers.smollm2 import model_directory
+
+        return str(model_directory())
     path = Path(source).expanduser()
     if path.exists():
         if (path / ADAPTER_CONFIG).is_file() and not (path / "config.json").is_file():
@@ -184,7 +215,8 @@ def load_model(
         raise ComponentBuildError(f"model {source!r}: its tokenizer has neither a pad nor an eos token to pad with")
     bos_id = tokenizer.bos_token_id
     start_id = bos_id if isinstance(bos_id, int) else pad_id
-    loaded = LoadedModel(source, module, tokenizer, device, n_positions, pad_id, eos, start_id, False)
+    stops = eos_ids(tokenizer, getattr(module, "generation_config", None))
+    loaded = LoadedModel(source, module, tokenizer, device, n_positions, pad_id, eos, start_id, stops, False)
     # A model spread over devices takes the full forward, whose outputs accelerate brings back.
     loaded.sliced_head = not spans_devices(module) and _head_is_linear_readout(loaded)
     return loaded
@@ -220,10 +252,27 @@ def _freeze(module: PreTrainedModel) -> PreTrainedModel:
     return module
 
 
-class TransformersSystem:
-    """Tester (trainable), target and baseline (frozen) as Hugging Face causal LMs.
+def _validated(options: dict[str, Any]) -> TransformersOptions:
+    try:
+        return TransformersOptions.model_validate(options)
+    except ValidationError as error:
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()]
+        raise OptionsError("system", "transformers", problems) from None
 
-    Built as ``TransformersSystem(**options)`` with the fields of `TransformersOptions`.
+
+def transformers_system(**options: Any) -> TransformersSystem | ChatTransformersSystem:
+    """The registered factory: `ChatTransformersSystem` when ``target_chat`` or ``tester_chat``
+    is set, else the plain-text `TransformersSystem`."""
+    opts = _validated(options)
+    if opts.target_chat or opts.tester_chat:
+        return ChatTransformersSystem(**options)
+    return TransformersSystem(**options)
+
+
+class _ModelsSystem(Generic[S]):
+    """Tester (trainable), target and baseline (frozen) as Hugging Face causal LMs, over states `S`.
+
+    Built with the fields of `TransformersOptions`.
     The baseline defaults to a frozen copy of the tester's starting weights; when target and
     baseline come from the same source (and device and dtype) they are one object. With
     ``lora`` the tester is a LoRA adapter (`astra_transformers.lora`) and the baseline is the
@@ -242,11 +291,7 @@ class TransformersSystem:
     """
 
     def __init__(self, **options: Any) -> None:
-        try:
-            self.options = TransformersOptions.model_validate(options)
-        except ValidationError as error:
-            problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()]
-            raise OptionsError("system", "transformers", problems) from None
+        self.options = _validated(options)
         opts = self.options
         self.generate_calls = 0
         self.generated_tokens = 0  # new tokens decoded by every role (bench/gpu_check.py's tokens/s)
@@ -327,6 +372,14 @@ class TransformersSystem:
         self._bucket_logprobs = True
         self.tester_context_tokens = self._budget(self._tester, opts.probe_tokens, "tester", "probe_tokens")
         self.target_context_tokens = self._budget(self._target, opts.response_tokens, "target", "response_tokens")
+        self._tester_view, self._target_view = self._views()
+
+    def _views(self) -> tuple[View[S], View[S]]:
+        """How the tester (and the baseline, its reference) and the target read states."""
+        raise NotImplementedError
+
+    def _text_view(self, model: LoadedModel) -> TextView:
+        return TextView(model.tokenizer, model.n_positions, model.start_id, model.stop_ids)
 
     def _budget(self, model: LoadedModel, new_tokens: int, role: str, option: str) -> int:
         room = model.n_positions - new_tokens
@@ -384,6 +437,11 @@ class TransformersSystem:
         `lora` only the adapter's (the base model's weights are frozen)."""
         return (p for p in self._tester.module.parameters() if p.requires_grad)
 
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """`parameters` by name (``tester.`` + the model's own names), so a checkpoint stores
+        the tester's weights by name and loads them into a system built alone."""
+        return ((name, p) for name, p in self._tester.module.named_parameters(prefix="tester") if p.requires_grad)
+
     def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
         """Write the tester and its tokenizer so ``AutoModelForCausalLM.from_pretrained(directory)``
         (and this system's ``model=directory``) load it. A LoRA tester writes only its adapter
@@ -418,72 +476,25 @@ class TransformersSystem:
                 stack.enter_context(self._lora.adapter_off())
             yield
 
-    # -- text ------------------------------------------------------------------------------
-
-    def opening(self, prompt: str) -> str:
-        """A text episode opens with the prompt itself."""
-        return prompt
-
-    def join(self, context: str, probe: str) -> str:
-        """The text the target continues: the context, then the probe, as they are."""
-        return context + probe
-
-    def advance(self, context: str, probe: str, response: str) -> str:
-        """The context of the next turn: context, probe and response, concatenated."""
-        return context + probe + response
-
-    def _ids(self, model: LoadedModel, texts: Sequence[str]) -> list[list[int]]:
-        if not texts:
-            return []
-        # verbose=False: contexts longer than the model are expected here; they are truncated below.
-        encoded = model.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
-        return [list(row) for row in encoded]
-
-    @staticmethod
-    def _truncate(model: LoadedModel, ids: list[int], keep: int) -> list[int]:
-        # Keep the most recent tokens; an empty context becomes the start token so the first
-        # continuation token has something to be predicted from.
-        ids = ids[-keep:] if keep > 0 else []
-        return ids or [model.start_id]
-
     # -- log-probs -------------------------------------------------------------------------
 
-    def _rows(
-        self, model: LoadedModel, budget: int, contexts: Sequence[str], continuations: Sequence[str]
-    ) -> tuple[list[list[int]], list[int]]:
-        """Each pair's token ids (truncated context, then continuation) and where its continuation starts."""
-        if len(contexts) != len(continuations):
-            raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations")
-        rows: list[list[int]] = []
-        starts: list[int] = []
-        for context_ids, continuation_ids in zip(
-            self._ids(model, contexts), self._ids(model, continuations), strict=True
-        ):
-            room = model.n_positions - len(continuation_ids)
-            if room < 1:
-                raise ValueError(
-                    f"a continuation of {len(continuation_ids)} tokens does not fit {model.source!r}'s "
-                    f"n_positions={model.n_positions}"
-                )
-            context_ids = self._truncate(model, context_ids, min(budget, room))
-            starts.append(len(context_ids))
-            rows.append(context_ids + continuation_ids)
-        return rows, starts
-
     @staticmethod
-    def _forward_logprobs(model: LoadedModel, rows: Sequence[list[int]], starts: Sequence[int]) -> torch.Tensor:
-        """Summed continuation log-probs of right-padded `rows` in one forward: (B,)."""
+    def _forward_logprobs(
+        model: LoadedModel, rows: Sequence[list[int]], starts: Sequence[int], tails: Sequence[int]
+    ) -> torch.Tensor:
+        """Summed log-probs of each row's span ``[start, len(row) - tail)`` (right-padded rows,
+        one forward): (B,)."""
         device = model.device
         batch, width = len(rows), max(len(row) for row in rows)
         input_ids = torch.full((batch, width), model.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((batch, width), dtype=torch.long)
         row_index: list[int] = []
         predict_at: list[int] = []  # the position whose output predicts each continuation token
-        for i, (row, start) in enumerate(zip(rows, starts, strict=True)):
+        for i, (row, start, tail) in enumerate(zip(rows, starts, tails, strict=True)):
             input_ids[i, : len(row)] = torch.tensor(row)
             attention_mask[i, : len(row)] = 1
-            row_index.extend([i] * (len(row) - start))
-            predict_at.extend(range(start - 1, len(row) - 1))
+            row_index.extend([i] * (len(row) - tail - start))
+            predict_at.extend(range(start - 1, len(row) - tail - 1))
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         # Right padding: every real token sits at its own position, pads come after and are masked.
         position_ids = torch.arange(width, device=device).expand(batch, width)
@@ -508,59 +519,65 @@ class TransformersSystem:
     def _logprobs(
         self,
         model: LoadedModel,
+        view: View[S],
         budget: int,
-        contexts: Sequence[str],
+        contexts: Sequence[S],
         continuations: Sequence[str],
         reduction: Reduction,
         memo: LogprobMemo | None = None,
     ) -> torch.Tensor:
         if reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-        rows, starts = self._rows(model, budget, contexts, continuations)
+        if len(contexts) != len(continuations):
+            raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations")
+        rows = view.pairs(contexts, continuations, budget)
         device = model.device
-        if not rows:
+        if not rows.ids:
             return torch.zeros(0, device=device)
         with self._running(model):
-            return self._memo_or_forward(model, contexts, continuations, rows, starts, reduction, memo)
+            return self._memo_or_forward(model, rows, reduction, memo)
 
     def _memo_or_forward(
-        self,
-        model: LoadedModel,
-        contexts: Sequence[str],
-        continuations: Sequence[str],
-        rows: list[list[int]],
-        starts: list[int],
-        reduction: Reduction,
-        memo: LogprobMemo | None,
+        self, model: LoadedModel, rows: Rows, reduction: Reduction, memo: LogprobMemo | None
     ) -> torch.Tensor:
         device = model.device
-        counts = [len(row) - start for row, start in zip(rows, starts, strict=True)]
+        counts = [len(row) - start - tail for row, start, tail in zip(rows.ids, rows.starts, rows.tails, strict=True)]
         known: dict[int, float] = {}
         if memo is not None:
-            for i, (context, continuation) in enumerate(zip(contexts, continuations, strict=True)):
-                value = memo.lookup(self.join(context, continuation), rows[i], counts[i])
+            for i, key in enumerate(rows.keys):
+                value = memo.lookup(key, rows.ids[i], counts[i], skip=rows.tails[i])
                 if value is not None:
                     known[i] = value
-        missing = [i for i in range(len(rows)) if i not in known]
+        missing = [i for i in range(len(rows.ids)) if i not in known]
         if not known:
-            totals = self._bucketed_logprobs(model, rows, starts)
+            totals = self._bucketed_logprobs(model, rows.ids, rows.starts, rows.tails)
         else:
-            totals = torch.tensor([known.get(i, 0.0) for i in range(len(rows))], dtype=torch.float32, device=device)
+            totals = torch.tensor([known.get(i, 0.0) for i in range(len(rows.ids))], dtype=torch.float32, device=device)
             if missing:
-                fresh = self._bucketed_logprobs(model, [rows[i] for i in missing], [starts[i] for i in missing])
+                fresh = self._bucketed_logprobs(
+                    model,
+                    [rows.ids[i] for i in missing],
+                    [rows.starts[i] for i in missing],
+                    [rows.tails[i] for i in missing],
+                )
                 totals = totals.index_copy(0, torch.tensor(missing, dtype=torch.long, device=device), fresh)
         if reduction == "mean":
             totals = totals / torch.tensor(counts, device=device).clamp(min=1)
         return totals
 
-    def _bucketed_logprobs(self, model: LoadedModel, rows: Sequence[list[int]], starts: Sequence[int]) -> torch.Tensor:
+    def _bucketed_logprobs(
+        self, model: LoadedModel, rows: Sequence[list[int]], starts: Sequence[int], tails: Sequence[int]
+    ) -> torch.Tensor:
         """`_forward_logprobs` over batches of similar length (padding is expensive on CPU)."""
         if not self._bucket_logprobs:
-            return self._forward_logprobs(model, rows, starts)
+            return self._forward_logprobs(model, rows, starts, tails)
         buckets = length_buckets([len(row) for row in rows])
         if len(buckets) == 1:
-            return self._forward_logprobs(model, rows, starts)
-        parts = [self._forward_logprobs(model, [rows[i] for i in b], [starts[i] for i in b]) for b in buckets]
+            return self._forward_logprobs(model, rows, starts, tails)
+        parts = [
+            self._forward_logprobs(model, [rows[i] for i in b], [starts[i] for i in b], [tails[i] for i in b])
+            for b in buckets
+        ]
         order = torch.tensor([i for b in buckets for i in b], dtype=torch.long, device=model.device)
         values = torch.cat(parts)
         return torch.empty_like(values).index_copy(0, order, values)
@@ -568,26 +585,29 @@ class TransformersSystem:
     def _frozen_logprobs(
         self,
         model: LoadedModel,
+        view: View[S],
         budget: int,
-        contexts: Sequence[str],
+        contexts: Sequence[S],
         continuations: Sequence[str],
         reduction: Reduction,
     ) -> torch.Tensor:
         with torch.inference_mode():
-            values = self._logprobs(model, budget, contexts, continuations, reduction, self._memos.get(id(model)))
+            memo = self._memos.get(id(model))
+            values = self._logprobs(model, view, budget, contexts, continuations, reduction, memo)
         # A normal tensor (not an inference tensor), so losses may save it for backward.
         return values.to(self._tester.device).clone()
 
     def tester_logprobs(
-        self, contexts: Sequence[str], continuations: Sequence[str], reduction: Reduction = "sum"
+        self, contexts: Sequence[S], continuations: Sequence[str], reduction: Reduction = "sum"
     ) -> torch.Tensor:
         """Log-probs of the tester writing each continuation after its context, with gradients:
         summed over the continuation's tokens, or averaged with ``reduction="mean"``."""
-        return self._logprobs(self._tester, self.tester_context_tokens, contexts, continuations, reduction)
+        view = self._tester_view
+        return self._logprobs(self._tester, view, self.tester_context_tokens, contexts, continuations, reduction)
 
     def tester_pair_logprobs(
         self,
-        contexts: Sequence[str],
+        contexts: Sequence[S],
         chosen: Sequence[str],
         rejected: Sequence[str],
         reduction: Reduction = "sum",
@@ -605,8 +625,10 @@ class TransformersSystem:
         if n == 0:
             empty = torch.zeros(0, device=model.device)
             return empty, empty
-        rows_w, starts_w = self._rows(model, self.tester_context_tokens, contexts, chosen)
-        rows_l, starts_l = self._rows(model, self.tester_context_tokens, contexts, rejected)
+        pairs_w = self._tester_view.pairs(contexts, chosen, self.tester_context_tokens)
+        pairs_l = self._tester_view.pairs(contexts, rejected, self.tester_context_tokens)
+        # The tester's views end every row with its continuation (no tails).
+        rows_w, starts_w, rows_l, starts_l = pairs_w.ids, pairs_w.starts, pairs_l.ids, pairs_l.starts
         shared = [
             sw == sl and rw[:sw] == rl[:sl] for rw, sw, rl, sl in zip(rows_w, starts_w, rows_l, starts_l, strict=True)
         ]
@@ -643,18 +665,22 @@ class TransformersSystem:
         return totals_w, totals_l
 
     def baseline_logprobs(
-        self, contexts: Sequence[str], continuations: Sequence[str], reduction: Reduction = "sum"
+        self, contexts: Sequence[S], continuations: Sequence[str], reduction: Reduction = "sum"
     ) -> torch.Tensor:
-        """Log-probs under the frozen baseline (no gradients), contexts truncated as the tester's.
-        When the baseline is the target, turns the target has answered come from its memo."""
-        return self._frozen_logprobs(self._baseline, self.tester_context_tokens, contexts, continuations, reduction)
+        """Log-probs under the frozen baseline (no gradients), read as the tester reads them (it
+        is the tester's reference). When the baseline is the target and both read alike, turns
+        the target has answered come from its memo."""
+        budget = self.tester_context_tokens
+        return self._frozen_logprobs(self._baseline, self._tester_view, budget, contexts, continuations, reduction)
 
     def target_logprobs(
-        self, contexts: Sequence[str], continuations: Sequence[str], reduction: Reduction = "sum"
+        self, contexts: Sequence[S], continuations: Sequence[str], reduction: Reduction = "sum"
     ) -> torch.Tensor:
-        """Log-probs under the frozen target (no gradients). A (context, probe) whose joined text
-        the target has answered comes from the memo its prefill filled, without another forward."""
-        return self._frozen_logprobs(self._target, self.target_context_tokens, contexts, continuations, reduction)
+        """Log-probs under the frozen target (no gradients), of each continuation as the target
+        reads it after its context. A pair the target has answered comes from the memo its
+        prefill filled, without another forward."""
+        budget = self.target_context_tokens
+        return self._frozen_logprobs(self._target, self._target_view, budget, contexts, continuations, reduction)
 
     # -- generation ------------------------------------------------------------------------
 
@@ -662,26 +688,33 @@ class TransformersSystem:
         decoder = self._decoders.get(id(model))
         if decoder is None:
             head = output_head(model.module) if model.sliced_head else None
-            decoder = Decoder(model.module, head, model.pad_id, model.eos_id)
+            decoder = Decoder(model.module, head, model.pad_id)
             self._decoders[id(model)] = decoder
         return decoder
 
     def _generate(
-        self, model: LoadedModel, budget: int, contexts: Sequence[str], new_tokens: int, memo: LogprobMemo | None
+        self,
+        model: LoadedModel,
+        view: View[S],
+        budget: int,
+        contexts: Sequence[S],
+        new_tokens: int,
+        memo: LogprobMemo | None,
     ) -> list[str]:
         self.generate_calls += 1
         if not contexts:
             return []
-        rows = [self._truncate(model, ids, budget) for ids in self._ids(model, contexts)]
-        # The memo serves log-probs of continuations up to this many tokens at a prompt's end.
-        tail = self.options.probe_tokens + _TAIL_SLACK if memo is not None else 0
+        keys, rows = view.contexts(contexts, budget)
+        # The memo serves log-probs of continuations up to this many tokens near a prompt's end
+        # (a chat template writes a few tokens after the probe).
+        tail = self.options.probe_tokens + _TAIL_SLACK + view.suffix_tokens if memo is not None else 0
         decoding = self.options.decoding
         # Fixed-shape decoding (astra_transformers.decoding) keeps no caches across turns.
         store = self._prefix_store(model) if decoding == "loop" else None
-        prefixes = [store.find(text) for text in contexts] if store is not None else None
+        prefixes = [store.find(key) for key in keys] if store is not None else None
         with torch.inference_mode(), self._running(model):
             if model is self._target and self._vllm is not None:
-                decoded = Decoded(self._vllm.generate(rows, new_tokens, model.eos_id), None, None)
+                decoded = Decoded(self._vllm.generate(rows, new_tokens, sorted(view.stop_ids)), None, None)
             elif decoding != "loop":
                 compile_step = self.options.compile_decoding and model.device.type == "cuda"
                 decoded = fast_sample(
@@ -693,6 +726,7 @@ class TransformersSystem:
                     model.device,
                     tail=tail,
                     compile=compile_step,
+                    stop_ids=sorted(view.stop_ids),
                 )
             else:
                 decoded = sample(
@@ -704,21 +738,22 @@ class TransformersSystem:
                     tail=tail,
                     prefixes=prefixes,
                     keep_caches=store is not None,
+                    stop_ids=sorted(view.stop_ids),
                 )
         self.generated_tokens += sum(len(ids) for ids in decoded.new_ids)
         if memo is not None and decoded.prompt_tails is not None:
-            for text, row, logprobs in zip(contexts, rows, decoded.prompt_tails, strict=True):
-                memo.record(text, row, logprobs)
+            for key, row, logprobs in zip(keys, rows, decoded.prompt_tails, strict=True):
+                memo.record(key, row, logprobs)
         # Cut by token position, never by characters.
         texts = [
             str(model.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
             for ids in decoded.new_ids
         ]
         if store is not None and decoded.caches is not None:
-            # The next turn's context starts with context + continuation (advance concatenates).
-            for context, text, prefix in zip(contexts, texts, decoded.caches, strict=True):
+            # The next turn's context starts with what this one read and wrote.
+            for key, text, prefix in zip(keys, texts, decoded.caches, strict=True):
                 if prefix is not None:
-                    store.put(context + text, prefix)
+                    store.put(key + text, prefix)
         return texts
 
     def _prefix_store(self, model: LoadedModel) -> PrefixStore | None:
@@ -735,24 +770,26 @@ class TransformersSystem:
             store.fingerprint = fingerprint
         return store
 
-    def rollout_tester(self, contexts: Sequence[str]) -> list[str]:
+    def rollout_tester(self, contexts: Sequence[S]) -> list[str]:
         """Sample one probe per context from the tester, in one batched generation call."""
-        return self._generate(self._tester, self.tester_context_tokens, contexts, self.options.probe_tokens, None)
+        budget, tokens = self.tester_context_tokens, self.options.probe_tokens
+        return self._generate(self._tester, self._tester_view, budget, contexts, tokens, None)
 
-    def rollout_target(self, contexts: Sequence[str]) -> list[str]:
+    def rollout_target(self, contexts: Sequence[S]) -> list[str]:
         """Sample one response per context (each already ending with its probe) from the target,
         in one batched generation call; its prefill also fills the target's log-prob memo."""
         memo = self._memos.get(id(self._target))
-        return self._generate(self._target, self.target_context_tokens, contexts, self.options.response_tokens, memo)
+        budget, tokens = self.target_context_tokens, self.options.response_tokens
+        return self._generate(self._target, self._target_view, budget, contexts, tokens, memo)
 
     # -- features --------------------------------------------------------------------------
 
-    def state_features(self, contexts: Sequence[str]) -> torch.Tensor:
+    def state_features(self, contexts: Sequence[S]) -> torch.Tensor:
         """The tester's last-layer hidden state at each context's last token, detached: (B, H)."""
         model = self._tester
         if not contexts:
             return torch.zeros((0, int(model.module.config.hidden_size)), device=model.device)
-        rows = [self._truncate(model, ids, self.tester_context_tokens) for ids in self._ids(model, contexts)]
+        _, rows = self._tester_view.contexts(contexts, self.tester_context_tokens)
         batch, width = len(rows), max(len(row) for row in rows)
         input_ids = torch.full((batch, width), model.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((batch, width), dtype=torch.long)
@@ -769,6 +806,80 @@ class TransformersSystem:
                 use_cache=False,
             )[0]
         return hidden[torch.arange(batch, device=model.device), last.to(model.device)].float().detach()
+
+
+class TransformersSystem(_ModelsSystem[str]):
+    """The plain-text mode: states are strings that each model continues as they are.
+
+    >>> system = TransformersSystem(probe_tokens=8)   # the embedded tiny GPT-2
+    >>> len(system.rollout_tester(["Hi there.", "How was the movie?"]))
+    2
+    """
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+
+    def _views(self) -> tuple[View[str], View[str]]:
+        if self.options.target_chat or self.options.tester_chat:
+            raise ConfigError("target_chat and tester_chat make conversation states: build ChatTransformersSystem")
+        return self._text_view(self._tester), self._text_view(self._target)
+
+    def opening(self, prompt: str) -> str:
+        """The state an episode opens with: the prompt's text itself."""
+        return prompt
+
+    def join(self, context: str, probe: str) -> str:
+        """The text the target continues: the context, then the probe, as they are."""
+        return context + probe
+
+    def advance(self, context: str, probe: str, response: str) -> str:
+        """The context of the next turn: context, probe and response, concatenated."""
+        return context + probe + response
+
+
+class ChatTransformersSystem(_ModelsSystem[Conversation]):
+    """Chat mode: states are `Conversation` messages; each role reads them its own way.
+
+    The target (``target_chat = true``) reads ``apply_chat_template(messages,
+    add_generation_prompt=True)``, after ``system_prompt`` when set, and answers as the assistant,
+    stopping at its end-of-turn token or any eos id of its generation config. The tester writes
+    the user's next message: with ``tester_chat = true`` an instruct model given
+    ``tester_instruction`` and the transcript through its chat template; otherwise a base LM
+    continuing a ``User: / Assistant:`` transcript (stopping at the end of its line). Too long
+    a conversation loses its oldest whole turns; a system prompt always stays.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+
+    def _views(self) -> tuple[View[Conversation], View[Conversation]]:
+        opts = self.options
+        tester, target = self._tester, self._target
+        tester_view: View[Conversation]
+        if opts.tester_chat:
+            template = ChatTemplate(tester.tokenizer, tester.source, "tester")
+            tester_view = InstructView(template, opts.tester_instruction, tester.stop_ids, tester.n_positions)
+        else:
+            tester_view = TranscriptView(self._text_view(tester), newline_ids(tester.tokenizer))
+        target_view: View[Conversation]
+        if opts.target_chat:
+            template = ChatTemplate(target.tokenizer, target.source, "target")
+            target_view = ChatView(template, opts.system_prompt, target.stop_ids, opts.probe_tokens)
+        else:
+            target_view = TranscriptView(self._text_view(target), newline_ids(target.tokenizer), "Assistant")
+        return tester_view, target_view
+
+    def opening(self, prompt: str) -> Conversation:
+        """The state an episode opens with: a conversation the user opened with `prompt`."""
+        return Conversation.opening(prompt)
+
+    def join(self, context: Conversation, probe: str) -> Conversation:
+        """The conversation the target answers: the context, then the probe as the user's message."""
+        return as_conversation(context).then("user", probe)
+
+    def advance(self, context: Conversation, probe: str, response: str) -> Conversation:
+        """The conversation after a turn: the probe as the user's message, the response as the assistant's."""
+        return as_conversation(context).then("user", probe).then("assistant", response)
 
 
 def _pair_forward(
@@ -832,4 +943,9 @@ def _pair_forward(
 if TYPE_CHECKING:
 
     def _conforms(system: TransformersSystem) -> tuple[System[str, str], FeatureSystem[str]]:
+        return system, system
+
+    def _chat_conforms(
+        system: ChatTransformersSystem,
+    ) -> tuple[System[Conversation, str], FeatureSystem[Conversation]]:
         return system, system

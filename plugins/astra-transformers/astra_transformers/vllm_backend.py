@@ -40,8 +40,8 @@ class VllmTarget:
             enforce_eager=False,
         )
 
-    def generate(self, rows: Sequence[Sequence[int]], new_tokens: int, eos_id: int | None) -> list[list[int]]:
-        """Up to `new_tokens` new token ids after each row (at least one; eos ends a row)."""
+    def generate(self, rows: Sequence[Sequence[int]], new_tokens: int, stop_ids: Sequence[int]) -> list[list[int]]:
+        """Up to `new_tokens` new token ids after each row (at least one; a stop token ends a row)."""
         if not rows:
             return []
         seed = int(torch.randint(2**31 - 1, ()).item())
@@ -53,7 +53,7 @@ class VllmTarget:
             max_tokens=new_tokens,
             min_tokens=1,
             seed=seed,
-            stop_token_ids=[eos_id] if eos_id is not None else None,
+            stop_token_ids=list(stop_ids) or None,
         )
         prompts = [{"prompt_token_ids": list(row)} for row in rows]
         outputs = self.engine.generate(prompts, params, use_tqdm=False)

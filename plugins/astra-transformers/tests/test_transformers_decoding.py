@@ -38,8 +38,9 @@ def test_static_decoding_gives_the_lean_loops_greedy_tokens_and_prompt_tails(sys
     decoder = system._decoder(model)
     rows = _rows(system)
     with torch.inference_mode():
-        lean = sample(decoder, rows, 24, GREEDY, model.device, tail=6)
-        static = sample_static(decoder, rows, 24, GREEDY, model.device, tail=6)
+        stops = sorted(model.stop_ids)
+        lean = sample(decoder, rows, 24, GREEDY, model.device, tail=6, stop_ids=stops)
+        static = sample_static(decoder, rows, 24, GREEDY, model.device, tail=6, stop_ids=stops)
     assert static.new_ids == lean.new_ids
     # Some rows finished early (eos, then pad): the finished-row handling was exercised.
     assert any(row[-1] == model.pad_id for row in lean.new_ids)
@@ -52,8 +53,9 @@ def test_generate_with_a_static_cache_gives_the_lean_loops_greedy_tokens(system:
     model = system._tester
     rows = _rows(system)
     with torch.inference_mode():
-        lean = sample(system._decoder(model), rows, 24, GREEDY, model.device)
-        generated = sample_generate(model.module, rows, 24, GREEDY, model.device, model.pad_id, model.eos_id)
+        stops = sorted(model.stop_ids)
+        lean = sample(system._decoder(model), rows, 24, GREEDY, model.device, stop_ids=stops)
+        generated = sample_generate(model.module, rows, 24, GREEDY, model.device, model.pad_id, stops)
     assert generated.new_ids == lean.new_ids
 
 
@@ -64,10 +66,14 @@ def test_sampled_static_decoding_repeats_under_a_seed_and_respects_the_budget(sy
     for _ in range(2):
         torch.manual_seed(3)
         with torch.inference_mode():
-            draws.append(sample_static(system._decoder(model), rows, 10, Sampling(), model.device).new_ids)
+            draws.append(
+                sample_static(
+                    system._decoder(model), rows, 10, Sampling(), model.device, stop_ids=sorted(model.stop_ids)
+                ).new_ids
+            )
     assert draws[0] == draws[1]
     assert all(1 <= len(row) <= 10 for row in draws[0]) and len(draws[0]) == len(rows)
-    assert all(row[0] != model.eos_id for row in draws[0])  # at least one real token first
+    assert all(row[0] not in model.stop_ids for row in draws[0])  # at least one real token first
 
 
 @pytest.mark.parametrize("decoding", ["static", "generate"])

@@ -187,7 +187,6 @@ def _cli(*argv: str | Path) -> int:
 
 def test_lora_dpo_run_resumes_to_the_same_adapter_and_evaluate_loads_it(tmp_path: Path) -> None:
     from astra_core import checkpoint as ckpt
-    from astra_core.assembly import trainable_parameters
     from astra_core.plugins import load_plugins
 
     registries = load_plugins().registries
@@ -211,8 +210,10 @@ def test_lora_dpo_run_resumes_to_the_same_adapter_and_evaluate_loads_it(tmp_path
     assert _cli("evaluate", straight, "--num-prompts", "1") == 0
     assert json.loads((straight / "eval" / "evaluation.json").read_text())["step"] == 4
 
-    # What `astra evaluate` does: copy a checkpoint by index into the trainable parameters.
+    # What `astra evaluate` does: copy a checkpoint into the system alone, by parameter name.
     system = lora_system({"r": 4, "alpha": 8})
     checkpoint = straight / "checkpoints" / "step-00000004"
-    ckpt.load_weights(checkpoint, trainable_parameters(system.parameters()))
-    assert all(torch.equal(p.detach(), a[f"param.{i:05d}"]) for i, p in enumerate(system.parameters()))
+    assert ckpt.load_tester(checkpoint, system) == 4
+    named = dict(system.named_parameters())
+    assert named.keys() == a.keys() and all(name.startswith("tester.") for name in named)
+    assert all(torch.equal(p.detach(), a[name]) for name, p in named.items())

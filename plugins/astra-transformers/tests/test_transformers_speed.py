@@ -94,7 +94,7 @@ def test_warpers_match_generate_s_processors(sampling: Sampling) -> None:
         if sampling.top_p < 1.0:
             processors.append(TopPLogitsWarper(sampling.top_p))
         expected = processors(cast(torch.LongTensor, torch.zeros((3, 1), dtype=torch.long)), scores.clone())
-        assert torch.equal(process_scores(scores, sampling, eos, first), expected)
+        assert torch.equal(process_scores(scores, sampling, torch.tensor([eos]), first), expected)
 
 
 def test_generation_with_top_p_temperature_and_top_k_repeats_under_the_seed() -> None:

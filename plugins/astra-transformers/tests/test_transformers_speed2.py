@@ -46,8 +46,8 @@ def test_pair_logprobs_fall_back_when_truncation_differs(system: TransformersSys
     # 256 positions: the long rejected probe leaves less room for the context than the chosen one.
     context = "word " * 300
     long_probe = " and" * 40
-    _, starts_w = system._rows(system._tester, system.tester_context_tokens, [context], [" ok"])
-    _, starts_l = system._rows(system._tester, system.tester_context_tokens, [context], [long_probe])
+    starts_w = system._tester_view.pairs([context], [" ok"], system.tester_context_tokens).starts
+    starts_l = system._tester_view.pairs([context], [long_probe], system.tester_context_tokens).starts
     assert starts_w != starts_l  # the two contexts really are cut differently
     chosen, rejected = system.tester_pair_logprobs([context, "Hi."], [" ok", " yes"], [long_probe, " no"])
     torch.testing.assert_close(chosen, system.tester_logprobs([context, "Hi."], [" ok", " yes"]), atol=1e-5, rtol=0)
@@ -97,7 +97,7 @@ def test_finished_rows_leave_the_decode_batch_and_the_rest_write_the_same_tokens
     greedy = Sampling(top_k=1)
     pad = int(system.tokenizer.eos_token_id)
     with torch.inference_mode():
-        free = sample(Decoder(module, output_head(module), pad, None), rows, 6, greedy, torch.device("cpu")).new_ids
+        free = sample(Decoder(module, output_head(module), pad), rows, 6, greedy, torch.device("cpu")).new_ids
     # Make one of row 0's tokens (after the first) the "eos", one row 1 never writes: row 0 stops there.
     at = next(k for k in range(1, 5) if free[0][k] not in free[1] and free[0][k] not in free[0][:k])
     stop = free[0][at]
@@ -107,7 +107,8 @@ def test_finished_rows_leave_the_decode_batch_and_the_rest_write_the_same_tokens
     )
     try:
         with torch.inference_mode():
-            decoded = sample(Decoder(module, output_head(module), pad, stop), rows, 6, greedy, torch.device("cpu"))
+            decoder = Decoder(module, output_head(module), pad)
+            decoded = sample(decoder, rows, 6, greedy, torch.device("cpu"), stop_ids=[stop])
     finally:
         hook.remove()
     assert decoded.new_ids[0] == free[0][: at + 1] + [pad] * (5 - at)
