@@ -18,6 +18,7 @@ scores (``list[float]``)  one finite float in [0, 1] per item
 one output per input      a list as long as ``contexts``; a tensor with one row per context
 parameters                tensors (named ones: ``(name, tensor)`` pairs)
 an evaluation report      an `EvaluationReport` whose metrics are ``dict[str, float]``
+JSON data                 something `json.dumps` accepts (a sampler's checkpointed state)
 anything else             the call only
 ========================= =================================================================
 
@@ -47,6 +48,7 @@ import dataclasses
 import functools
 import importlib.metadata
 import inspect
+import json
 import math
 import numbers
 import traceback
@@ -450,6 +452,14 @@ def _report(call: _Call, result: Any) -> Any:
     return result
 
 
+def _json(call: _Call, result: Any) -> Any:
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as error:
+        raise call.breach(f"returned data that is not JSON ({error}); it is written to a JSON file") from None
+    return result
+
+
 def _called(call: _Call, result: Any) -> Any:
     return result
 
@@ -471,6 +481,8 @@ def _check_for(name: str, parameters: Sequence[str], returns: str) -> tuple[str,
         return ("named parameters", _named_parameters) if "tuple[" in r else ("parameters", _parameters)
     if r == "EvaluationReport":
         return "evaluation report", _report
+    if "JSON" in r:
+        return "JSON data", _json
     if r.startswith("list[") and parameters:
         return "one output per input", _outputs
     if r.startswith("Sequence["):

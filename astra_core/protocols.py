@@ -183,6 +183,20 @@ class Sampler(Protocol[StateT, ActionT]):
 
 
 @runtime_checkable
+class StatefulSampler(Protocol):
+    """A sampler with state of its own (a memory its reward reads): the Trainer saves it in each
+    checkpoint's state.json and gives it back on resume."""
+
+    def state_dict(self) -> dict[str, JSON]:
+        """The sampler's state, as JSON data."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, JSON]) -> None:
+        """Restore what `state_dict` returned."""
+        ...
+
+
+@runtime_checkable
 class TreeSampler(Protocol):
     """A sampler whose episodes are trees of a known shape (bounds what an experience can yield)."""
 

@@ -355,7 +355,12 @@ def test_every_protocol_method_of_every_kind_has_a_check_by_what_it_returns() ->
             "save_pretrained": "call",
             "named_parameters": "named parameters",
         },
-        "sampler": {"rollouts": "rollout trees", "eval_rollouts": "rollout trees"},
+        "sampler": {
+            "rollouts": "rollout trees",
+            "eval_rollouts": "rollout trees",
+            "state_dict": "JSON data",
+            "load_state_dict": "call",
+        },
         "algorithm": {"flatten": "sequence", "collate_fn": "call", "loss": "loss", "parameters": "parameters"},
         "evaluator": {"evaluate": "evaluation report", "compare": "call"},
         "callback": {"on_train_begin": "call", "on_step_end": "call", "on_evaluate": "call", "on_train_end": "call"},
@@ -442,3 +447,16 @@ def test_astra_errors_and_os_errors_pass_through_unchanged() -> None:
         guard("scorer", Full()).score([Turn("", "a probe", "a response")])
     assert not isinstance(caught.value, ComponentContractError)
 
+
+
+def test_a_samplers_checkpointed_state_must_be_json() -> None:
+    class Remembers(ToySampler):
+        def state_dict(self) -> Any:
+            return {"seen": {"hello there"}}  # a set: json cannot write it into state.json
+
+        def load_state_dict(self, state: Any) -> None:
+            pass
+
+    sampler = guard("sampler", Remembers(ToySystem(), ToyScorer()))
+    with pytest.raises(ComponentContractError, match=r"Remembers\.state_dict\(\) returned data that is not JSON"):
+        sampler.state_dict()
