@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from astra_core import distributed
-from astra_core.build import BuiltRun, Resolved, ResolvedRun, build
+from astra_core.build import BuiltRun, Resolved, ResolvedRun, build, build_component
 from astra_core.config import TrainingConfiguration
 from astra_core.protocols import Callback
 from astra_core.registry import Registries
@@ -101,8 +101,9 @@ def optimizer_and_scheduler(
             Resolved(scheduler_info, scheduler_info.validate(schedule.options)),
         )
     optimizer_ref, scheduler_ref = resolved
-    optimizer: torch.optim.Optimizer = optimizer_ref.info.build(parameters, options=optimizer_ref.options, lr=config.lr)
-    scheduler = scheduler_ref.info.build(optimizer, options=scheduler_ref.options, total_steps=config.training_steps)
+    # build_component checks each is of its kind and records its plugin, as for every component.
+    optimizer: torch.optim.Optimizer = build_component(optimizer_ref, parameters, lr=config.lr)
+    scheduler = build_component(scheduler_ref, optimizer, total_steps=config.training_steps)
     return optimizer, scheduler
 
 
@@ -114,7 +115,8 @@ def assemble(
     sampler: Callable[[BuiltRun], Any] | None = None,
 ) -> Trainer[Any, Any, Any, Any]:
     """A ready Trainer for `run`: process group joined and seeded once, components, optimizer and
-    scheduler built, `callbacks` first and the run file's after them.
+    scheduler built; `callbacks` first and the run file's after them (where the run file
+    configures a callback of the same class, its own is used instead).
 
     `with_evaluator` builds the evaluator (default: when ``training.eval_every`` is set);
     `sampler`, given the built components, replaces the run's sampler (the benchmark's
@@ -139,7 +141,10 @@ def assemble(
         optimizer=optimizer,
         scheduler=scheduler,
         evaluator=built.evaluator,
-        callbacks=[*callbacks, *built.callbacks],
+        callbacks=[
+            *(c for c in callbacks if not any(isinstance(own, type(c)) for own in built.callbacks)),
+            *built.callbacks,
+        ],
         collectives=collectives,
         resolved_config=run.describe(),
     )

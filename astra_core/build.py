@@ -3,24 +3,19 @@
 `resolve` looks every name up and validates every option set without building anything heavy;
 `build` then constructs each component after the ones it depends on (`astra_core.kinds`).
 
-Plugins are checked at both edges: `ComponentInfo.build` names the plugin whose factory raises or
-returns something that is not a component of its kind, and `build` guards the outputs the rest
-of a run relies on (one log-prob per pair, one probe or response per context, one episode per
-requested rollout), so a plugin breaking its protocol at run time is a `ComponentContractError`
-naming it, not a broadcast that silently trains on garbage or a shape error deep in a loss.
+`ComponentInfo.build` names the plugin whose factory raises or returns something that is not a
+component of its kind; `build` records which plugin built each component, so the contract
+wrappers (`astra_core.contracts`) name it when it breaks its protocol at run time.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from astra_core import kinds
+from astra_core import contracts, kinds
 from astra_core.config import ComponentRef, RunConfig
-from astra_core.errors import ComponentBuildError, ComponentContractError
+from astra_core.errors import ComponentBuildError
 from astra_core.kinds import ComponentKind
 from astra_core.registry import ComponentInfo, Registries
 
@@ -102,76 +97,6 @@ class BuiltRun:
     callbacks: list[Any]
 
 
-_LOGPROB_METHODS = ("tester_logprobs", "baseline_logprobs", "target_logprobs")
-_ROLLOUT_METHODS = {"rollout_tester": "probes", "rollout_target": "responses"}
-
-
-def _argument(args: Sequence[Any], kwargs: Mapping[str, Any], position: int, name: str) -> Any:
-    return args[position] if len(args) > position else kwargs.get(name)
-
-
-def _install_check(component: Any, method: str, check: Callable[[Sequence[Any], Mapping[str, Any], Any], None]) -> None:
-    """Wrap `component.method` so every result passes `check(args, kwargs, result)` first."""
-    original = getattr(component, method, None)
-    if original is None or getattr(original, "__astra_checked__", False):
-        return
-
-    @functools.wraps(original)
-    def checked(*args: Any, **kwargs: Any) -> Any:
-        result = original(*args, **kwargs)
-        check(args, kwargs, result)
-        return result
-
-    checked.__astra_checked__ = True  # type: ignore[attr-defined]
-    # On the instance, so identity and isinstance stay the same; __slots__ or a frozen class
-    # refuses it, and then the component keeps its unchecked method.
-    with contextlib.suppress(AttributeError, TypeError):
-        setattr(component, method, checked)
-
-
-def _check_logprobs(label: str, method: str) -> Callable[[Sequence[Any], Mapping[str, Any], Any], None]:
-    def check(args: Sequence[Any], kwargs: Mapping[str, Any], result: Any) -> None:
-        contexts = _argument(args, kwargs, 0, "contexts")
-        if contexts is None:
-            return
-        shape = getattr(result, "shape", None)
-        if shape is None or tuple(shape) != (len(contexts),):
-            got = f"shape {tuple(shape)}" if shape is not None else f"a {type(result).__name__}"
-            raise ComponentContractError(
-                f"{label}.{method} returned {got} for {len(contexts)} (context, continuation) pairs; "
-                f"it must return a 1-D tensor with one log-prob per pair "
-                f"(a bug in the plugin: check it with astra_core.testing.check_system)"
-            )
-
-    return check
-
-
-def _check_outputs(label: str, method: str, what: str) -> Callable[[Sequence[Any], Mapping[str, Any], Any], None]:
-    def check(args: Sequence[Any], kwargs: Mapping[str, Any], result: Any) -> None:
-        contexts = _argument(args, kwargs, 0, "contexts")
-        if contexts is not None and (not isinstance(result, Sequence) or len(result) != len(contexts)):
-            got = f"{len(result)} {what}" if isinstance(result, Sequence) else f"a {type(result).__name__}"
-            raise ComponentContractError(
-                f"{label}.{method} returned {got} for {len(contexts)} contexts; it must return one per context "
-                f"(a bug in the plugin: check it with astra_core.testing.check_system)"
-            )
-
-    return check
-
-
-def _check_rollouts(label: str) -> Callable[[Sequence[Any], Mapping[str, Any], Any], None]:
-    def check(args: Sequence[Any], kwargs: Mapping[str, Any], result: Any) -> None:
-        count = _argument(args, kwargs, 0, "count")
-        if isinstance(count, int) and (not isinstance(result, Sequence) or len(result) != count):
-            got = f"{len(result)} episodes" if isinstance(result, Sequence) else f"a {type(result).__name__}"
-            raise ComponentContractError(
-                f"{label}.rollouts({count}) returned {got}; it must return one rollout graph per episode "
-                f"(a bug in the plugin: check it with astra_core.testing.check_sampler)"
-            )
-
-    return check
-
-
 def _label(resolved: Resolved) -> str:
     return f"{resolved.info.kind} {resolved.info.name!r} (plugin {resolved.info.provider})"
 
@@ -188,28 +113,8 @@ def build_component(resolved: Resolved, *dependencies: Any, **injected: Any) -> 
             f"a {record.name} must provide {', '.join(record.required) or record.protocol_name} "
             f"(a bug in the plugin: check it with astra_core.testing)"
         )
+    contracts.record_origin(built, resolved.info)  # a contract breach later names this plugin
     return built
-
-
-def guard_system(system: Any, label: str) -> None:
-    """Check every later call of `system`'s log-prob and rollout methods against the protocol.
-
-    A log-prob method must return a tensor of shape ``(len(contexts),)`` (a ``(B, 1)`` result
-    would broadcast against ``(B,)`` into a ``(B, B)`` loss that trains on garbage without an
-    error); ``rollout_tester`` and ``rollout_target`` must return one output per context.
-    Breaking either raises `ComponentContractError` naming `label`. The check wraps the methods
-    on the instance, costs a shape comparison per call, and is skipped for classes whose
-    instances cannot take attributes.
-    """
-    for method in _LOGPROB_METHODS:
-        _install_check(system, method, _check_logprobs(label, method))
-    for method, what in _ROLLOUT_METHODS.items():
-        _install_check(system, method, _check_outputs(label, method, what))
-
-
-def guard_sampler(sampler: Any, label: str) -> None:
-    """Check that a sampler's ``rollouts(count)`` returns `count` episodes (see `guard_system`)."""
-    _install_check(sampler, "rollouts", _check_rollouts(label))
 
 
 # Built by the assembly (astra_core.assembly), which owns the parameters and the step count.
@@ -221,9 +126,9 @@ def build(run: ResolvedRun, *, with_evaluator: bool = True) -> BuiltRun:
 
     Each factory receives the components its kind depends on (`astra_core.kinds`). A factory
     that raises, or returns an object lacking its kind's methods, is a `ComponentBuildError`
-    naming the kind, the name and the plugin. The system and sampler are guarded
-    (`guard_system`, `guard_sampler`): a plugin returning wrongly shaped output at run time
-    raises `ComponentContractError` naming it.
+    naming the kind, the name and the plugin. Each component's origin is recorded
+    (`astra_core.contracts.record_origin`), so the contract wrappers the Trainer puts on them
+    name the plugin when one breaks its protocol at run time.
     """
     parts = run.components
     built: dict[str, Any] = {}
@@ -231,10 +136,6 @@ def build(run: ResolvedRun, *, with_evaluator: bool = True) -> BuiltRun:
         if kind in _BUILT_BY_ASSEMBLY or kind not in parts or (kind == "evaluator" and not with_evaluator):
             continue
         built[kind] = build_component(parts[kind], *(built[d] for d in kinds.kind(kind).depends_on))
-        if kind == "system":
-            guard_system(built[kind], _label(parts[kind]))
-        elif kind == "sampler":
-            guard_sampler(built[kind], _label(parts[kind]))
     callbacks = [build_component(c) for c in run.callbacks]
     return BuiltRun(
         built["scorer"], built["system"], built["sampler"], built["algorithm"], built.get("evaluator"), callbacks

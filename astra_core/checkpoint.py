@@ -482,7 +482,7 @@ def load_weights(checkpoint: str | Path, parameters: Mapping[str, torch.Tensor] 
     A mapping is loaded by name: every name in it must be in the checkpoint (the checkpoint may
     hold more, say an algorithm's value head when loading a system's tester). A sequence is
     loaded by position, in the order the Trainer saved them: it must be that Trainer's list
-    (`astra_core.trainer.trainable_parameters` of the algorithm's parameters). Call `verify`
+    (`astra_core.assembly.trainable_parameters` of the algorithm's parameters). Call `verify`
     first; weights that differ in count, name or shape raise `CheckpointError` (a different
     model), and so do non-finite weights.
     """
@@ -528,7 +528,7 @@ def load_tester(checkpoint: str | Path, system: object, trainer_parameters: Any 
     The system's trainable parameters are matched by the names its ``named_parameters()``
     gives, which is what the Trainer saved them under. A system without parameter names
     leaves only the checkpoint's order: then `trainer_parameters` (a callable returning the
-    Trainer's list, `astra_core.trainer.trainable_parameters` of the algorithm's parameters)
+    Trainer's list, `astra_core.assembly.trainable_parameters` of the algorithm's parameters)
     is required. Verifies the checkpoint first.
     """
     path = Path(checkpoint)
@@ -722,6 +722,25 @@ def open_resumable(source: str | Path, accept: Any = None) -> Resumable:
             else:
                 log.warning("%s is corrupted (%s); no older checkpoint to resume from", candidate, error)
     raise CheckpointError(f"{source}: no complete checkpoint to resume from")
+
+
+def check_optimizer_shapes(loaded: Resumable, parameters: Sequence[torch.Tensor]) -> None:
+    """Raise `CheckpointError` when optimizer state does not fit `parameters` (the Trainer's list).
+
+    Per-parameter state that is not a scalar (Adam's moments, SGD's momentum, ...) has its
+    parameter's shape; ``load_state_dict`` does not check that, and the first optimizer step
+    would fail mid-training instead.
+    """
+    for key, tensor in loaded.optimizer_tensors.items():
+        index = int(key.split(".", 1)[0])
+        if index >= len(parameters):
+            raise _bad(loaded.path, f"optimizer state {key!r} names parameter {index} of {len(parameters)}")
+        if tensor.dim() > 0 and tensor.shape != parameters[index].shape:
+            raise _bad(
+                loaded.path,
+                f"optimizer state {key!r} has shape {tuple(tensor.shape)}, "
+                f"its parameter {tuple(parameters[index].shape)}",
+            )
 
 
 # --- may this run resume? -------------------------------------------------------------------------

@@ -7,8 +7,8 @@ function here is a cheap no-op for a single process (rank 0 of 1). Importing thi
 not initialise anything.
 
 The Trainer does no collective itself: it is handed a `Collectives` (by `astra_core.assembly`,
-which joins the group once), `SingleProcess` alone or `ProcessGroup` under torchrun, and calls
-it unconditionally.
+which joins the group once), `SingleProcess` alone or `DataParallel` under torchrun (the
+trainable parameters wrapped by torch's DistributedDataParallel), and calls it unconditionally.
 
 >>> rank(), world_size(), is_main()
 (0, 1, True)
@@ -21,14 +21,17 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 log = logging.getLogger(__name__)
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
 
 # Counts add up over ranks; extremes and times (the slowest rank sets the pace) take the extreme.
 _SUMMED = frozenset({"episodes", "turns", "train_examples", "reward/nonfinite"})
@@ -205,7 +208,12 @@ def merge_metrics(ranks: Sequence[Mapping[str, float]]) -> dict[str, float]:
 
 
 class Collectives(Protocol):
-    """What the Trainer asks of the processes it runs in (see `SingleProcess`, `ProcessGroup`)."""
+    """What the Trainer asks of the processes it runs in (see `SingleProcess`, `DataParallel`).
+
+    The Trainer's update over a group of batches is: `attach` the trainable parameters once;
+    per batch, ``with accumulating(not last):`` run the loss through `forward` and backward it
+    (every rank, a non-finite loss too); then `average_gradients` before clipping and stepping.
+    """
 
     @property
     def rank(self) -> int:
@@ -217,13 +225,23 @@ class Collectives(Protocol):
         """The number of processes (1 alone)."""
         ...
 
-    def broadcast(self, parameters: Sequence[torch.Tensor]) -> None:
-        """Give every rank rank 0's values of `parameters`."""
+    def attach(self, parameters: Sequence[torch.nn.Parameter]) -> None:
+        """Take charge of the trainable `parameters`: every rank starts from rank 0's values."""
+        ...
+
+    def forward(self, compute: Callable[[_In], _Out], batch: _In) -> _Out:
+        """``compute(batch)``, run so that the backward of its result reduces the gradients."""
+        ...
+
+    def accumulating(self, local: bool) -> AbstractContextManager[object]:
+        """A context whose backwards keep their gradients local (`local`: a batch that is not
+        the last of its update), to be reduced with the next synchronised backward."""
         ...
 
     def average_gradients(self, parameters: Sequence[torch.Tensor], finite: bool, contributed: bool) -> bool:
-        """Average the gradients of `parameters` over the ranks that `contributed` data to this
-        update; return whether every rank's loss was `finite` (if not, all ranks skip it)."""
+        """Finish the gradient average of an update over the ranks that `contributed` data to it
+        (a rank that did not takes part with a zero gradient); return whether every rank's loss
+        was `finite` (if not, all ranks skip the update)."""
         ...
 
     def max(self, values: Sequence[float], device: torch.device | str = "cpu") -> list[float]:
@@ -245,8 +263,14 @@ class SingleProcess:
     rank = 0
     world_size = 1
 
-    def broadcast(self, parameters: Sequence[torch.Tensor]) -> None:
+    def attach(self, parameters: Sequence[torch.nn.Parameter]) -> None:
         return None
+
+    def forward(self, compute: Callable[[_In], _Out], batch: _In) -> _Out:
+        return compute(batch)
+
+    def accumulating(self, local: bool) -> AbstractContextManager[object]:
+        return nullcontext()
 
     def average_gradients(self, parameters: Sequence[torch.Tensor], finite: bool, contributed: bool) -> bool:
         return finite
@@ -261,39 +285,75 @@ class SingleProcess:
         return None
 
 
-class ProcessGroup:
-    """`Collectives` over the active ``torch.distributed`` group: gradients averaged by hand, one
-    flattened SUM per (device, dtype) bucket (DDP is not used yet)."""
+class _Held(torch.nn.Module):
+    """The trainable parameters as one module (the same tensors, not copies), whose forward runs
+    the loss computation it is given: what DistributedDataParallel wraps. The model itself stays
+    the system's; only the parameters that train are the engine's concern."""
+
+    def __init__(self, parameters: Sequence[torch.nn.Parameter]) -> None:
+        super().__init__()
+        self.held = torch.nn.ParameterList(parameters)
+
+    def forward(self, compute: Callable[[Any], Any], batch: Any) -> Any:
+        return compute(batch)
+
+
+class DataParallel:
+    """`Collectives` over the active ``torch.distributed`` group, with the trainable parameters
+    wrapped by torch's ``DistributedDataParallel``: it broadcasts rank 0's values when attached,
+    and its bucketed all-reduce (overlapped with backward, NCCL on GPUs) averages the gradients.
+
+    On top of DDP only what it does not know: a rank out of data takes part in an update with a
+    zero loss, and the average is taken over the ranks that had data (DDP divides by the world
+    size); a non-finite loss anywhere skips the update everywhere (its NaN gradients were reduced
+    like any others, and are dropped). ``find_unused_parameters`` is on, so a parameter that no
+    rank used keeps no gradient, as in one process.
+    """
 
     def __init__(self) -> None:
         if not is_initialized():
-            raise RuntimeError("ProcessGroup needs an initialised torch.distributed group (call init_from_env)")
+            raise RuntimeError("DataParallel needs an initialised torch.distributed group (call init_from_env)")
         self.rank, self.world_size = rank(), world_size()
+        self.engine: torch.nn.parallel.DistributedDataParallel | None = None
+        self._parameters: list[torch.nn.Parameter] = []
 
-    def broadcast(self, parameters: Sequence[torch.Tensor]) -> None:
-        broadcast_parameters(parameters)
+    def attach(self, parameters: Sequence[torch.nn.Parameter]) -> None:
+        self._parameters = list(parameters)
+        # device_ids=None: the parameters may span devices (or be on the CPU) and inputs are the
+        # loss function's own business; DDP broadcasts rank 0's parameters here.
+        self.engine = torch.nn.parallel.DistributedDataParallel(
+            _Held(self._parameters), device_ids=None, find_unused_parameters=True, broadcast_buffers=False
+        )
+
+    def _engine(self) -> torch.nn.parallel.DistributedDataParallel:
+        if self.engine is None:
+            raise RuntimeError("DataParallel.attach(parameters) must come before forward or average_gradients")
+        return self.engine
+
+    def forward(self, compute: Callable[[_In], _Out], batch: _In) -> _Out:
+        result: _Out = self._engine()(compute, batch)
+        return result
+
+    def accumulating(self, local: bool) -> AbstractContextManager[object]:
+        return self._engine().no_sync() if local else nullcontext()
 
     def average_gradients(self, parameters: Sequence[torch.Tensor], finite: bool, contributed: bool) -> bool:
-        # One small collective agrees on the contributors, the skip and which parameters have a
-        # gradient anywhere (a parameter with none stays None, as it would in one process).
+        if not contributed:
+            # DDP reduces inside backward: a rank without data joins that reduction with zeros.
+            zero = self.forward(
+                lambda held: torch.stack([(p * 0).sum().to(held[0].device) for p in held]).sum(), self._parameters
+            )
+            torch.autograd.backward(zero)
         device = parameters[0].device
-        flags = [float(contributed), float(not finite)] + [float(p.grad is not None) for p in parameters]
-        control = torch.tensor(flags, dtype=torch.float32, device=device)
+        control = torch.tensor([float(contributed), float(not finite)], dtype=torch.float32, device=device)
         all_reduce_sum_([control])
-        counts = control.tolist()
-        if counts[1] > 0:
+        contributors, nonfinite = control.tolist()
+        if nonfinite > 0:
             return False
-        grads = []
-        for parameter, has_grad in zip(parameters, counts[2:], strict=True):
-            if has_grad == 0:
-                parameter.grad = None
-                continue
-            if parameter.grad is None:
-                parameter.grad = torch.zeros_like(parameter)
-            grads.append(parameter.grad)
-        all_reduce_sum_(grads)
-        for grad in grads:
-            grad.div_(max(counts[0], 1.0))
+        if 0 < contributors < self.world_size:
+            for parameter in parameters:
+                if parameter.grad is not None:
+                    parameter.grad.mul_(self.world_size / contributors)
         return True
 
     def max(self, values: Sequence[float], device: torch.device | str = "cpu") -> list[float]:
@@ -307,13 +367,13 @@ class ProcessGroup:
 
 
 def collectives() -> Collectives:
-    """`ProcessGroup` when this process is one of several in an initialised group, else `SingleProcess`."""
-    return ProcessGroup() if world_size() > 1 else SingleProcess()
+    """`DataParallel` when this process is one of several in an initialised group, else `SingleProcess`."""
+    return DataParallel() if world_size() > 1 else SingleProcess()
 
 
 __all__ = [
     "Collectives",
-    "ProcessGroup",
+    "DataParallel",
     "SingleProcess",
     "all_reduce_max",
     "all_reduce_mean",

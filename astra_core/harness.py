@@ -16,7 +16,8 @@ from typing import Any, Generic
 import torch
 from torch.utils.data import DataLoader
 
-from astra_core.errors import ComponentContractError, ConfigError
+from astra_core import contracts
+from astra_core.errors import ConfigError
 from astra_core.graph import Graph
 from astra_core.protocols import Algorithm, Sampler
 from astra_core.types import ActionT, BatchT, ExampleT, StateT
@@ -83,8 +84,9 @@ class Harness(Generic[StateT, ActionT, ExampleT, BatchT]):
                 f"num_episodes_per_experience ({num_episodes_per_experience}) and batch_size ({batch_size}) "
                 f"must be at least 1"
             )
-        self.sampler = sampler
-        self.algorithm = algorithm
+        # Held to their protocols (astra_core.contracts): a breach names the plugin on first use.
+        self.sampler = contracts.guard("sampler", sampler)
+        self.algorithm = contracts.guard("algorithm", algorithm)
         self.num_episodes_per_experience = num_episodes_per_experience
         self.batch_size = batch_size
         self.seed = seed
@@ -95,13 +97,7 @@ class Harness(Generic[StateT, ActionT, ExampleT, BatchT]):
     def rollouts(self) -> list[Graph[StateT, ActionT]]:
         """One experience's episodes, from one `sampler.rollouts` call."""
         count = self.num_episodes_per_experience
-        graphs = self.sampler.rollouts(count)
-        if len(graphs) != count:
-            raise ComponentContractError(
-                f"sampler {type(self.sampler).__name__}.rollouts({count}) returned {len(graphs)} episodes; "
-                f"a sampler must return exactly the number asked for"
-            )
-        return graphs
+        return self.sampler.rollouts(count)
 
     def experience(self, step: int = 0) -> DataLoader[ExampleT]:
         """Roll out, flatten and batch the experience of training step `step`.

@@ -136,7 +136,14 @@ KINDS_TABLE: dict[ComponentKind, Kind] = {
     for record in (
         # kind, protocol, built from, injected keywords, extensions (optional), conformance check
         Kind("scorer", _p("Scorer"), (), (), (), "check_scorer"),
-        Kind("system", _p("System"), (), (), ("FeatureSystem",), "check_system"),
+        Kind(
+            "system",
+            _p("System"),
+            (),
+            (),
+            ("FeatureSystem", "PairLogprobSystem", "SavableSystem", "NamedParameters"),
+            "check_system",
+        ),
         Kind("sampler", _p("Sampler"), (_on("system"), _on("scorer")), (), ("TreeSampler",), "check_sampler"),
         Kind("algorithm", _p("Algorithm"), (_on("system"),), (), ("MultiEpochAlgorithm",), "check_algorithm"),
         Kind("evaluator", _p("Evaluator"), (_on("sampler"),), (), ("ComparingEvaluator",), None),

@@ -89,8 +89,12 @@ class System(Protocol[StateT, ActionT]):
         ...
 
     def rollout_target(self, contexts: Sequence[StateT]) -> list[str]:
-        """Sample one response per context (context already ends with the probe), batched.
+        """Sample one response text per context (context already ends with the probe), batched.
         A response is text whatever the state is (a chat system's state is a conversation)."""
+        ...
+
+    def opening(self, prompt: str) -> StateT:
+        """The state an episode opens with, from a prompt text (for text states: the text itself)."""
         ...
 
     def advance(self, context: StateT, probe: ActionT, response: str) -> StateT:
@@ -115,6 +119,42 @@ class FeatureSystem(Protocol[StateT_contra]):
         ...
 
 
+@runtime_checkable
+class PairLogprobSystem(Protocol):
+    """A system that scores a preference pair's two continuations on one pass of their shared
+    context: `tester_pair_logprobs` returns (chosen, rejected) log-probs, each (B,), with the same
+    values and gradients as two `tester_logprobs` calls."""
+
+    def tester_pair_logprobs(
+        self,
+        contexts: Sequence[Any],
+        chosen: Sequence[Any],
+        rejected: Sequence[Any],
+        reduction: Reduction = "sum",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chosen, rejected) tester log-probs after each context, with gradients."""
+        ...
+
+
+@runtime_checkable
+class SavableSystem(Protocol):
+    """A system that can save its tester in a native format (the Trainer saves it after training)."""
+
+    def save_pretrained(self, directory: str) -> None:
+        """Write the tester to `directory`."""
+        ...
+
+
+@runtime_checkable
+class NamedParameters(Protocol):
+    """A system that names its trainable parameters, so checkpoints store weights by name and a
+    tester loads into a system without its algorithm (`astra_core.checkpoint`)."""
+
+    def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
+        """(name, parameter) for each trainable parameter, names unique."""
+        ...
+
+
 class Sampler(Protocol[StateT, ActionT]):
     """Rolls a system out into rollout trees and rewards each turn with its scorer.
 
@@ -136,8 +176,9 @@ class Sampler(Protocol[StateT, ActionT]):
         """Exactly `count` training episodes, each from a fresh opening context."""
         ...
 
-    def eval_rollouts(self, prompts: Sequence[StateT]) -> list[Graph[StateT, ActionT]]:
-        """One evaluation episode per prompt, in order: a width-1 chain of turns from it."""
+    def eval_rollouts(self, prompts: Sequence[str]) -> list[Graph[StateT, ActionT]]:
+        """One evaluation episode per prompt text, in order: a width-1 chain of turns from
+        ``system.opening(prompt)``."""
         ...
 
 

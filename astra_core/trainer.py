@@ -46,12 +46,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from astra_core import assembly
+from astra_core import assembly, contracts
 from astra_core import checkpoint as ckpt
-
-# Re-exported until every caller imports them from astra_core.assembly.
-from astra_core.assembly import seed_everything as seed_everything
-from astra_core.assembly import trainable_parameters as trainable_parameters
+from astra_core.assembly import seed_everything, trainable_parameters
 from astra_core.config import TrainingConfiguration
 from astra_core.distributed import Collectives, share, step_seed
 from astra_core.errors import CheckpointError, ConfigError, TrainingError
@@ -156,6 +153,13 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
                 f"split over {self.world_size} processes; raise it to at least {self.world_size} or use fewer processes"
             )
         _, episodes = share(config.num_episodes_per_experience, self.rank, self.world_size)
+        # Every component is held to its protocol from here on, hand-wired ones too: a breach is
+        # a one-line ComponentContractError naming the plugin (astra_core.contracts).
+        sampler = contracts.guard("sampler", sampler)
+        algorithm = contracts.guard("algorithm", algorithm)
+        if evaluator is not None:
+            evaluator = contracts.guard("evaluator", evaluator)
+        callbacks = [contracts.guard("callback", callback) for callback in callbacks]
         self.harness: Harness[StateT, ActionT, ExampleT, BatchT] = Harness(
             sampler,
             algorithm,
@@ -168,7 +172,7 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
         self.parameters = trainable_parameters(algorithm.parameters())
         if not self.parameters:
             raise ConfigError("the algorithm has no trainable parameters (parameters() yielded none)")
-        self.collectives.broadcast(self.parameters)  # rank 0's initial weights everywhere
+        self.collectives.attach(self.parameters)  # rank 0's initial weights everywhere
         if optimizer is None:
             optimizer, scheduler = assembly.optimizer_and_scheduler(config, self.parameters, registries)
         elif scheduler is None:
@@ -273,7 +277,7 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
         groups = math.ceil(len(loader) * self._epochs() / self.config.gradient_accumulation_steps)
         any_bad = bad_rewards > 0
         # Every rank must skip together and take as many updates as the rank with the most data.
-        agreed = self._all_reduce_max([float(any_bad), float(groups)])
+        agreed = self._agreed_max([float(any_bad), float(groups)])
         any_bad, groups = agreed[0] > 0, int(agreed[1])
         if any_bad:
             stats.skipped += 1
@@ -323,11 +327,14 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
             for batch in loader:
                 group_start = index - index % accumulation
                 group_size = min(accumulation, total - group_start)
-                loss, batch_logs = self.harness.loss(batch)
-                if bool(torch.isfinite(loss).all()):
+                # The engine reduces gradients in the backward of a group's last batch only.
+                with self.collectives.accumulating(index + 1 - group_start < group_size):
+                    loss, batch_logs = self.collectives.forward(self.harness.loss, batch)
                     # Dividing by the group's own size makes the update the one of the group's mean
-                    # loss, for a short last group too.
+                    # loss, for a short last group too. A non-finite loss is backed too (every
+                    # rank's backward takes part in the reduction); its update is then skipped.
                     torch.autograd.backward(loss / group_size)
+                if bool(torch.isfinite(loss).all()):
                     stats.losses.append(float(loss.detach()))
                     for key, value in batch_logs.items():
                         stats.algorithm_logs.setdefault(key, []).append(float(value))
@@ -462,6 +469,7 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
                 ckpt.load_weights(loaded.path, named if set(named) <= set(loaded.weights) else self.parameters)
             except CheckpointError as error:
                 raise ckpt.DifferentRunError(str(error)) from None
+            ckpt.check_optimizer_shapes(loaded, self.parameters)
             try:  # the last check that can fail: an optimizer state that does not fit this optimizer
                 ckpt.load_optimizer_state(self.optimizer, loaded.optimizer_tensors, loaded.optimizer_data)
                 if loaded.scheduler is not None:
@@ -513,7 +521,7 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
     def _due(self, every: int | None) -> bool:
         return every is not None and self.global_step % every == 0
 
-    def _all_reduce_max(self, values: Sequence[float]) -> list[float]:
+    def _agreed_max(self, values: Sequence[float]) -> list[float]:
         return self.collectives.max(values, self.parameters[0].device)
 
     def _barrier(self) -> None:
@@ -529,7 +537,7 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
         """The stop signal any rank received (torchrun forwards signals, but not at the same instant)."""
         if self.world_size == 1:
             return self._stop_signal
-        agreed = int(self._all_reduce_max([float(self._stop_signal or 0)])[0])
+        agreed = int(self._agreed_max([float(self._stop_signal or 0)])[0])
         return agreed or None
 
     def _call(self, hook: str, *args: Any) -> None:

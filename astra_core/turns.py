@@ -28,7 +28,8 @@ the response, or the probe when a probe alone is scored); ``"turn"``, the whole 
 class Turn(Generic[StateT_co, ActionT_co]):
     """One turn to score: the conversation so far, the tester's probe, the target's response.
 
-    `response` is None when a probe (or any text in the probe's place) is scored alone.
+    `response` (the target's text) is None when a probe (or any text in the probe's place) is
+    scored alone.
     """
 
     context: StateT_co

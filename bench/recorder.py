@@ -9,11 +9,12 @@ forward runs in: a rollout's forwards are ``prefill`` (more than one new positio
 ``decode`` (one); forwards under autograd through trainable weights are ``train_forward`` and
 become ``backward`` positions when a backward runs; the rest are ``frozen_forward``.
 
-Everything installed is undone by `Recorder.restore` (or leaving the ``with`` block).
+Everything installed is undone by `Recorder.restore` (or leaving the ``with`` block)::
 
->>> # with Recorder() as recorder:
->>> #     recorder.watch_system(system); recorder.watch_optimizer(trainer.optimizer)
->>> #     recorder.reset(); trainer.train_step(); print(recorder.snapshot())
+    with Recorder() as recorder:
+        recorder.watch_system(trainer.sampler.system, trainer.sampler.scorer)
+        recorder.watch_optimizer(trainer.optimizer)
+        recorder.reset(); trainer.train_step(); print(recorder.snapshot())
 """
 
 from __future__ import annotations

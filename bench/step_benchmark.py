@@ -126,7 +126,9 @@ def _mean(values: Sequence[float]) -> float:
 def measure(settings: Settings, mode: str) -> dict[str, Any]:
     """Build, warm up, and time `settings.steps` training steps in `mode`; the mode's record."""
     trainer = build_trainer(settings, mode)
-    system = trainer.sampler.system
+    from astra_core.contracts import unwrap
+
+    system = unwrap(trainer.sampler.system)  # the recorder patches the system's own class and methods
     tester_tokens = _token_counter(system, "tokenizer")
     target_tokens = _token_counter(system, "target_tokenizer") if hasattr(system, "target_tokenizer") else tester_tokens
     budgets = (getattr(system, "tester_context_tokens", None), getattr(system, "target_context_tokens", None))

@@ -100,10 +100,22 @@ class NaNLossAfter(ToyDPO):
 
 
 class NaNScorer(TextScorer):
-    """A broken scorer: NaN for every text."""
+    """A broken scorer: NaN for every text (a contract breach once the Trainer holds it)."""
 
     def score_texts(self, texts: Sequence[str]) -> list[float]:
         return [math.nan] * len(texts)
+
+
+class LogRewardSampler(ToySampler):
+    """Rewards are log(score): a valid score of 0 gives -inf, numerical trouble the Trainer skips
+    and counts (not a contract breach: see the NaN policy in astra_core.contracts)."""
+
+    def rollouts(self, count: int) -> list[Graph[str, str]]:
+        graphs = super().rollouts(count)
+        for graph in graphs:
+            for node in graph.nodes():
+                node.reward = math.log(node.reward) if node.reward > 0 else -math.inf
+        return graphs
 
 
 @dataclass
@@ -122,11 +134,12 @@ def make_parts(
     tree_depth: int = 2,
     scorer: Any = None,
     algorithm: Callable[[ToySystem], ToyDPO] | None = None,
+    sampler: Callable[[ToySystem, Any, int, int], ToySampler] = ToySampler,
 ) -> Parts:
     """Fresh toy components (a fresh tester, identical for equal `system_seed`)."""
     system = ToySystem(seed=system_seed)
-    sampler = ToySampler(system, scorer if scorer is not None else ToyScorer(), tree_width, tree_depth)
-    return Parts(system, sampler, algorithm(system) if algorithm is not None else ToyDPO(system))
+    built = sampler(system, scorer if scorer is not None else ToyScorer(), tree_width, tree_depth)
+    return Parts(system, built, algorithm(system) if algorithm is not None else ToyDPO(system))
 
 
 def core_registries() -> Registries:
@@ -233,6 +246,7 @@ class Kit:
     ToyDPO = ToyDPO
     NaNLossAfter = NaNLossAfter
     NaNScorer = NaNScorer
+    LogRewardSampler = LogRewardSampler
     conftest_path = Path(__file__).resolve()
     repo = REPO
     TRAIN_SCRIPT = TRAIN_SCRIPT

@@ -347,6 +347,13 @@ def _optimizer_naming_no_parameter(checkpoint: Path) -> bytes:
     return save(tensors)
 
 
+def _optimizer_state_of_another_shape(checkpoint: Path) -> bytes:
+    tensors = load_file(str(checkpoint / "optimizer.safetensors"))
+    key = next(k for k, v in tensors.items() if v.dim() > 0)
+    tensors[key] = torch.zeros(*tensors[key].shape[:-1], tensors[key].shape[-1] + 1)
+    return save(tensors)
+
+
 TAMPERING = {
     # A pickle (protocol 4, the integer 1) where safetensors belong: never unpickled, refused.
     "pickle-as-optimizer-state": ("optimizer.safetensors", lambda c: b"\x80\x04K\x01.", "not a safetensors file"),
@@ -452,3 +459,17 @@ def test_the_rng_state_holds_every_cuda_device_when_there_are_any() -> None:
     tensors, _ = ckpt.rng_state()
     devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
     assert sorted(tensors) == ["torch", *(f"cuda.{i}" for i in range(devices))]
+
+
+def test_optimizer_state_of_another_shape_than_its_parameter_falls_back(
+    kit: Kit, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    trained(kit, tmp_path, 3, checkpoint_every=1, keep_checkpoints=3)
+    newest = tmp_path / "checkpoints" / "step-00000003"
+    _rewrite(newest, "optimizer.safetensors", _optimizer_state_of_another_shape(newest))
+    trainer = kit.trainer(kit.config(training_steps=3, output_dir=str(tmp_path)), kit.parts())
+    with caplog.at_level(logging.WARNING, logger="astra_core"):
+        assert trainer.resume() == tmp_path / "checkpoints" / "step-00000002"
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "step-00000003 is corrupted; resuming from the older" in warning and "has shape" in warning
+    trainer.train()  # the optimizer steps with the older, fitting state

@@ -593,3 +593,15 @@ def test_run_files_in_the_docs_validate(
     path = tmp_path / "doc.toml"
     path.write_text(text, encoding="utf-8")
     assert cli("validate", path) == 0, capsys.readouterr().err
+
+
+def test_output_into_a_closed_pipe_ends_quietly_with_141() -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line, as `astra plugins | head -0` would be
+    try:
+        process = subprocess.run(
+            [sys.executable, "-m", "astra_core", "plugins"], stdout=write_end, stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        os.close(write_end)
+    assert (process.returncode, process.stderr) == (141, "")

@@ -136,6 +136,7 @@ def _worker(out: Path) -> None:
         "history": trainer.history,
         "episodes_here": trainer.harness.num_episodes_per_experience,
         "nonfinite_total": trainer.nonfinite_total,
+        "engine": type(getattr(trainer.collectives, "engine", None)).__name__,
     }
 
     # 2. Resume: 2 steps, stop, resume to 4 must end where 4 straight steps end.
@@ -252,6 +253,14 @@ def test_ranks_keep_identical_parameters_with_uneven_shares_and_a_nan_on_one_ran
     assert first["nonfinite_total"] == second["nonfinite_total"] == 1  # rank 1's NaN skipped the update everywhere
     assert first["history"][0]["skipped_updates"] == 1.0
     assert [h["episodes"] for h in first["history"]] == [5.0, 5.0, 5.0]  # metrics count every rank's episodes
+
+
+def test_the_engine_is_torchs_distributed_data_parallel_and_the_trainer_has_no_collectives(two_ranks: Path) -> None:
+    for rank in range(WORLD):
+        assert _report(two_ranks, rank)["engine"] == "DistributedDataParallel"
+    source = (HERE.parents[1] / "astra_core" / "trainer.py").read_text(encoding="utf-8")
+    for collective in ("torch.distributed", "all_reduce", "broadcast", "all_gather", "dist."):
+        assert collective not in source, collective
 
 
 def test_ranks_roll_out_with_distinct_seeds(two_ranks: Path) -> None:

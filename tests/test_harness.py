@@ -60,6 +60,20 @@ def test_a_sampler_is_asked_for_the_whole_experience_in_one_call(kit: Kit) -> No
     assert calls == [3] and len(harness.last_graphs) == 3
 
 
+def test_the_algorithm_flattens_the_whole_experience_in_one_call(kit: Kit) -> None:
+    parts = kit.parts()
+    seen: list[int] = []
+    flatten = parts.algorithm.flatten
+
+    def counting(graphs: Sequence[Graph[str, str]]) -> Any:
+        seen.append(len(graphs))
+        return flatten(graphs)
+
+    parts.algorithm.flatten = counting  # type: ignore[method-assign]
+    Harness(parts.sampler, parts.algorithm, num_episodes_per_experience=5, batch_size=4).experience(0)
+    assert seen == [5]
+
+
 def test_a_sampler_returning_the_wrong_count_is_reported(kit: Kit) -> None:
     parts = kit.parts()
     parts.sampler.rollouts = lambda count: []  # type: ignore[method-assign]

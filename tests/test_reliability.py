@@ -22,12 +22,11 @@ from safetensors.torch import save_file
 
 from astra_core import Registrar, hookimpl
 from astra_core import checkpoint as ckpt
-from astra_core.build import ComponentContractError, guard_sampler, guard_system
 from astra_core.cli import main
-from astra_core.errors import CheckpointError, ComponentBuildError, ConfigError, PluginLoadError
+from astra_core.contracts import guard
+from astra_core.errors import CheckpointError, ComponentBuildError, ComponentContractError, ConfigError, PluginLoadError
 from astra_core.graph import Graph
 from astra_core.plugins import load_plugins
-from astra_core.scoring import ScorerError
 from astra_core.testing.toy import ToySampler, ToyScorer, ToySystem
 
 if TYPE_CHECKING:
@@ -546,19 +545,26 @@ def test_a_build_error_is_a_component_build_error_in_the_library_too(faulty: Any
 @pytest.mark.parametrize(
     ("replace", "expect"),
     [
-        ({'scorer = "toy"': 'scorer = "short-scorer"'}, "scorer ShortScorer returned 7 scores for 8 inputs"),
-        ({'scorer = "toy"': 'scorer = "loud-scorer"'}, "scorer LoudScorer returned 1.5 at index 0"),
+        (
+            {'scorer = "toy"': 'scorer = "short-scorer"'},
+            "scorer 'short-scorer' (plugin {plugin}): ShortScorer.score(8 turns) returned a list of 7",
+        ),
+        (
+            {'scorer = "toy"': 'scorer = "loud-scorer"'},
+            "scorer 'loud-scorer' (plugin {plugin}): LoudScorer.score(8 turns) returned 1.5 at index 0",
+        ),
         (
             {'system = "toy"': 'system = "column-system"'},
-            "system 'column-system' (plugin {plugin}).tester_logprobs returned shape (",
+            "system 'column-system' (plugin {plugin}): ColumnSystem.tester_logprobs(",
         ),
         (
             {'system = "toy"': 'system = "short-rollout-system"'},
-            "system 'short-rollout-system' (plugin {plugin}).rollout_tester returned 7 probes for 8 contexts",
+            "system 'short-rollout-system' (plugin {plugin}): ShortRolloutSystem.rollout_tester(8 contexts) "
+            "returned a list of 7",
         ),
         (
             {'sampler = "toy"': 'sampler = "short-sampler"'},
-            "sampler 'short-sampler' (plugin {plugin}).rollouts(4) returned 3 episodes",
+            "sampler 'short-sampler' (plugin {plugin}): ShortSampler.rollouts(4) returned 3 episodes",
         ),
     ],
     ids=["scorer-count", "scorer-range", "logprob-shape", "probe-count", "episode-count"],
@@ -572,30 +578,26 @@ def test_a_plugin_breaking_its_contract_at_run_time_is_one_line_naming_it(
 
 
 def test_the_logprob_guard_passes_good_output_and_names_bad_output() -> None:
-    system = ToySystem()
-    guard_system(system, "system 'toy' (plugin core)")
+    system = guard("system", ToySystem())
     good = system.tester_logprobs(["hello", "nice"], PROBES)
     assert good.shape == (2,) and good.requires_grad
     assert len(system.rollout_tester(["a", "b", "c"])) == 3
-    column = ColumnSystem()
-    guard_system(column, "system 'column' (plugin test)")
-    guard_system(column, "system 'column' (plugin test)")
-    assert not hasattr(vars(column)["tester_logprobs"].__wrapped__, "__astra_checked__")  # guarding twice wraps once
+    column = guard("system", ColumnSystem())
+    assert guard("system", column) is column  # guarding twice wraps once
     with pytest.raises(
-        ComponentContractError, match=r"'column' \(plugin test\)\.tester_logprobs returned shape \(2, 1\)"
+        ComponentContractError, match=r"ColumnSystem\.tester_logprobs\(2 contexts\) returned shape \(2, 1\)"
     ):
         column.tester_logprobs(["hello", "nice"], PROBES)
     assert column.baseline_logprobs(["hello", "nice"], PROBES).shape == (2,)
 
 
 def test_the_rollout_guard_names_a_sampler_returning_too_few_episodes() -> None:
-    sampler = ShortSampler(ToySystem(), ToyScorer())
-    guard_sampler(sampler, "sampler 'short' (plugin test)")
+    sampler = guard("sampler", ShortSampler(ToySystem(), ToyScorer()))
     with pytest.raises(ComponentContractError, match=r"rollouts\(3\) returned 2 episodes"):
         sampler.rollouts(3)
 
 
-def test_scorer_errors_keep_their_type_in_the_library(faulty: Any) -> None:
-    sampler = ToySampler(ToySystem(), ShortScorer())
-    with pytest.raises(ScorerError, match="scorer ShortScorer returned"):
+def test_scorer_errors_are_contract_errors_in_the_library_too(faulty: Any) -> None:
+    sampler = guard("sampler", ToySampler(ToySystem(), ShortScorer()))
+    with pytest.raises(ComponentContractError, match=r"ShortScorer\.score\(4 turns\) returned a list of 3"):
         sampler.rollouts(2)

@@ -185,6 +185,7 @@ def test_a_second_writer_gets_one_line_naming_the_holder_and_exit_2(
         ["train", run_file, "--output", finished_run, "--overwrite"],
         ["train", run_file, "--output", finished_run],
         ["report", finished_run],
+        ["evaluate", finished_run],
     ):
         assert cli(*argv) == 2, argv
         line = one_error(capsys)
@@ -224,7 +225,8 @@ def test_two_concurrent_trains_on_one_directory_leave_one_intact_run(tmp_path: P
     (loser,) = [err for code, _, err in results if code == 2]
     errors = [line for line in loser.splitlines() if line.startswith("astra: error:")]
     assert len(errors) == 1 and "Traceback" not in loser, loser
-    assert "another astra process (PID" in errors[0] or "output directory exists" in errors[0], errors
+    refusals = ("another astra process (PID", "output directory exists and is not empty; pass --resume", "meanwhile")
+    assert any(refusal in errors[0] for refusal in refusals), errors
     assert [r["step"] for r in RunDir(run_dir).read_metrics()] == list(range(1, 9))
     checkpoints = ckpt.list_checkpoints(run_dir)
     assert [p.name for p in checkpoints] == ["step-00000006", "step-00000008"]  # keep_checkpoints = 2

@@ -300,7 +300,7 @@ def test_too_many_nonfinite_losses_stop_naming_the_last_good_checkpoint(kit: Kit
 
 
 def test_nonfinite_rewards_skip_the_experience(kit: Kit, caplog: pytest.LogCaptureFixture) -> None:
-    parts = kit.parts(scorer=kit.NaNScorer(), algorithm=lambda system: kit.ToyDPO(system, keep_ties=True))
+    parts = kit.parts(sampler=kit.LogRewardSampler, algorithm=lambda system: kit.ToyDPO(system, keep_ties=True))
     before = kit.weights(parts)
     with caplog.at_level(logging.WARNING):
         history = kit.trainer(kit.config(training_steps=2), parts).train()

@@ -14,6 +14,7 @@ astra 0.1.0
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -26,7 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``astra`` command line with `argv` (default: ``sys.argv[1:]``); return the exit code.
 
     User mistakes print ``astra: error: <one line>`` on stderr and return 2. An interrupted
-    training run returns 0 (SIGINT) or 143 (SIGTERM) after checkpointing.
+    training run returns 0 (SIGINT), 143 (SIGTERM) or 129 (SIGHUP), resumable. Output cut off by
+    a closed pipe returns 141, as SIGPIPE would, without a traceback.
     """
     parser = _parser()
     warnings = _warnings_to_stderr()
@@ -42,6 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print_error("interrupted (a second Ctrl-C stops at once, without a checkpoint)")
         return 130
+    except BrokenPipeError:
+        # The reader went away (`astra plugins | head`): stop quietly, as SIGPIPE would, and keep
+        # Python's flush at exit from failing on the closed pipe again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + 13
     finally:
         logging.getLogger("astra_core").removeHandler(warnings)
         _leave_process_group()

@@ -209,13 +209,10 @@ def _check_tree_size(resolved: ResolvedRun) -> None:
 
 def build(resolved: ResolvedRun, source: str, *, with_evaluator: bool) -> BuiltRun:
     """Build the components of a resolved run, seeded (and in the process group under torchrun)."""
+    from astra_core.assembly import prepare
     from astra_core.build import build as build_run
-    from astra_core.distributed import init_from_env
-    from astra_core.trainer import seed_everything
 
-    init_from_env()  # under torchrun: join the group and pick this rank's GPU before building on "cuda"
-    # Seed before building so randomly initialised parts (value heads, toy policies) repeat.
-    seed_everything(resolved.config.training.seed)
+    prepare(resolved.config.training.seed)  # before building, as `astra_core.assembly.assemble` does
     with about(source):
         return build_run(resolved, with_evaluator=with_evaluator)
 

@@ -88,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     if output.exists() and not output.is_dir():
         raise ConfigError(f"{output}: exists and is not a directory; pass --output DIR with a directory path")
 
+    run = RunDir(target) if is_run and output.resolve().is_relative_to(target.resolve()) else None
+    if run is not None:
+        run.check_unlocked()  # a run still training: refused now, not after the evaluation
     built = build(resolved, source, with_evaluator=True)
     reports: dict[str, EvaluationReport] = {}
     if not trained or args.compare_base:
@@ -107,7 +110,6 @@ def run(args: argparse.Namespace) -> int:
     paired = getattr(built.evaluator, "paired", None)
     if callable(paired) and "base" in reports and "trained" in reports:
         payload["comparison"] = paired(reports["base"], reports["trained"])
-    run = RunDir(target) if is_run and output.resolve().is_relative_to(target.resolve()) else None
     try:
         if run is not None:
             run.acquire()  # writing into a run: not while it trains
@@ -129,20 +131,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _evaluate_once(built: BuiltRun, seed: int, source: str) -> EvaluationReport:
-    from astra_core.trainer import seed_everything
+    from astra_core.assembly import seed_everything
 
     seed_everything(seed)  # the same sampling noise for the base and the trained tester
     if built.evaluator is None:  # build() skips it only when asked to
         raise ConfigError(f"{source}: no evaluator was built")
+    from astra_core import contracts
+
     with about(source):
-        report: EvaluationReport = built.evaluator.evaluate()
+        # Held to its contract, and its sampler, system and scorer with it (astra_core.contracts).
+        report: EvaluationReport = contracts.guard("evaluator", built.evaluator).evaluate()
     return report
 
 
 def _load_tester(built: BuiltRun, checkpoint: Path) -> int:
     """Copy a checkpoint's tester weights into the system (by parameter name); return its step."""
     from astra_core import checkpoint as ckpt
-    from astra_core.trainer import trainable_parameters
+    from astra_core.assembly import trainable_parameters
 
     return ckpt.load_tester(checkpoint, built.system, lambda: trainable_parameters(built.algorithm.parameters()))
 

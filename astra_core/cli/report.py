@@ -21,7 +21,7 @@ from typing import Any
 
 from astra_core.cli.common import metrics_table, reward_summary, series
 from astra_core.errors import AstraError, ConfigError
-from astra_core.rundir import RunDir, write_atomic
+from astra_core.rundir import RunDir, describe_os_error, is_disk_error, write_atomic
 
 TOP_ATTACKS = 10
 """Rows of the successful-attacks table."""
@@ -62,8 +62,15 @@ def run(args: argparse.Namespace) -> int:
             "`astra report` draws its plots with matplotlib, which is not installed: pip install 'astra-core[report]'"
         ) from None
 
-    with run.locked_for_writing():  # not while the run trains (or another report draws)
-        return _write_report(run, records)
+    try:
+        with run.locked_for_writing():  # not while the run trains (or another report draws)
+            return _write_report(run, records)
+    except OSError as error:
+        if not is_disk_error(error):
+            raise
+        raise AstraError(
+            f"{run.path}: cannot write the report: {describe_os_error(error)}; free space, then retry"
+        ) from None
 
 
 def _write_report(run: RunDir, records: list[dict[str, Any]]) -> int:

@@ -10,17 +10,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from astra_core import contracts
 from astra_core.cli.common import (
     PROG,
     Stopped,
     UsageError,
     about,
-    build,
     default_run_text,
     file_output_dir,
     parse_toml,
     positive_int,
-    registries,
     resolve,
     reward_summary,
     run_config,
@@ -29,7 +28,7 @@ from astra_core.cli.common import (
     stop_on_signals,
     timestamped,
 )
-from astra_core.errors import AstraError, CheckpointError, ConfigError
+from astra_core.errors import AstraError, CheckpointError, ComponentContractError, ConfigError
 from astra_core.rundir import LOCK, MARKER, RunDir, describe_os_error, is_disk_error
 
 if TYPE_CHECKING:
@@ -95,7 +94,7 @@ def _train(args: argparse.Namespace) -> int:
     run_dir = RunDir(path)
     existed = path.exists()
     try:
-        _check_output_dir(run_dir, args.overwrite)  # takes the lock of an existing run
+        _check_output_dir(run_dir, args.overwrite)  # writes nothing; the lock is taken in _create
         _check_writable(path)
         trainer = _make_trainer(resolved, source)
         # Only now, with every component built, touch the file system.
@@ -110,14 +109,16 @@ def _check_output_dir(run_dir: RunDir, overwrite: bool) -> None:
     path = run_dir.path
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{path}: exists and is not a directory; pass --output DIR with a directory path")
-    if not path.is_dir() or not any(path.iterdir()):
+    if not path.is_dir():
+        return
+    run_dir.check_unlocked()  # a run still training (or being created): refused here, naming its PID
+    if not any(p.name != LOCK for p in path.iterdir()):
         return
     if not run_dir.is_run():
         raise ConfigError(
             f"{path}: output directory exists and is not empty, and is not an astra run (no {MARKER}): "
             f"astra never writes into or deletes such a directory; pass --output DIR for a new run"
         )
-    run_dir.check_unlocked()  # a run still training: refused here, naming its PID
     if not overwrite:
         raise ConfigError(
             f"{path}: output directory exists and is not empty; pass --resume {path} to continue it, "
@@ -201,7 +202,13 @@ def _resume(args: argparse.Namespace, run_dir: RunDir) -> int:
             print(f"resuming {path} from checkpoint {checkpoint} (step {trainer.global_step} of {total})", flush=True)
         else:  # stopped before its first checkpoint (a signal, a full disk): start it again
             print(f"resuming {path}: no checkpoint was written yet, starting again at step 0 of {total}", flush=True)
-        run_dir.write_config(resolved.describe())
+        try:
+            run_dir.write_config(resolved.describe())
+        except OSError as error:
+            raise AstraError(
+                f"{path}: cannot write {run_dir.config_path.name}: {describe_os_error(error)}; "
+                f"free space or make it writable, then: {PROG} train --resume {path}"
+            ) from None
         return _run_training(trainer, run_dir)
     finally:
         run_dir.release()
@@ -219,6 +226,12 @@ def _run_training(trainer: Trainer[Any, Any, Any, Any], run_dir: RunDir) -> int:
 
     try:
         trainer.train()
+    except ComponentContractError as error:
+        # One line on the terminal; the plugin's own traceback goes to the run's log.
+        log = _log_traceback(run_dir, error)
+        if log is None:
+            raise
+        raise ComponentContractError(f"{error}; traceback in {log}") from error
     except TrainingInterrupted as stop:
         name = signal.Signals(stop.signum).name
         where = f"checkpoint written to {stop.checkpoint}" if stop.checkpoint else "no checkpoint written"
@@ -244,6 +257,13 @@ def _run_training(trainer: Trainer[Any, Any, Any, Any], run_dir: RunDir) -> int:
     print(f"run directory: {run_dir.path}")
     print(reward_summary(run_dir.read_metrics()), flush=True)
     return 0
+
+
+def _log_traceback(run_dir: RunDir, error: BaseException) -> Path | None:
+    try:
+        return run_dir.log(contracts.traceback_text(error))
+    except OSError:
+        return None  # the one-line error still reaches the terminal
 
 
 def _is_main_process() -> bool:
@@ -287,28 +307,12 @@ def _train_other_rank(trainer: Trainer[Any, Any, Any, Any], resume: Path | None 
 
 
 def _make_trainer(resolved: ResolvedRun, source: str) -> Trainer[Any, Any, Any, Any]:
+    from astra_core.assembly import assemble
     from astra_core.callbacks import MetricsJSONL, ProgressBar
-    from astra_core.trainer import Trainer
 
-    config = resolved.config
-    built = build(resolved, source, with_evaluator=config.training.eval_every is not None)
-    callbacks: list[Any] = []
-    # A run file may configure these itself (say, to turn the bar off); then do not add a second.
-    if not any(isinstance(c, ProgressBar) for c in built.callbacks):
-        callbacks.append(ProgressBar())
-    if not any(isinstance(c, MetricsJSONL) for c in built.callbacks):
-        callbacks.append(MetricsJSONL())
-    callbacks.extend(built.callbacks)
     with about(source):
-        return Trainer(
-            config.training,
-            built.sampler,
-            built.algorithm,
-            evaluator=built.evaluator,
-            callbacks=callbacks,
-            registries=registries(),
-            resolved_config=resolved.describe(),
-        )
+        # A run file may configure these itself (say, to turn the bar off); then its own are used.
+        return assemble(resolved, callbacks=[ProgressBar(), MetricsJSONL()])
 
 
 def _describe_default(config: RunConfig) -> str:

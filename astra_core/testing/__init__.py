@@ -291,8 +291,8 @@ def check_sampler(sampler: Any, episodes: int = 2) -> list[Graph[Any, Any]]:
     ``rollouts(n)`` returns a list of exactly `n` non-empty `Graph`s whose first turns start from
     the root's context and whose rewards are finite numbers; the same seed gives the same
     episodes (for a sampler with ``state_dict()``, from the same state); ``eval_rollouts(prompts)``
-    returns one width-1 chain per prompt, in order, each
-    starting from its prompt. The sampler exposes the ``system`` it rolls out and the ``scorer``
+    returns one width-1 chain per prompt text, in order, each starting from ``system.opening(prompt)``.
+    The sampler exposes the ``system`` it rolls out and the ``scorer``
     its reward uses.
     """
     component = f"sampler {_name(sampler)}"
@@ -324,7 +324,8 @@ def check_sampler(sampler: Any, episodes: int = 2) -> list[Graph[Any, Any]]:
             "determinism",
             f"{which} gave different episodes under the same seed; sample with torch's and Python's global RNGs",
         )
-    prompts = [graph.context for graph in graphs]
+    # Prompts are texts; a text sampler's opening contexts serve, others get a neutral one.
+    prompts = [g.context for g in graphs] if all(isinstance(g.context, str) for g in graphs) else ["hello there"]
     with _seeded(SEED):
         chains = sampler.eval_rollouts(prompts)
     if not isinstance(chains, list) or len(chains) != len(prompts):
@@ -334,9 +335,11 @@ def check_sampler(sampler: Any, episodes: int = 2) -> list[Graph[Any, Any]]:
         )
     for prompt, chain in zip(prompts, chains, strict=True):
         _check_graph(component, "eval_rollouts(prompts)", chain)
-        if chain.context != prompt:
+        opened = sampler.system.opening(prompt)
+        if chain.context != opened:
             raise ConformanceError(
-                component, "graph", f"eval_rollouts: the episode of {prompt!r} starts from {chain.context!r}"
+                component, "graph", f"eval_rollouts: the episode of {prompt!r} starts from {chain.context!r}, "
+                f"not from system.opening(prompt) = {opened!r}"
             )
         widths = [len(level) for level in chain.levels()]
         if any(width != 1 for width in widths):

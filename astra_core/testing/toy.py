@@ -23,7 +23,6 @@ from torch import nn
 
 from astra_core.graph import Graph, Node
 from astra_core.protocols import Reduction, Scorer
-from astra_core.scoring import checked_scores
 from astra_core.turns import TextScorer, Turn
 
 VOCAB = (
@@ -143,6 +142,9 @@ class ToySystem:
         self.generate_calls += 1
         return [" ".join(context.split()[-self.probe_length :]) for context in contexts]
 
+    def opening(self, prompt: str) -> str:
+        return prompt
+
     def advance(self, context: str, probe: str, response: str) -> str:
         return f"{context} {probe} {response}".strip()
 
@@ -188,7 +190,7 @@ class ToySampler:
         return graphs
 
     def eval_rollouts(self, prompts: Sequence[str]) -> list[Graph[str, str]]:
-        graphs: list[Graph[str, str]] = [Graph(prompt) for prompt in prompts]
+        graphs: list[Graph[str, str]] = [Graph(self.system.opening(prompt)) for prompt in prompts]
         frontier: list[tuple[list[Node[str, str]], str]] = [(g.children, g.context) for g in graphs]
         for _ in range(self.tree_depth):
             frontier = self._expand(frontier)
@@ -199,7 +201,7 @@ class ToySampler:
         probes = self.system.rollout_tester(contexts)
         responses = self.system.rollout_target([self.system.join(c, p) for c, p in zip(contexts, probes, strict=True)])
         turns = [Turn(c, p, r) for c, p, r in zip(contexts, probes, responses, strict=True)]
-        rewards = checked_scores(self.scorer, turns)
+        rewards = self.scorer.score(turns)
         following = []
         for (children, context), probe, response, reward in zip(slots, probes, responses, rewards, strict=True):
             node: Node[str, str] = Node(context, probe, response, reward, scores={"response_toxicity": reward})

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import Generic
 
 from astra_core import Graph, Node, Scorer, System, Turn, factories
-from astra_core.scoring import checked_scores
 from astra_core.types import ActionT, StateT
 
 
@@ -41,9 +40,9 @@ class ChainSampler(Generic[StateT, ActionT]):
         self._grow(graphs)
         return graphs
 
-    def eval_rollouts(self, prompts: Sequence[StateT]) -> list[Graph[StateT, ActionT]]:
+    def eval_rollouts(self, prompts: Sequence[str]) -> list[Graph[StateT, ActionT]]:
         """One evaluation episode from each prompt, rolled out together."""
-        graphs = [Graph[StateT, ActionT](prompt) for prompt in prompts]
+        graphs = [Graph[StateT, ActionT](self.system.opening(prompt)) for prompt in prompts]
         self._grow(graphs)
         return graphs
 
@@ -56,7 +55,7 @@ class ChainSampler(Generic[StateT, ActionT]):
             joined = [self.system.join(c, p) for c, p in zip(contexts, probes, strict=True)]
             responses = self.system.rollout_target(joined)
             turns = [Turn(c, p, r) for c, p, r in zip(contexts, probes, responses, strict=True)]
-            rewards = checked_scores(self.scorer, turns)
+            rewards = self.scorer.score(turns)
             following: list[tuple[list[Node[StateT, ActionT]], StateT]] = []
             for (children, context), probe, response, reward in zip(frontier, probes, responses, rewards, strict=True):
                 node = Node(context, probe, response, reward, scores={"response_toxicity": reward})

@@ -24,12 +24,11 @@ import torch.nn.functional as F
 from astra_algorithms._common import validated
 from astra_algorithms.options import DPOOptions
 from astra_algorithms.preference import (  # noqa: F401  (re-exported for callers of the pair path)
-    PairLogprobSystem,
     PreferenceAlgorithm,
     PreferenceBatch,
     pair_logprobs,
 )
-from astra_core.protocols import System
+from astra_core.protocols import PairLogprobSystem, System  # noqa: F401  (re-exported, as before)
 from astra_core.types import ActionT, StateT
 
 

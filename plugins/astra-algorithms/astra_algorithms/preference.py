@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, runtime_checkable
+from typing import Generic
 
 import torch
 from torch.nn import Parameter
 
 from astra_algorithms._common import finite, frozen
 from astra_core.graph import Graph
-from astra_core.protocols import Reduction, System
+from astra_core.protocols import PairLogprobSystem, Reduction, System
 from astra_core.types import ActionT, StateT
 
 
@@ -99,23 +99,6 @@ class PreferenceAlgorithm(Generic[StateT, ActionT]):
     def parameters(self) -> Iterator[Parameter]:
         """The tester's parameters (preference losses add none of their own)."""
         return self.system.parameters()
-
-
-@runtime_checkable
-class PairLogprobSystem(Protocol):
-    """A system that scores a preference pair's two continuations on one pass of their shared
-    context: `tester_pair_logprobs` returns (chosen, rejected) log-probs, each (B,), with the same
-    values and gradients as two `tester_logprobs` calls."""
-
-    def tester_pair_logprobs(
-        self,
-        contexts: Sequence[Any],
-        chosen: Sequence[Any],
-        rejected: Sequence[Any],
-        reduction: Reduction = "sum",
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(chosen, rejected) tester log-probs after each context, with gradients."""
-        ...
 
 
 def pair_logprobs(

@@ -147,6 +147,9 @@ class NoFeatures:
     def rollout_target(self, contexts: Sequence[str]) -> list[str]:
         return self.inner.rollout_target(contexts)
 
+    def opening(self, prompt: str) -> str:
+        return prompt
+
     def advance(self, context: str, probe: str, response: str) -> str:
         return self.inner.advance(context, probe, response)
 

@@ -24,7 +24,6 @@ from astra_ast.reward import PROBE_LOGPROB, PROBE_TOXICITY, RESPONSE_TOXICITY
 from astra_core.errors import ConfigError, OptionsError
 from astra_core.graph import Graph, Node
 from astra_core.protocols import EvaluationReport, Sampler
-from astra_core.scoring import checked_scores
 from astra_core.turns import Turn
 from astra_core.types import JSON
 
@@ -156,7 +155,7 @@ def _fill_missing_scores(sampler: Sampler[str, str], graphs: Sequence[Graph[str,
     if need_response or need_probe:
         turns = [Turn(n.context, n.probe, n.response) for n in need_response]
         turns += [Turn(n.context, n.probe) for n in need_probe]
-        scores = checked_scores(sampler.scorer, turns)
+        scores = sampler.scorer.score(turns)
         for node, score in zip(need_response, scores[: len(need_response)], strict=True):
             node.scores[RESPONSE_TOXICITY] = score
         for node, score in zip(need_probe, scores[len(need_response) :], strict=True):

@@ -30,7 +30,6 @@ from typing import Any, Literal
 
 from astra_ast.options import PRESETS as PRESETS
 from astra_core.protocols import Scorer, System
-from astra_core.scoring import checked_scores
 from astra_core.turns import Turn
 
 RESPONSE_TOXICITY = "response_toxicity"
@@ -178,10 +177,8 @@ def score_turns(
     turns = [Turn(c, p, r) for c, p, r in zip(contexts, probes, responses, strict=True)]
     combined = [Turn(c, _joined(system, p, r)) for c, p, r in zip(contexts, probes, responses, strict=True)]
     alone = [Turn(c, p) for c, p in zip(contexts, probes, strict=True)] if with_probes else []
-    toxicities = checked_scores(scorer, [*turns, *combined, *alone])
+    toxicities = scorer.score([*turns, *combined, *alone])
     logprobs = system.target_logprobs(contexts, probes, reduction="mean").detach().float().cpu().tolist()
-    if len(logprobs) != count:
-        raise RuntimeError(f"target_logprobs returned {len(logprobs)} values for {count} probes")
     novel = memory is not None and weights.nu != 0.0
     rewards, parts = [], []
     for index in range(count):

@@ -73,7 +73,7 @@ class ASTSampler:
         """`count` training episodes grown together: 2 * tree_depth generation calls in all."""
         if count < 1:
             return []
-        graphs: list[Graph[str, str]] = [Graph(random.choice(self.prompts)) for _ in range(count)]
+        graphs: list[Graph[str, str]] = [Graph(self.system.opening(random.choice(self.prompts))) for _ in range(count)]
         frontier: list[_Slot] = [(graph.children, graph.context) for graph in graphs]
         for _ in range(self.tree_depth):
             slots = [slot for slot in frontier for _ in range(self.tree_width)]
@@ -86,7 +86,7 @@ class ASTSampler:
         Evaluation nodes also carry ``scores["probe_toxicity"]``; no weak supervision applies.
         """
         turns = self.tree_depth if depth is None else depth
-        graphs: list[Graph[str, str]] = [Graph(prompt) for prompt in prompts]
+        graphs: list[Graph[str, str]] = [Graph(self.system.opening(prompt)) for prompt in prompts]
         if not graphs:
             return graphs
         frontier: list[_Slot] = [(graph.children, graph.context) for graph in graphs]
@@ -100,16 +100,12 @@ class ASTSampler:
         supervised = self._supervised_slots(len(slots), width) if supervise else set()
         tester_indices = [i for i in range(len(slots)) if i not in supervised]
         written = self.system.rollout_tester([contexts[i] for i in tester_indices])
-        if len(written) != len(tester_indices):
-            raise RuntimeError(f"rollout_tester returned {len(written)} probes for {len(tester_indices)} contexts")
         probes = [""] * len(slots)
         for index, probe in zip(tester_indices, written, strict=True):
             probes[index] = probe
         for index in sorted(supervised):
             probes[index] = random.choice(self.tox_texts)
         responses = self.system.rollout_target([self.system.join(c, p) for c, p in zip(contexts, probes, strict=True)])
-        if len(responses) != len(slots):
-            raise RuntimeError(f"rollout_target returned {len(responses)} responses for {len(slots)} contexts")
         memory = self.memory if supervise else None  # evaluation neither reads nor grows the memory
         rewards, parts = score_turns(
             self.system,

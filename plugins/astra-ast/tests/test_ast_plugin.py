@@ -35,7 +35,7 @@ def test_registration_imports_neither_torch_nor_the_component_modules() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     found = json.loads(result.stdout)
     assert found["heavy"] == []
-    assert "ASTPrompter" in found["sampler"] and "attack success rate" in found["evaluator"]
+    assert "ASTPrompter" in found["sampler"] and "benign-probe attack success" in found["evaluator"]
 
 
 def test_the_entry_point_names_the_plugin_module() -> None:

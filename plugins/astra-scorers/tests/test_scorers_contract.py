@@ -1,4 +1,4 @@
-"""The scorer contract, checked at run time by astra_core.scoring.checked_scores."""
+"""The scorer contract, checked at run time by the contract wrapper (astra_core.contracts.guard)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from astra_core.scoring import ScorerError, checked_scores
+from astra_core.contracts import guard
+from astra_core.errors import ComponentContractError
 from astra_core.testing import check_scorer
 from astra_core.turns import TextScorer, Turn
 from astra_scorers.keyword import KeywordScorer
@@ -31,24 +32,24 @@ class ScoresAboveOne(TextScorer):
 
 
 def test_a_scorer_returning_too_few_scores_is_caught_by_name() -> None:
-    with pytest.raises(ScorerError, match=r"scorer DropsOneScore returned 3 scores for 4 inputs"):
-        checked_scores(DropsOneScore(), TURNS)
+    with pytest.raises(ComponentContractError, match=r"DropsOneScore\.score\(4 turns\) returned a list of 3"):
+        guard("scorer", DropsOneScore()).score(TURNS)
 
 
 def test_a_scorer_returning_a_value_above_one_is_caught_by_name() -> None:
-    with pytest.raises(ScorerError, match=r"scorer ScoresAboveOne returned 1.5 at index 0.*\[0, 1\]"):
-        checked_scores(ScoresAboveOne(), TURNS)
+    with pytest.raises(ComponentContractError, match=r"ScoresAboveOne\.score\(4 turns\) returned 1.5 at index 0"):
+        guard("scorer", ScoresAboveOne()).score(TURNS)
 
 
 @pytest.mark.parametrize("mode", ["any", "fraction"])
 def test_keyword_scorer_passes_the_runtime_check(mode: str) -> None:
     scorer = KeywordScorer(words=["stupid", "idiot"], patterns=["f+u+c+k"], mode=mode)  # type: ignore[arg-type]
-    assert checked_scores(scorer, TURNS) == scorer.score_texts(ITEMS)
+    assert guard("scorer", scorer).score(TURNS) == scorer.score_texts(ITEMS)
 
 
 def test_profanity_scorer_passes_the_runtime_check() -> None:
     scorer = ProfanityScorer()
-    assert checked_scores(scorer, TURNS) == pytest.approx(scorer.score_texts(ITEMS))
+    assert guard("scorer", scorer).score(TURNS) == pytest.approx(scorer.score_texts(ITEMS))
 
 
 def test_keyword_scorer_passes_the_conformance_check() -> None:

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from astra_transformers.large_options import LargeModelOptions
+
 DType = Literal["float32", "bfloat16", "float16"]
 DEFAULT_INSTRUCTION = (
     "You are a red-teaming assistant testing a chatbot's safety. Read the conversation below and "
@@ -36,7 +38,7 @@ class LoraOptions(BaseModel):
     )
 
 
-class TransformersOptions(BaseModel):
+class TransformersOptions(LargeModelOptions):
     """How to load the tester, target and baseline, and how they generate.
 
     `model` names the default for every role: ``"tiny"`` (the embedded offline GPT-2), a hub id
@@ -45,7 +47,10 @@ class TransformersOptions(BaseModel):
     starting weights. Target and baseline that resolve to the same source share one copy. With
     `lora` set (or `tester` naming a saved adapter directory) the tester is a LoRA adapter over its
     base model and the default baseline is that base model with the adapter disabled: no copy.
-    `dtype` and `device` are the defaults that the per-role ``*_dtype`` and ``*_device`` override.
+    `dtype` and `device` are the defaults that the per-role ``*_dtype`` and ``*_device`` override;
+    ``dtype="auto"`` is bfloat16 on CUDA and float32 on CPU. The large-model and fast-decoding
+    options (quantization, device map, gradient checkpointing, attention, decoding) come from
+    `LargeModelOptions` (`astra_transformers.large_options`).
 
     >>> TransformersOptions(probe_tokens=16).response_tokens
     24
@@ -63,7 +68,9 @@ class TransformersOptions(BaseModel):
     baseline: str | None = Field(
         None, min_length=1, description="the frozen baseline's source (None: a copy of the tester's starting weights)"
     )
-    dtype: DType = Field("float32", description="parameter dtype of every model")
+    dtype: DType | Literal["auto"] = Field(
+        "auto", description="parameter dtype of every model ('auto': bfloat16 on CUDA, float32 on CPU)"
+    )
     tester_dtype: DType | None = Field(None, description="the tester's dtype (None: dtype)")
     target_dtype: DType | None = Field(None, description="the target's dtype (None: dtype)")
     baseline_dtype: DType | None = Field(None, description="the baseline's dtype (None: the tester's)")

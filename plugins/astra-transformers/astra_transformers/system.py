@@ -39,11 +39,21 @@ from astra_core.chat import Conversation
 from astra_core.errors import ComponentBuildError, ConfigError, OptionsError
 from astra_core.protocols import Reduction
 from astra_transformers import TINY_MODEL_DIR
-from astra_transformers.generation import Decoder, PrefixStore, Sampling, sample
+from astra_transformers.decoding import fast_sample
+from astra_transformers.generation import Decoded, Decoder, PrefixStore, Sampling, sample
+from astra_transformers.large import (
+    Loading,
+    checkpointing,
+    enable_gradient_checkpointing,
+    input_device,
+    prepare_for_qlora,
+    role_dtype,
+    spans_devices,
+)
 from astra_transformers.logprobs import LogprobMemo, length_buckets
 from astra_transformers.lora import ADAPTER_CONFIG, LoraTester, adapter_base, adapter_directory
 from astra_transformers.options import TransformersOptions
-from astra_transformers.precision import autocast, check_autocast, placement_guard, resolve_dtype
+from astra_transformers.precision import autocast, check_autocast, placement_guard
 from astra_transformers.smollm2 import SMOLLM2_NAME
 from astra_transformers.views import (
     ChatTemplate,
@@ -60,6 +70,7 @@ from astra_transformers.views import (
 
 if TYPE_CHECKING:
     from astra_core.protocols import FeatureSystem, System
+    from astra_transformers.vllm_backend import VllmTarget
 
 hf_logging: Any = _hf_logging  # its progress-bar switches are untyped
 S = TypeVar("S")
@@ -158,20 +169,29 @@ def _no_hf_progress_bars() -> Iterator[None]:
 
 
 def load_model(
-    source: str, dtype: torch.dtype, device: torch.device, allow_pickle_weights: bool = False
+    source: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    allow_pickle_weights: bool = False,
+    loading: Loading | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer through `from_pretrained`, the same way for the
     embedded model, a hub id or a local directory; failures become a `ComponentBuildError`.
+    `loading` quantises it, places it with accelerate or picks its attention (`astra_transformers.large`).
 
     Never runs code from the model directory (``trust_remote_code=False``, so transformers never
     asks on the terminal either) and reads safetensors weights only, unless
     `allow_pickle_weights` admits ``.bin`` pickles (which can run code when loaded)."""
     location = resolve_source(source)
+    loading = loading or Loading()
     try:
         with _no_hf_progress_bars():
             tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
             module = AutoModelForCausalLM.from_pretrained(
-                location, dtype=dtype, trust_remote_code=False, use_safetensors=None if allow_pickle_weights else True
+                location,
+                trust_remote_code=False,
+                use_safetensors=None if allow_pickle_weights else True,
+                **loading.from_pretrained_kwargs(dtype, device),
             )
     except Exception as error:  # any loading failure is reported with the source that caused it
         raise ComponentBuildError(
@@ -179,7 +199,11 @@ def load_model(
             f"give a local model directory, a hub id that is cached (runs are offline), or 'tiny'"
             + ("" if allow_pickle_weights else "; weights must be safetensors unless allow_pickle_weights = true")
         ) from error
-    _as_torch(module).to(device).eval()
+    if loading.places_itself:
+        _as_torch(module).eval()
+        device = input_device(module)
+    else:
+        _as_torch(module).to(device).eval()
     config = module.config
     n_positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
     if not isinstance(n_positions, int) or n_positions < 2:
@@ -193,7 +217,8 @@ def load_model(
     start_id = bos_id if isinstance(bos_id, int) else pad_id
     stops = eos_ids(tokenizer, getattr(module, "generation_config", None))
     loaded = LoadedModel(source, module, tokenizer, device, n_positions, pad_id, eos, start_id, stops, False)
-    loaded.sliced_head = _head_is_linear_readout(loaded)
+    # A model spread over devices takes the full forward, whose outputs accelerate brings back.
+    loaded.sliced_head = not spans_devices(module) and _head_is_linear_readout(loaded)
     return loaded
 
 
@@ -269,12 +294,17 @@ class _ModelsSystem(Generic[S]):
         self.options = _validated(options)
         opts = self.options
         self.generate_calls = 0
-        tester_dtype = resolve_dtype(opts.tester_dtype or opts.dtype)
-        target_dtype = resolve_dtype(opts.target_dtype or opts.dtype)
-        baseline_dtype = resolve_dtype(opts.baseline_dtype or opts.tester_dtype or opts.dtype)
+        self.generated_tokens = 0  # new tokens decoded by every role (bench/gpu_check.py's tokens/s)
         tester_device = _device(opts.tester_device or opts.device)
         target_device = _device(opts.target_device or opts.device)
         baseline_device = _device(opts.baseline_device) if opts.baseline_device else tester_device
+        tester_dtype = role_dtype(opts.tester_dtype or opts.dtype, tester_device)
+        target_dtype = role_dtype(opts.target_dtype or opts.dtype, target_device)
+        baseline_dtype = role_dtype(opts.baseline_dtype or opts.tester_dtype or opts.dtype, baseline_device)
+        # Large-model loading (astra_transformers.large); the options were checked against this machine.
+        tester_loading = Loading(opts.quantization, attn_implementation=opts.attn_implementation)
+        target_loading = Loading(opts.target_quantization, opts.target_device_map, opts.attn_implementation)
+        baseline_loading = Loading(attn_implementation=opts.attn_implementation)
         check_autocast(opts.autocast, tester_device)
         tester_source = opts.tester or opts.model
         adapter = adapter_directory(tester_source)
@@ -287,8 +317,10 @@ class _ModelsSystem(Generic[S]):
         target_source = opts.target or opts.model
         baseline_source = opts.baseline or base_source
 
-        self._tester = load_model(base_source, tester_dtype, tester_device, opts.allow_pickle_weights)
+        self._tester = load_model(base_source, tester_dtype, tester_device, opts.allow_pickle_weights, tester_loading)
         _as_torch(self._tester.module).train(False)  # no dropout: log-probs must match what was sampled
+        if opts.quantization is not None:
+            prepare_for_qlora(self._tester.module, opts.gradient_checkpointing)
         self._lora: LoraTester | None = None
         if adapter is not None:
             self._lora = LoraTester.load(self._tester.module, adapter, base_source, opts.allow_pickle_weights)
@@ -299,26 +331,39 @@ class _ModelsSystem(Generic[S]):
         if self._lora is not None and base_is_baseline and beside_tester:
             # The tester's own weights with the adapter off (see _running): the base model, no copy.
             self._baseline = replace(self._tester)
+            baseline_loading = tester_loading
         elif opts.baseline is None and self._lora is None:
             starting = _freeze(copy.deepcopy(self._tester.module))
             _as_torch(starting).to(device=baseline_device, dtype=baseline_dtype)
             self._baseline = replace(self._tester, module=starting, device=baseline_device)
         else:
-            self._baseline = load_model(baseline_source, baseline_dtype, baseline_device, opts.allow_pickle_weights)
+            self._baseline = load_model(
+                baseline_source, baseline_dtype, baseline_device, opts.allow_pickle_weights, baseline_loading
+            )
             _freeze(self._baseline.module)
         if (
             resolve_source(target_source) == resolve_source(baseline_source)
             and target_device == baseline_device
             and target_dtype == baseline_dtype
+            and target_loading == baseline_loading
         ):
             self._target = self._baseline  # one frozen copy serves both roles
         else:
-            self._target = load_model(target_source, target_dtype, target_device, opts.allow_pickle_weights)
+            self._target = load_model(
+                target_source, target_dtype, target_device, opts.allow_pickle_weights, target_loading
+            )
             _freeze(self._target.module)
+        if opts.gradient_checkpointing:
+            enable_gradient_checkpointing(self._tester.module)
 
         largest = max(sum(p.numel() for p in m.module.parameters()) for m in (self._tester, self._target))
         self.num_threads = tune_threads(largest, opts.num_threads)
         self._sampling = Sampling(opts.temperature, opts.top_k, opts.top_p)
+        self._vllm: VllmTarget | None = None
+        if opts.target_backend == "vllm":
+            from astra_transformers.vllm_backend import VllmTarget
+
+            self._vllm = VllmTarget(resolve_source(target_source), target_dtype, self._sampling)
         self._decoders: dict[int, Decoder] = {}
         # Frozen weights never change, so the target's prompt log-probs stay exact (see rollout_target).
         self._memos: dict[int, LogprobMemo] = {id(self._target): LogprobMemo()}
@@ -587,7 +632,8 @@ class _ModelsSystem(Generic[S]):
         shared = [
             sw == sl and rw[:sw] == rl[:sl] for rw, sw, rl, sl in zip(rows_w, starts_w, rows_l, starts_l, strict=True)
         ]
-        if not all(shared):
+        # Checkpointed blocks keep no KV cache in a gradient forward: the pair path needs one.
+        if not all(shared) or checkpointing(model.module):
             both = self.tester_logprobs(list(contexts) * 2, list(chosen) + list(rejected), reduction)
             return both[:n], both[n:]
         with self._running(model):
@@ -662,20 +708,39 @@ class _ModelsSystem(Generic[S]):
         # The memo serves log-probs of continuations up to this many tokens near a prompt's end
         # (a chat template writes a few tokens after the probe).
         tail = self.options.probe_tokens + _TAIL_SLACK + view.suffix_tokens if memo is not None else 0
-        store = self._prefix_store(model)
+        decoding = self.options.decoding
+        # Fixed-shape decoding (astra_transformers.decoding) keeps no caches across turns.
+        store = self._prefix_store(model) if decoding == "loop" else None
         prefixes = [store.find(key) for key in keys] if store is not None else None
         with torch.inference_mode(), self._running(model):
-            decoded = sample(
-                self._decoder(model),
-                rows,
-                new_tokens,
-                self._sampling,
-                model.device,
-                tail=tail,
-                prefixes=prefixes,
-                keep_caches=store is not None,
-                stop_ids=sorted(view.stop_ids),
-            )
+            if model is self._target and self._vllm is not None:
+                decoded = Decoded(self._vllm.generate(rows, new_tokens, sorted(view.stop_ids)), None, None)
+            elif decoding != "loop":
+                compile_step = self.options.compile_decoding and model.device.type == "cuda"
+                decoded = fast_sample(
+                    decoding,
+                    self._decoder(model),
+                    rows,
+                    new_tokens,
+                    self._sampling,
+                    model.device,
+                    tail=tail,
+                    compile=compile_step,
+                    stop_ids=sorted(view.stop_ids),
+                )
+            else:
+                decoded = sample(
+                    self._decoder(model),
+                    rows,
+                    new_tokens,
+                    self._sampling,
+                    model.device,
+                    tail=tail,
+                    prefixes=prefixes,
+                    keep_caches=store is not None,
+                    stop_ids=sorted(view.stop_ids),
+                )
+        self.generated_tokens += sum(len(ids) for ids in decoded.new_ids)
         if memo is not None and decoded.prompt_tails is not None:
             for key, row, logprobs in zip(keys, rows, decoded.prompt_tails, strict=True):
                 memo.record(key, row, logprobs)

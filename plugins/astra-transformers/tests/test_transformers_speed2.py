@@ -57,8 +57,9 @@ def test_pair_logprobs_fall_back_when_truncation_differs(system: TransformersSys
 
 
 def test_dpo_uses_the_pair_pass_with_the_plain_path_values_and_gradients(system: TransformersSystem) -> None:
-    from astra_algorithms.dpo import DPO, PairLogprobSystem
+    from astra_algorithms.dpo import DPO
     from astra_algorithms.preference import PreferenceAlgorithm, PreferenceBatch
+    from astra_core.protocols import PairLogprobSystem
 
     assert isinstance(system, PairLogprobSystem)
     algorithm: DPO[str, str] = DPO(system, beta=0.5)

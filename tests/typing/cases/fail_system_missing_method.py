@@ -25,6 +25,9 @@ class NoJoin:
     def rollout_target(self, contexts: Sequence[str]) -> list[str]:
         return list(contexts)
 
+    def opening(self, prompt: str) -> str:
+        return prompt
+
     def advance(self, context: str, probe: str, response: str) -> str:
         return context + probe + response
 
