@@ -94,7 +94,15 @@ def _load_offline(checkpoint: str, config_path: str, device: str) -> tuple[Any, 
             f"detoxify huggingface_config_path {config_path!r} has no config.json; give the base model's "
             f"directory (config.json and tokenizer files)"
         )
-    loaded = torch.load(checkpoint, map_location=device, weights_only=False)
+    try:
+        # Tensors and plain containers only: Detoxify's checkpoints hold a state dict and a config dict.
+        loaded = torch.load(checkpoint, map_location=device, weights_only=True)
+    except Exception as error:  # an unpickling refusal or a damaged file, reported against the path
+        reason = str(error).splitlines()[0] if str(error) else ""
+        raise ComponentBuildError(
+            f"detoxify checkpoint {checkpoint!r} cannot be read as tensors and plain data "
+            f"({type(error).__name__}: {reason}); use a checkpoint released by Detoxify"
+        ) from None
     try:
         arch = loaded["config"]["arch"]["args"]
         classes = [_STANDARD_NAMES.get(c, c) for c in loaded["config"]["dataset"]["args"]["classes"]]
@@ -106,7 +114,9 @@ def _load_offline(checkpoint: str, config_path: str, device: str) -> tuple[Any, 
             f"detoxify checkpoint {checkpoint!r} is not in Detoxify's format (missing {error}); "
             f"use a checkpoint released by Detoxify"
         ) from None
-    config = model_class.config_class.from_pretrained(config_path, num_labels=arch["num_classes"])
+    config = model_class.config_class.from_pretrained(
+        config_path, num_labels=arch["num_classes"], local_files_only=True, trust_remote_code=False
+    )
     model = model_class(config)
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     if [k for k in missing if not k.endswith("position_ids")] or unexpected:

@@ -142,8 +142,13 @@ def _convert(source: Path, digest: str, target: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         with _quiet():
-            tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
-            model: Any = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name)
+            # A local file, read without running any code from it.
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(source.parent), gguf_file=source.name, trust_remote_code=False
+            )
+            model: Any = AutoModelForCausalLM.from_pretrained(
+                str(source.parent), gguf_file=source.name, trust_remote_code=False
+            )
             # The weights are dequantised to float32 on load; only the GGUF marker blocks saving them.
             model.hf_quantizer = None
             if hasattr(model.config, "quantization_config"):
