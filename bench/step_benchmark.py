@@ -53,6 +53,7 @@ class Settings:
     probe_tokens: int | None = None
     response_tokens: int | None = None
     seed: int = 0
+    prompts: str | None = None
 
 
 def run_config(settings: Settings) -> Any:
@@ -70,6 +71,8 @@ def run_config(settings: Settings) -> Any:
     if settings.response_tokens is not None:
         system["response_tokens"] = settings.response_tokens
     sampler: dict[str, Any] = {}
+    if settings.prompts is not None:
+        sampler["prompts"] = settings.prompts
     if settings.width is not None:
         sampler["tree_width"] = settings.width
     if settings.depth is not None:
@@ -304,6 +307,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mode", choices=("batched", "per-node", "both"), default="both")
     parser.add_argument("--scaling", action="store_true", help="also time 8, 16, 32, 64 episodes (batched)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prompts", help="opening prompts: builtin:<split> or a prompt file")
     args = parser.parse_args(argv)
     for flag in ("episodes", "width", "depth", "batch_size", "steps", "probe_tokens", "response_tokens", "threads"):
         value = getattr(args, flag)
@@ -334,6 +338,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             probe_tokens=args.probe_tokens,
             response_tokens=args.response_tokens,
             seed=args.seed,
+            prompts=args.prompts,
         )
         modes = list(MODES) if args.mode == "both" else [args.mode]
         result: dict[str, Any] = {

@@ -34,6 +34,7 @@ from astra_transformers.generation import Decoder, PrefixStore, Sampling, sample
 from astra_transformers.logprobs import LogprobMemo, length_buckets
 from astra_transformers.lora import ADAPTER_CONFIG, LoraTester, adapter_base, adapter_directory
 from astra_transformers.options import TransformersOptions
+from astra_transformers.packing import pack, packed_logprobs, packing_is_exact
 from astra_transformers.precision import autocast, check_autocast, placement_guard, resolve_dtype
 
 if TYPE_CHECKING:
@@ -59,6 +60,9 @@ class LoadedModel:
     start_id: int
     sliced_head: bool
     """Whether logits are exactly ``lm_head(base_model(...))``, so they can be computed only where needed."""
+    packs: bool = False
+    """Whether the model honours a tree attention mask and position ids (`astra_transformers.packing`),
+    so log-prob passes run rows that share prefixes as one packed sequence."""
 
 
 def resolve_source(source: str) -> str:
@@ -154,6 +158,7 @@ def load_model(source: str, dtype: torch.dtype, device: torch.device) -> LoadedM
     start_id = bos_id if isinstance(bos_id, int) else pad_id
     loaded = LoadedModel(source, module, tokenizer, device, n_positions, pad_id, eos, start_id, False)
     loaded.sliced_head = _head_is_linear_readout(loaded)
+    loaded.packs = packing_is_exact(module, output_head(module) if loaded.sliced_head else None, start_id)
     return loaded
 
 
@@ -273,6 +278,7 @@ class TransformersSystem:
         # KV caches carried across turns: a turn's context starts with the last turn's text.
         self._prefix_stores: dict[int, PrefixStore] = {id(m): PrefixStore() for m in (self._tester, self._target)}
         self._bucket_logprobs = True
+        self._pack_logprobs = True
         self.tester_context_tokens = self._budget(self._tester, opts.probe_tokens, "tester", "probe_tokens")
         self.target_context_tokens = self._budget(self._target, opts.response_tokens, "target", "response_tokens")
 
@@ -497,8 +503,16 @@ class TransformersSystem:
             totals = totals / torch.tensor(counts, device=device).clamp(min=1)
         return totals
 
+    def _packs(self, model: LoadedModel) -> bool:
+        return self._pack_logprobs and model.packs
+
     def _bucketed_logprobs(self, model: LoadedModel, rows: Sequence[list[int]], starts: Sequence[int]) -> torch.Tensor:
-        """`_forward_logprobs` over batches of similar length (padding is expensive on CPU)."""
+        """Summed continuation log-probs of `rows`: one packed pass where the model allows it (each
+        shared prefix runs once, nothing padded but the last sequence's tail), else
+        `_forward_logprobs` over batches of similar length (padding is expensive on CPU)."""
+        if self._packs(model):
+            head = output_head(model.module) if model.sliced_head else None
+            return packed_logprobs(model.module, head, pack(rows, starts, model.pad_id))
         if not self._bucket_logprobs:
             return self._forward_logprobs(model, rows, starts)
         buckets = length_buckets([len(row) for row in rows])
@@ -537,9 +551,11 @@ class TransformersSystem:
         reduction: Reduction = "sum",
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The tester's log-probs of `chosen` and of `rejected` after each context, with gradients:
-        the same values as two `tester_logprobs` calls, but each context runs once and both
-        continuations run on its KV cache (a DPO pair's shared work). Pairs whose context would be
-        truncated differently for the two continuations take the plain path."""
+        the same values as two `tester_logprobs` calls, but each context runs once. With a model
+        that packs (`astra_transformers.packing`) all rows run as one packed pass, so contexts
+        shared across pairs (a tree's opener and earlier turns) run once too; otherwise both
+        continuations run on the context's KV cache, and pairs whose context would be truncated
+        differently for the two continuations take the plain path."""
         if not len(contexts) == len(chosen) == len(rejected):
             raise ValueError(f"{len(contexts)} contexts, {len(chosen)} chosen and {len(rejected)} rejected")
         if reduction not in ("sum", "mean"):
@@ -554,9 +570,32 @@ class TransformersSystem:
         shared = [
             sw == sl and rw[:sw] == rl[:sl] for rw, sw, rl, sl in zip(rows_w, starts_w, rows_l, starts_l, strict=True)
         ]
-        if not all(shared):
+        if self._packs(model):
+            with self._running(model):
+                both = self._bucketed_logprobs(model, rows_w + rows_l, starts_w + starts_l)
+            totals_w, totals_l = both[:n], both[n:]
+        elif not all(shared):
             both = self.tester_logprobs(list(contexts) * 2, list(chosen) + list(rejected), reduction)
             return both[:n], both[n:]
+        else:
+            totals_w, totals_l = self._context_once(model, rows_w, starts_w, rows_l, starts_l)
+        if reduction == "mean":
+            count_w = torch.tensor([len(r) - s for r, s in zip(rows_w, starts_w, strict=True)], device=model.device)
+            count_l = torch.tensor([len(r) - s for r, s in zip(rows_l, starts_l, strict=True)], device=model.device)
+            totals_w = totals_w / count_w.clamp(min=1)
+            totals_l = totals_l / count_l.clamp(min=1)
+        return totals_w, totals_l
+
+    def _context_once(
+        self,
+        model: LoadedModel,
+        rows_w: list[list[int]],
+        starts_w: list[int],
+        rows_l: list[list[int]],
+        starts_l: list[int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed (chosen, rejected) log-probs: each context runs once, both continuations on its cache."""
+        n = len(rows_w)
         with self._running(model):
             parts: list[torch.Tensor] = []
             order: list[int] = []
@@ -578,11 +617,6 @@ class TransformersSystem:
             index = torch.tensor(order, dtype=torch.long, device=model.device)
             totals_w = torch.empty_like(chosen_part).index_copy(0, index, chosen_part)
             totals_l = torch.empty_like(rejected_part).index_copy(0, index, rejected_part)
-        if reduction == "mean":
-            count_w = torch.tensor([len(r) - s for r, s in zip(rows_w, starts_w, strict=True)], device=model.device)
-            count_l = torch.tensor([len(r) - s for r, s in zip(rows_l, starts_l, strict=True)], device=model.device)
-            totals_w = totals_w / count_w.clamp(min=1)
-            totals_l = totals_l / count_l.clamp(min=1)
         return totals_w, totals_l
 
     def baseline_logprobs(
