@@ -1,7 +1,7 @@
 """Run config -> live components, in dependency order.
 
 `resolve` looks every name up and validates every option set without building anything heavy;
-`build` then constructs scorer -> system -> sampler and algorithm -> evaluator and callbacks.
+`build` then constructs each component after the ones it depends on (`astra_core.kinds`).
 
 Plugins are checked at both edges: `ComponentInfo.build` names the plugin whose factory raises or
 returns something that is not a component of its kind, and `build` guards the outputs the rest
@@ -18,9 +18,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from astra_core import kinds
 from astra_core.config import ComponentRef, RunConfig
 from astra_core.errors import ComponentBuildError, ComponentContractError
-from astra_core.registry import ComponentInfo, ComponentKind, Registries
+from astra_core.kinds import ComponentKind
+from astra_core.registry import ComponentInfo, Registries
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -100,25 +102,6 @@ class BuiltRun:
     callbacks: list[Any]
 
 
-
-
-# What a run calls on each kind of component (astra_core.protocols): a factory that returns
-# something without them is reported when it is built, not as an AttributeError mid-training.
-_REQUIRED: dict[str, tuple[str, ...]] = {
-    "scorer": ("score",),
-    "system": (
-        "scorer",
-        "tester_logprobs",
-        "baseline_logprobs",
-        "target_logprobs",
-        "rollout_tester",
-        "rollout_target",
-        "parameters",
-    ),
-    "sampler": ("system", "rollout"),
-    "algorithm": ("flatten", "collate_fn", "step", "parameters"),
-    "evaluator": ("evaluate",),
-}
 _LOGPROB_METHODS = ("tester_logprobs", "baseline_logprobs", "target_logprobs")
 _ROLLOUT_METHODS = {"rollout_tester": "probes", "rollout_target": "responses"}
 
@@ -195,12 +178,12 @@ def _label(resolved: Resolved) -> str:
 
 def _build(resolved: Resolved, *dependencies: Any) -> Any:
     built = resolved.info.build(*dependencies, options=resolved.options)
-    required = _REQUIRED.get(resolved.info.kind, ())
-    missing = [name for name in required if not hasattr(built, name)]
+    record = kinds.kind(resolved.info.kind)
+    missing = record.missing(built)
     if missing:
         raise ComponentBuildError(
             f"{_label(resolved)} built a {type(built).__name__} that lacks {', '.join(missing)}; "
-            f"a {resolved.info.kind} must provide {', '.join(required)} "
+            f"a {record.name} must provide {', '.join(record.required) or record.protocol_name} "
             f"(a bug in the plugin: check it with astra_core.testing)"
         )
     return built
@@ -223,27 +206,34 @@ def guard_system(system: Any, label: str) -> None:
 
 
 def guard_sampler(sampler: Any, label: str) -> None:
-    """Check that a batched sampler's ``rollouts(count)`` returns `count` episodes (see `guard_system`)."""
+    """Check that a sampler's ``rollouts(count)`` returns `count` episodes (see `guard_system`)."""
     _install_check(sampler, "rollouts", _check_rollouts(label))
 
 
-def build(run: ResolvedRun, *, with_evaluator: bool = True) -> BuiltRun:
-    """Construct every component of a resolved run, dependencies first.
+# Built by the trainer, which owns the parameters and the number of training steps they need.
+_BUILT_BY_TRAINER = ("optimizer", "scheduler", "callback")
 
-    A factory that raises, or returns an object lacking its kind's methods, is a
-    `ComponentBuildError` naming the kind, the name and the plugin. The system and sampler are
-    guarded (`guard_system`, `guard_sampler`): a plugin returning
-    wrongly shaped output at run time raises `ComponentContractError` naming it.
+
+def build(run: ResolvedRun, *, with_evaluator: bool = True) -> BuiltRun:
+    """Construct every component of a resolved run, in the kinds' build order.
+
+    Each factory receives the components its kind depends on (`astra_core.kinds`). A factory
+    that raises, or returns an object lacking its kind's methods, is a `ComponentBuildError`
+    naming the kind, the name and the plugin. The system and sampler are guarded
+    (`guard_system`, `guard_sampler`): a plugin returning wrongly shaped output at run time
+    raises `ComponentContractError` naming it.
     """
     parts = run.components
-    scorer = _build(parts["scorer"])
-    system = _build(parts["system"], scorer)
-    guard_system(system, _label(parts["system"]))
-    sampler = _build(parts["sampler"], system)
-    guard_sampler(sampler, _label(parts["sampler"]))
-    algorithm = _build(parts["algorithm"], system)
-    evaluator = None
-    if with_evaluator and "evaluator" in parts:
-        evaluator = _build(parts["evaluator"], sampler)
+    built: dict[str, Any] = {}
+    for kind in kinds.build_order():
+        if kind in _BUILT_BY_TRAINER or kind not in parts or (kind == "evaluator" and not with_evaluator):
+            continue
+        built[kind] = _build(parts[kind], *(built[d] for d in kinds.kind(kind).depends_on))
+        if kind == "system":
+            guard_system(built[kind], _label(parts[kind]))
+        elif kind == "sampler":
+            guard_sampler(built[kind], _label(parts[kind]))
     callbacks = [c.info.build(options=c.options) for c in run.callbacks]
-    return BuiltRun(scorer, system, sampler, algorithm, evaluator, callbacks)
+    return BuiltRun(
+        built["scorer"], built["system"], built["sampler"], built["algorithm"], built.get("evaluator"), callbacks
+    )

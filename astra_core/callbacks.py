@@ -6,17 +6,15 @@ Subclass `BaseCallback` and override what you need; register it with
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from astra_core.protocols import EvaluationReport, TrainerView
-from astra_core.types import json_safe
+from astra_core.rundir import RunDir, RunRelativePath
 
 
 class BaseCallback:
@@ -79,48 +77,37 @@ class ProgressBar(BaseCallback):
 
 
 class JSONLOptions(_Options):
-    filename: str = Field("metrics.jsonl", min_length=1)
+    filename: RunRelativePath = Field(default="metrics.jsonl", min_length=1)
 
 
 class MetricsJSONL(BaseCallback):
-    """Appends one JSON object per step (and per evaluation) to the run directory's metrics file."""
+    """Appends one JSON object per step (and per evaluation) to a metrics file of the run directory.
+
+    The file must lie inside the run directory (`astra_core.rundir.RunDir.confine`): a run file
+    cannot make this callback write, or trim, anything else.
+    """
 
     def __init__(self, filename: str = "metrics.jsonl") -> None:
         self.filename = filename
-
-    def _append(self, trainer: TrainerView, record: Mapping[str, Any]) -> None:
-        if trainer.run_dir is None:
-            return
-        path = Path(trainer.run_dir) / self.filename
-        with path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
-            handle.flush()
 
     def on_train_begin(self, trainer: TrainerView) -> None:
         if trainer.run_dir is None:
             return
         # A resumed run drops records past its checkpoint, so the file has each step once.
-        path = Path(trainer.run_dir) / self.filename
-        if path.exists():
-            kept = []
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue  # a line cut short by a crash
-                if record.get("step", 0) <= trainer.global_step:
-                    kept.append(line)
-            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        RunDir(trainer.run_dir).trim_metrics(trainer.global_step, self.filename)
 
     def on_step_end(self, trainer: TrainerView, step: int, logs: Mapping[str, float]) -> None:
-        self._append(trainer, {"step": step, **logs})
+        if trainer.run_dir is not None:
+            RunDir(trainer.run_dir).append_metrics({"step": step, **logs}, self.filename)
 
     def on_evaluate(self, trainer: TrainerView, step: int, report: EvaluationReport) -> None:
-        self._append(trainer, {"step": step, **{f"eval/{k}": v for k, v in report.metrics.items()}})
+        if trainer.run_dir is not None:
+            record = {"step": step, **{f"eval/{k}": v for k, v in report.metrics.items()}}
+            RunDir(trainer.run_dir).append_metrics(record, self.filename)
 
 
 class TensorBoardOptions(_Options):
-    log_dir: str | None = None
+    log_dir: RunRelativePath | None = None
 
 
 class TensorBoard(BaseCallback):
@@ -141,7 +128,10 @@ class TensorBoard(BaseCallback):
     def on_train_begin(self, trainer: TrainerView) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        directory = self.log_dir or str(Path(trainer.run_dir or ".") / "tensorboard")
+        if trainer.run_dir is not None:
+            directory = str(RunDir(trainer.run_dir).confine(self.log_dir or "tensorboard", what="callback log_dir"))
+        else:
+            directory = self.log_dir or "tensorboard"
         self._writer = SummaryWriter(log_dir=directory)
 
     def on_step_end(self, trainer: TrainerView, step: int, logs: Mapping[str, float]) -> None:

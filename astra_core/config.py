@@ -23,12 +23,24 @@ Missing tables take the defaults in `RunConfig`. Unknown keys are errors.
 from __future__ import annotations
 
 import difflib
+import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from astra_core.errors import ConfigError
 
@@ -65,6 +77,73 @@ class ComponentRef(BaseModel):
         return self.name if not self.options else {"name": self.name, **self.options}
 
 
+# Whole numbers are strict: a boolean (`batch_size = true`) or a float (`training_steps = 1e3`)
+# is an error, never silently 1 or 1000.
+Count = Annotated[int, Strict()]
+# torch's generators take seeds below 2**64.
+MAX_SEED = 2**64 - 1
+# Past any sane run (a million days at one step a second would still be shorter).
+MAX_TRAINING_STEPS = 10**9
+# A floor on what one episode (or one example in a batch) costs in memory: its text, its tree
+# node and its share of the forward pass. Sizes whose floor alone exceeds the machine's memory
+# are refused before anything is built.
+BYTES_PER_EXAMPLE = 64 * 1024
+# A run file nested deeper than this is not a run file (and would exhaust the parser's stack).
+MAX_NESTING = 32
+
+
+def physical_memory() -> int | None:
+    """This machine's memory in bytes, or None where the system does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if count < 1024 or unit == "PiB":
+            return f"{count:.0f} {unit}"
+        count /= 1024
+    return f"{count:.0f} PiB"
+
+
+def check_fits_in_memory(key: str, count: int, bytes_each: int, what: str = "examples") -> None:
+    """Raise ValueError when `count` `what` at `bytes_each` bytes cannot fit in this machine's memory.
+
+    The estimate is a floor, so a refusal is certain to be right; the message prints it.
+    """
+    memory = physical_memory()
+    need = count * bytes_each
+    if memory is not None and need > memory:
+        raise ValueError(
+            f"{key} = {count} {what} need at least {_size(need)} of memory (about {_size(bytes_each)} each), "
+            f"more than this machine's {_size(memory)}; lower it"
+        )
+
+
+def readable_file(value: str) -> str:
+    """`value`, if it names an existing, readable regular file; else a ValueError saying why.
+
+    For options that name a file to read, so that `astra validate` finds a missing file as
+    `astra train` would: ``Annotated[str, AfterValidator(readable_file)]`` (`ReadableFile`).
+    """
+    path = Path(value).expanduser()
+    if not value.strip():
+        raise ValueError("is empty; give the path of a file")
+    if not path.exists():
+        raise ValueError(f"{value!r} does not exist (relative paths start where astra runs)")
+    if not path.is_file():
+        raise ValueError(f"{value!r} is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"{value!r} is not readable (check its permissions)")
+    return value
+
+
+ReadableFile = Annotated[str, AfterValidator(readable_file)]
+"""An options-model type for a file a component reads: it must exist and be readable."""
+
+
 def _ref(value: Any) -> ComponentRef:
     return ComponentRef.parse(value)
 
@@ -78,30 +157,51 @@ class TrainingConfiguration(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    lr: float = Field(3e-3, gt=0, allow_inf_nan=False, description="base learning rate")
-    batch_size: int = Field(16, ge=1, description="training steps per DataLoader batch")
+    lr: float = Field(default=3e-3, gt=0, allow_inf_nan=False, description="base learning rate")
+    batch_size: Count = Field(default=16, ge=1, description="training examples per DataLoader batch")
     optimizer: ComponentRef = Field(
         default_factory=lambda: ComponentRef(name="adamw"),
         description="registered optimizer name, or a table with options",
     )
-    gradient_accumulation_steps: int = Field(1, ge=1, description="batches per optimizer update")
-    training_steps: int = Field(1024, ge=1, description="experiences to collect and train on")
-    num_episodes_per_experience: int = Field(8, ge=1, description="rollouts per experience")
-    seed: int = Field(0, ge=0, description="seeds rollouts, shuffling and initialisation")
+    gradient_accumulation_steps: Count = Field(default=1, ge=1, description="batches per optimizer update")
+    training_steps: Count = Field(
+        default=1024, ge=1, le=MAX_TRAINING_STEPS, description="experiences to collect and train on"
+    )
+    num_episodes_per_experience: Count = Field(default=8, ge=1, description="rollouts per experience")
+    seed: Count = Field(default=0, ge=0, le=MAX_SEED, description="seeds rollouts, shuffling and initialisation")
     max_grad_norm: float | None = Field(
-        None, gt=0, allow_inf_nan=False, description="clip gradient norm; None: no clipping"
+        default=None, gt=0, allow_inf_nan=False, description="clip gradient norm; None: no clipping"
     )
     lr_scheduler: ComponentRef = Field(
         default_factory=lambda: ComponentRef(name="constant"),
         description="registered scheduler, stepped once per training step",
     )
-    warmup_steps: int = Field(0, ge=0, description="linear warmup steps for the scheduler")
-    shuffle: bool = Field(True, description="shuffle each experience with a seeded generator")
-    checkpoint_every: int | None = Field(None, ge=1, description="checkpoint every N steps (needs output_dir)")
-    keep_checkpoints: int = Field(2, ge=1, description="how many recent checkpoints to keep")
-    output_dir: str | None = Field(None, description="run directory for checkpoints, metrics, reports")
-    eval_every: int | None = Field(None, ge=1, description="evaluate every N steps (needs an evaluator)")
-    max_nonfinite_in_a_row: int = Field(10, ge=1, description="stop after this many non-finite losses in a row")
+    warmup_steps: Count = Field(default=0, ge=0, description="linear warmup steps for the scheduler")
+    shuffle: StrictBool = Field(default=True, description="shuffle each experience with a seeded generator")
+    checkpoint_every: Count | None = Field(
+        default=None, ge=1, description="checkpoint every N steps (needs output_dir)"
+    )
+    keep_checkpoints: Count = Field(default=2, ge=1, description="how many recent checkpoints to keep")
+    output_dir: str | None = Field(
+        default=None, min_length=1, description="run directory for checkpoints, metrics, reports"
+    )
+    eval_every: Count | None = Field(default=None, ge=1, description="evaluate every N steps (needs an evaluator)")
+    max_nonfinite_in_a_row: Count = Field(
+        default=10, ge=1, description="stop after this many non-finite losses in a row"
+    )
+
+    @field_validator("lr", "max_grad_norm", mode="before")
+    @classmethod
+    def _no_bool_as_float(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("expected a number, got a boolean")
+        return value
+
+    @field_validator("batch_size", "num_episodes_per_experience")
+    @classmethod
+    def _fits_in_memory(cls, value: int, info: ValidationInfo) -> int:
+        check_fits_in_memory(f"training.{info.field_name}", value, BYTES_PER_EXAMPLE)
+        return value
 
     @field_validator("optimizer", "lr_scheduler", mode="before")
     @classmethod
@@ -241,10 +341,44 @@ def read_run_file(path: str | Path) -> dict[str, Any]:
 
 def parse_run_text(text: str, source: str) -> dict[str, Any]:
     """Parse run-file TOML `text` into plain data; a syntax error is a `ConfigError` naming `source`."""
+    depth = _bracket_depth(text)
+    if depth > MAX_NESTING:
+        raise ConfigError(
+            f"{source}: arrays or inline tables nested {depth} deep, more than the {MAX_NESTING} a run file may use"
+        )
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{source}: invalid TOML: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to parse; a run file is a flat TOML file") from None
+
+
+def _bracket_depth(text: str) -> int:
+    """The deepest nesting of [ and { outside strings and comments (an upper bound is enough)."""
+    depth = deepest = 0
+    quote: str | None = None
+    comment = escaped = False
+    for char in text:
+        if comment:
+            comment = char != "\n"
+        elif quote is not None:
+            if escaped:
+                escaped = False
+            elif char == "\\" and quote == '"':
+                escaped = True
+            elif char == quote or (char == "\n" and quote in "\"'"):
+                quote = None if char == quote else quote
+        elif char == "#":
+            comment = True
+        elif char in "\"'":
+            quote = char
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(0, depth - 1)
+    return deepest
 
 
 def load_run_file(path: str | Path) -> RunConfig:

@@ -3,8 +3,12 @@
 Launch one process per device with ``torchrun`` (or ``astra train --nproc N``); `init_from_env`
 joins the group torchrun describes in ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
 ``MASTER_PORT``. Without those variables, and without a group initialised by the caller, every
-function here is a cheap no-op for a single process (rank 0 of 1), so the Trainer calls them
-unconditionally. The Trainer imports this module lazily; importing it does not initialise anything.
+function here is a cheap no-op for a single process (rank 0 of 1). Importing this module does
+not initialise anything.
+
+The Trainer does no collective itself: it is handed a `Collectives` (by `astra_core.assembly`,
+which joins the group once), `SingleProcess` alone or `ProcessGroup` under torchrun, and calls
+it unconditionally.
 
 >>> rank(), world_size(), is_main()
 (0, 1, True)
@@ -18,6 +22,7 @@ import logging
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -199,12 +204,123 @@ def merge_metrics(ranks: Sequence[Mapping[str, float]]) -> dict[str, float]:
     return merged
 
 
+class Collectives(Protocol):
+    """What the Trainer asks of the processes it runs in (see `SingleProcess`, `ProcessGroup`)."""
+
+    @property
+    def rank(self) -> int:
+        """This process's rank (0 alone)."""
+        ...
+
+    @property
+    def world_size(self) -> int:
+        """The number of processes (1 alone)."""
+        ...
+
+    def broadcast(self, parameters: Sequence[torch.Tensor]) -> None:
+        """Give every rank rank 0's values of `parameters`."""
+        ...
+
+    def average_gradients(self, parameters: Sequence[torch.Tensor], finite: bool, contributed: bool) -> bool:
+        """Average the gradients of `parameters` over the ranks that `contributed` data to this
+        update; return whether every rank's loss was `finite` (if not, all ranks skip it)."""
+        ...
+
+    def max(self, values: Sequence[float], device: torch.device | str = "cpu") -> list[float]:
+        """The element-wise maximum of `values` over ranks."""
+        ...
+
+    def reduce_metrics(self, logs: Mapping[str, float]) -> dict[str, float]:
+        """One step's metrics merged over ranks (see `reduce_metrics`)."""
+        ...
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+        ...
+
+
+class SingleProcess:
+    """`Collectives` of one process: every call is the identity or a no-op."""
+
+    rank = 0
+    world_size = 1
+
+    def broadcast(self, parameters: Sequence[torch.Tensor]) -> None:
+        return None
+
+    def average_gradients(self, parameters: Sequence[torch.Tensor], finite: bool, contributed: bool) -> bool:
+        return finite
+
+    def max(self, values: Sequence[float], device: torch.device | str = "cpu") -> list[float]:
+        return [float(v) for v in values]
+
+    def reduce_metrics(self, logs: Mapping[str, float]) -> dict[str, float]:
+        return dict(logs)
+
+    def barrier(self) -> None:
+        return None
+
+
+class ProcessGroup:
+    """`Collectives` over the active ``torch.distributed`` group: gradients averaged by hand, one
+    flattened SUM per (device, dtype) bucket (DDP is not used yet)."""
+
+    def __init__(self) -> None:
+        if not is_initialized():
+            raise RuntimeError("ProcessGroup needs an initialised torch.distributed group (call init_from_env)")
+        self.rank, self.world_size = rank(), world_size()
+
+    def broadcast(self, parameters: Sequence[torch.Tensor]) -> None:
+        broadcast_parameters(parameters)
+
+    def average_gradients(self, parameters: Sequence[torch.Tensor], finite: bool, contributed: bool) -> bool:
+        # One small collective agrees on the contributors, the skip and which parameters have a
+        # gradient anywhere (a parameter with none stays None, as it would in one process).
+        device = parameters[0].device
+        flags = [float(contributed), float(not finite)] + [float(p.grad is not None) for p in parameters]
+        control = torch.tensor(flags, dtype=torch.float32, device=device)
+        all_reduce_sum_([control])
+        counts = control.tolist()
+        if counts[1] > 0:
+            return False
+        grads = []
+        for parameter, has_grad in zip(parameters, counts[2:], strict=True):
+            if has_grad == 0:
+                parameter.grad = None
+                continue
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+            grads.append(parameter.grad)
+        all_reduce_sum_(grads)
+        for grad in grads:
+            grad.div_(max(counts[0], 1.0))
+        return True
+
+    def max(self, values: Sequence[float], device: torch.device | str = "cpu") -> list[float]:
+        return all_reduce_max(values, device)
+
+    def reduce_metrics(self, logs: Mapping[str, float]) -> dict[str, float]:
+        return reduce_metrics(logs)
+
+    def barrier(self) -> None:
+        barrier()
+
+
+def collectives() -> Collectives:
+    """`ProcessGroup` when this process is one of several in an initialised group, else `SingleProcess`."""
+    return ProcessGroup() if world_size() > 1 else SingleProcess()
+
+
 __all__ = [
+    "Collectives",
+    "ProcessGroup",
+    "SingleProcess",
     "all_reduce_max",
     "all_reduce_mean",
     "all_reduce_sum_",
     "barrier",
     "broadcast_parameters",
+    "collectives",
     "default_backend",
     "destroy",
     "init_from_env",

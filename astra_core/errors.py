@@ -18,17 +18,27 @@ class ConfigError(AstraError):
 
 
 class UnknownComponentError(AstraError, KeyError):
-    """A config names a component that no loaded plugin registered."""
+    """A config names a component that no loaded plugin registered.
 
-    def __init__(self, kind: str, name: str, available: Sequence[str], close: Sequence[str]) -> None:
+    `reason`, when known, says why instead of the general advice (the plugin that provides the
+    name is disabled).
+    """
+
+    def __init__(
+        self, kind: str, name: str, available: Sequence[str], close: Sequence[str], *, reason: str | None = None
+    ) -> None:
         self.kind, self.name = kind, name
         self.available, self.close = list(available), list(close)
+        self.reason = reason
         hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
         names = ", ".join(available) if available else "none"
-        message = (
-            f"unknown {kind} {name!r}: {hint}available {kind}s: {names}; "
-            f"run `astra plugins` to list plugins, or install the one that provides it"
-        )
+        if reason:
+            message = f"unknown {kind} {name!r}: {reason}"
+        else:
+            message = (
+                f"unknown {kind} {name!r}: {hint}available {kind}s: {names}; "
+                f"run `astra plugins` to list plugins, or install the one that provides it"
+            )
         super().__init__(message)
 
     def __str__(self) -> str:  # KeyError would quote the message

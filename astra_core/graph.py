@@ -4,6 +4,10 @@ A `Graph` is one episode. Its root holds the opening context; every `Node` is on
 wrote `probe` after `context`, the target answered `response`, and the turn earned `reward`. The
 node's children continue the conversation from the advanced state. Siblings share their context,
 which is what preference algorithms pair on.
+
+The type is a tree, not a general graph; it keeps the name `Graph` because the reference
+toolbox (ASTRA-RL) calls its rollout tree that, and its users port samplers and algorithms that
+say ``graph`` throughout.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ class Node(Generic[StateT, ActionT]):
 
 @dataclass
 class Graph(Generic[StateT, ActionT]):
-    """One episode: the opening `context` and the tree of turns grown from it."""
+    """One episode: the opening `context` and the tree of turns grown from it (a rollout tree)."""
 
     context: StateT
     children: list[Node[StateT, ActionT]] = field(default_factory=list)

@@ -1,9 +1,9 @@
 """The Harness: collects an experience from the sampler and feeds it to the algorithm.
 
-`experience()` rolls out `num_episodes_per_experience` episodes (in one batched call when the
-sampler offers `rollouts`), flattens each rollout tree with the algorithm, and returns a
-DataLoader over the steps that honours `batch_size` and shuffles with a generator seeded from the
-run's seed and the step number, so a resumed run sees the same order.
+`experience()` rolls out `num_episodes_per_experience` episodes in one `sampler.rollouts` call,
+flattens them with one `algorithm.flatten` call, and returns a DataLoader over the training
+examples that honours `batch_size` and shuffles with a generator seeded from the run's seed and
+the training step, so a resumed run sees the same order.
 """
 
 from __future__ import annotations
@@ -11,28 +11,28 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any, Generic, cast
+from typing import Any, Generic
 
 import torch
 from torch.utils.data import DataLoader
 
 from astra_core.errors import ComponentContractError, ConfigError
 from astra_core.graph import Graph
-from astra_core.protocols import Algorithm, BatchedSampler, Sampler
-from astra_core.types import ActionT, BatchT, StateT, StepT
+from astra_core.protocols import Algorithm, Sampler
+from astra_core.types import ActionT, BatchT, ExampleT, StateT
 
 log = logging.getLogger(__name__)
 
 
-class _Steps(torch.utils.data.Dataset[StepT]):
-    def __init__(self, steps: Sequence[StepT]) -> None:
-        self.steps = steps
+class _Examples(torch.utils.data.Dataset[ExampleT]):
+    def __init__(self, examples: Sequence[ExampleT]) -> None:
+        self.examples = examples
 
     def __len__(self) -> int:
-        return len(self.steps)
+        return len(self.examples)
 
-    def __getitem__(self, index: int) -> StepT:
-        return self.steps[index]
+    def __getitem__(self, index: int) -> ExampleT:
+        return self.examples[index]
 
 
 def rollout_metrics(graphs: Sequence[Graph[Any, Any]]) -> dict[str, float]:
@@ -60,17 +60,18 @@ def rollout_metrics(graphs: Sequence[Graph[Any, Any]]) -> dict[str, float]:
     return metrics
 
 
-class Harness(Generic[StateT, ActionT, StepT, BatchT]):
-    """Connects a sampler to an algorithm.
+class Harness(Generic[StateT, ActionT, ExampleT, BatchT]):
+    """Connects a sampler to an algorithm: one experience in, batches of examples out::
 
-    >>> # harness = Harness(sampler, algorithm, num_episodes_per_experience=8, batch_size=16)
-    >>> # for batch in harness.experience(): loss, logs = harness.step(batch)
+    harness = Harness(sampler, algorithm, num_episodes_per_experience=8, batch_size=16)
+    for batch in harness.experience(step=0):
+        loss, logs = harness.loss(batch)
     """
 
     def __init__(
         self,
         sampler: Sampler[StateT, ActionT],
-        algorithm: Algorithm[StateT, ActionT, StepT, BatchT],
+        algorithm: Algorithm[StateT, ActionT, ExampleT, BatchT],
         num_episodes_per_experience: int = 8,
         batch_size: int = 16,
         *,
@@ -92,39 +93,38 @@ class Harness(Generic[StateT, ActionT, StepT, BatchT]):
         self.last_graphs: list[Graph[StateT, ActionT]] = []
 
     def rollouts(self) -> list[Graph[StateT, ActionT]]:
-        """One experience's episodes, batched when the sampler supports it."""
+        """One experience's episodes, from one `sampler.rollouts` call."""
         count = self.num_episodes_per_experience
-        if isinstance(self.sampler, BatchedSampler):
-            batched = cast(BatchedSampler[StateT, ActionT], self.sampler)
-            graphs = batched.rollouts(count)
-            if len(graphs) != count:
-                raise ComponentContractError(
-                    f"sampler {type(self.sampler).__name__}.rollouts({count}) returned {len(graphs)} episodes; "
-                    f"a batched sampler must return exactly the number asked for"
-                )
-            return graphs
-        return [self.sampler.rollout() for _ in range(count)]
+        graphs = self.sampler.rollouts(count)
+        if len(graphs) != count:
+            raise ComponentContractError(
+                f"sampler {type(self.sampler).__name__}.rollouts({count}) returned {len(graphs)} episodes; "
+                f"a sampler must return exactly the number asked for"
+            )
+        return graphs
 
-    def experience(self, step: int = 0) -> DataLoader[StepT]:
-        """Roll out, flatten and batch one experience. An empty one yields no batches."""
+    def experience(self, step: int = 0) -> DataLoader[ExampleT]:
+        """Roll out, flatten and batch the experience of training step `step`.
+
+        An experience without training examples yields no batches.
+        """
         graphs = self.rollouts()
         self.last_graphs = graphs
         self.last_metrics = rollout_metrics(graphs)
-        steps: list[StepT] = []
-        for graph in graphs:
-            steps.extend(self.algorithm.flatten(graph))
-        self.last_metrics["train_examples"] = float(len(steps))
-        if not steps:
+        examples = list(self.algorithm.flatten(graphs))
+        self.last_metrics["train_examples"] = float(len(examples))
+        if not examples:
             log.warning("experience at step %d produced no training examples; skipping its update", step)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        # Modulo 2**64: torch takes no larger seed (the same value as before for every seed < 2**44).
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + step) % 2**64)
         return DataLoader(
-            _Steps(steps),
+            _Examples(examples),
             batch_size=self.batch_size,
-            shuffle=self.shuffle and len(steps) > 1,
+            shuffle=self.shuffle and len(examples) > 1,
             generator=generator,
             collate_fn=self.algorithm.collate_fn,
         )
 
-    def step(self, batch: BatchT) -> tuple[torch.Tensor, dict[str, float]]:
-        """The algorithm's loss and logs for one batch."""
-        return self.algorithm.step(batch)
+    def loss(self, batch: BatchT) -> tuple[torch.Tensor, dict[str, float]]:
+        """The algorithm's loss and logs for one batch of examples."""
+        return self.algorithm.loss(batch)

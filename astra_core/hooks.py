@@ -11,11 +11,15 @@ A plugin is a module named by an entry point in the `astra_core` group::
 
     @hookimpl
     def astra_register(registrar: Registrar) -> None:
-        registrar.algorithm("my-algo", "my_package.algo:MyAlgorithm",
+        registrar.algorithm("my-algo", "my_package.algo:factory",
                             options="my_package.options:MyOptions", summary="...")
 
+    # my_package/algo.py (imported only when a run builds "my-algo")
+    factory = astra_core.factories.algorithm(MyAlgorithm)  # mypy checks MyAlgorithm here
+
 The module must stay light: factories and options models are named as ``"module:attribute"``
-strings and imported only when a run needs them.
+strings and imported only when a run needs them. The kinds, and what each factory is called
+with, are in `astra_core.kinds`.
 """
 
 from __future__ import annotations

@@ -12,14 +12,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from astra_core.graph import Graph
+from astra_core.turns import Reads, Turn
 from astra_core.types import (
     JSON,
     ActionT,
     ActionT_contra,
     BatchT,
+    ExampleT,
     StateT,
     StateT_contra,
-    StepT,
 )
 
 if TYPE_CHECKING:
@@ -31,10 +32,19 @@ Reduction = Literal["sum", "mean"]
 
 
 class Scorer(Protocol[StateT_contra, ActionT_contra]):
-    """Scores texts (or states) for harm: one float in [0, 1] per input, in input order."""
+    """Scores turns for harm: one float in [0, 1] per turn, in input order.
 
-    def score(self, items: Sequence[StateT_contra | ActionT_contra]) -> list[float]:
-        """Return one score in [0, 1] for each item."""
+    A scorer judges each turn in its context (see `astra_core.turns.Turn`) and says what it read
+    through `reads`. A plain text scorer is one line: ``text_scorer(fn)``.
+    """
+
+    @property
+    def reads(self) -> Reads:
+        """``"text"`` (only each turn's text: its response, or its probe alone) or ``"turn"``."""
+        ...
+
+    def score(self, turns: Sequence[Turn[StateT_contra, ActionT_contra]]) -> list[float]:
+        """Return one score in [0, 1] for each turn."""
         ...
 
 
@@ -46,8 +56,6 @@ class System(Protocol[StateT, ActionT]):
     (or averaged, with `reduction="mean"`) over the continuation's tokens. Only the tester's
     carry gradients.
     """
-
-    scorer: Scorer[StateT, ActionT]
 
     def tester_logprobs(
         self,
@@ -107,28 +115,28 @@ class FeatureSystem(Protocol[StateT_contra]):
 
 
 class Sampler(Protocol[StateT, ActionT]):
-    """Rolls a system out into rollout trees."""
+    """Rolls a system out into rollout trees and rewards each turn with its scorer.
+
+    Both methods are batch-first: a sampler grows all the episodes it is asked for together
+    (one model call per tree level for all of them, when it can).
+    """
 
     @property
     def system(self) -> System[StateT, ActionT]:
         """The system this sampler rolls out (a plain attribute satisfies this)."""
         ...
 
-    def rollout(self) -> Graph[StateT, ActionT]:
-        """One training episode from a fresh opening context."""
+    @property
+    def scorer(self) -> Scorer[StateT, ActionT]:
+        """The scorer its reward uses (evaluators score with it too)."""
         ...
-
-    def eval_rollout(self, prompt: StateT) -> Graph[StateT, ActionT]:
-        """One evaluation episode from `prompt`: a width-1 chain of turns."""
-        ...
-
-
-@runtime_checkable
-class BatchedSampler(Protocol[StateT, ActionT]):
-    """A sampler that can roll many episodes out together (one model call per tree level)."""
 
     def rollouts(self, count: int) -> list[Graph[StateT, ActionT]]:
-        """`count` training episodes, generated together."""
+        """Exactly `count` training episodes, each from a fresh opening context."""
+        ...
+
+    def eval_rollouts(self, prompts: Sequence[StateT]) -> list[Graph[StateT, ActionT]]:
+        """One evaluation episode per prompt, in order: a width-1 chain of turns from it."""
         ...
 
 
@@ -140,19 +148,30 @@ class TreeSampler(Protocol):
     tree_depth: int
 
 
-class Algorithm(Protocol[StateT, ActionT, StepT, BatchT]):
-    """Turns rollout trees into training steps, and batches of steps into a loss."""
+class Algorithm(Protocol[StateT, ActionT, ExampleT, BatchT]):
+    """Turns an experience's rollout trees into training examples, and a batch of them into a loss.
 
-    def flatten(self, graph: Graph[StateT, ActionT]) -> Sequence[StepT]:
-        """The training steps in one episode (possibly none)."""
+    A training *step* is one experience and every optimizer update over it; the algorithm sees
+    the experience once through `flatten`, then one `loss` call per batch of examples.
+    """
+
+    def flatten(self, graphs: Sequence[Graph[StateT, ActionT]]) -> Sequence[ExampleT]:
+        """The training examples of one experience (possibly none), called once per step.
+
+        Ordering contract: the examples of ``graphs[0]`` come first, then those of ``graphs[1]``,
+        and so on; within an episode, in an order the algorithm fixes (the same trees always
+        give the same examples in the same order). The harness may shuffle them afterwards
+        (``training.shuffle``) with a generator seeded from the run's seed and the step, so a
+        run repeats exactly only if `flatten` is deterministic.
+        """
         ...
 
-    def collate_fn(self, steps: Sequence[StepT]) -> BatchT:
-        """Batch steps for `step`; used as the DataLoader's collate function."""
+    def collate_fn(self, examples: Sequence[ExampleT]) -> BatchT:
+        """Batch examples for `loss`; used as the DataLoader's collate function."""
         ...
 
-    def step(self, batch: BatchT) -> tuple[torch.Tensor, dict[str, float]]:
-        """The scalar loss for a batch, and metrics to log."""
+    def loss(self, batch: BatchT) -> tuple[torch.Tensor, dict[str, float]]:
+        """The scalar loss of a batch, and metrics to log."""
         ...
 
     def parameters(self) -> Iterable[Parameter]:

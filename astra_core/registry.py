@@ -3,24 +3,8 @@
 A `ComponentInfo` describes one registered thing: its kind and name, the plugin that provided it,
 a factory and an options model, each either an object or a lazy ``"module:attribute"`` path that
 is imported only when the component is validated or built. Config strings resolve only to
-registered names here, never to import paths.
-
-Every kind builds from the components it depends on, passed positionally, then its options as
-keywords (the "built from" column of the architecture):
-
-========== ====================================== ==========================================
-kind       factory call                           example
-========== ====================================== ==========================================
-optimizer  ``factory(params, lr=lr, **options)``  ``torch.optim.AdamW``
-scheduler  ``factory(optimizer, total_steps=n,    ``astra_core.optim:cosine``
-           **options)``
-scorer     ``factory(**options)``                 ``astra_scorers.keyword:KeywordScorer``
-system     ``factory(scorer, **options)``
-sampler    ``factory(system, **options)``
-algorithm  ``factory(system, **options)``
-evaluator  ``factory(sampler, **options)``
-callback   ``factory(**options)``
-========== ====================================== ==========================================
+registered names here, never to import paths. What each kind's factory is called with, and what
+it must return, is in `astra_core.kinds`.
 """
 
 from __future__ import annotations
@@ -31,7 +15,7 @@ import inspect
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypedDict, TypeVar, Unpack
 
 from astra_core.errors import (
     ComponentBuildError,
@@ -39,26 +23,29 @@ from astra_core.errors import (
     OptionsError,
     UnknownComponentError,
 )
+from astra_core.factories import TypedFactory
+from astra_core.kinds import KINDS, KINDS_TABLE, ComponentKind
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-ComponentKind = Literal["optimizer", "scheduler", "scorer", "system", "sampler", "algorithm", "evaluator", "callback"]
-KINDS: tuple[ComponentKind, ...] = get_args(ComponentKind)
+__all__ = [
+    "KINDS",
+    "ComponentInfo",
+    "ComponentKind",
+    "Details",
+    "Provider",
+    "Registrar",
+    "Registration",
+    "Registries",
+    "Registry",
+    "import_path",
+]
 
-# The leading positional parameters each kind's factory receives, and the keywords the core
-# injects; neither is a user option.
-_DEPENDENCIES: dict[str, int] = {
-    "optimizer": 1,
-    "scheduler": 1,
-    "scorer": 0,
-    "system": 1,
-    "sampler": 1,
-    "algorithm": 1,
-    "evaluator": 1,
-    "callback": 0,
-}
-_INJECTED: dict[str, tuple[str, ...]] = {"optimizer": ("lr",), "scheduler": ("total_steps",)}
+
+FactoryRef = str | Callable[..., Any] | TypedFactory[ComponentKind]
+"""A factory: a lazy ``"module:attribute"`` path, a declaration of `astra_core.factories`, or a callable."""
+OptionsRef = str | type["BaseModel"] | None
 
 
 @dataclass(frozen=True)
@@ -90,24 +77,36 @@ class ComponentInfo:
 
     kind: ComponentKind
     name: str
-    factory: str | Callable[..., Any]
+    factory: FactoryRef
     options: str | type[BaseModel] | None
     summary: str
     provider: Provider
     aliases: tuple[str, ...] = ()
 
     def load_factory(self) -> Callable[..., Any]:
-        """The factory itself, importing it if it was registered as a path."""
-        if isinstance(self.factory, str):
+        """The factory itself, importing it if it was registered as a path.
+
+        A factory declared with `astra_core.factories` is unwrapped, after checking that it was
+        declared for this kind.
+        """
+        factory = self.factory
+        if isinstance(factory, str):
             try:
-                loaded: Callable[..., Any] = import_path(self.factory)
+                factory = import_path(factory)
             except Exception as error:  # any import failure is the plugin's, reported as such
                 raise ComponentBuildError(
                     f"{self.kind} {self.name!r} from plugin {self.provider}: cannot import "
                     f"{self.factory!r}: {type(error).__name__}: {error}"
                 ) from error
-            return loaded
-        return self.factory
+        if isinstance(factory, TypedFactory):
+            if factory.kind != self.kind:
+                raise ComponentBuildError(
+                    f"{self.kind} {self.name!r} from plugin {self.provider}: {self.factory!r} is declared as a "
+                    f"{factory.kind} factory (astra_core.factories.{factory.kind}), not a {self.kind} one"
+                )
+            return factory.factory
+        loaded: Callable[..., Any] = factory
+        return loaded
 
     def options_model(self) -> type[BaseModel]:
         """The pydantic model of this component's options (derived from the factory if unset)."""
@@ -175,14 +174,15 @@ def _model_from_signature(info: ComponentInfo) -> type[BaseModel]:
         hints = typing.get_type_hints(target)
     except Exception:
         hints = {}
-    skip = _DEPENDENCIES[info.kind]
+    record = KINDS_TABLE[info.kind]
+    skip = len(record.dependencies)
     fields: dict[str, Any] = {}
     for index, parameter in enumerate(parameters):
         if index < skip and parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
             continue
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             continue
-        if parameter.name in _INJECTED.get(info.kind, ()):
+        if parameter.name in record.injected:
             continue
         annotation = hints.get(parameter.name, Any)
         default = ... if parameter.default is parameter.empty else parameter.default
@@ -193,6 +193,9 @@ def _model_from_signature(info: ComponentInfo) -> type[BaseModel]:
     return model
 
 
+Explainer = Callable[[ComponentKind, str], "str | None"]
+
+
 @dataclass
 class Registry:
     """The registered components of one kind, by name (aliases included)."""
@@ -200,6 +203,8 @@ class Registry:
     kind: ComponentKind
     _entries: dict[str, ComponentInfo] = field(default_factory=dict)
     _conflicts: dict[str, list[ComponentInfo]] = field(default_factory=dict)
+    explain: Explainer | None = None
+    """Says why a name no loaded plugin registered is missing (a disabled plugin has it), or None."""
 
     def add(self, info: ComponentInfo) -> None:
         """Add a component; a name taken by another plugin becomes a conflict, never overwritten."""
@@ -229,7 +234,8 @@ class Registry:
         except KeyError:
             available = self.names()
             close = difflib.get_close_matches(name, available, n=3, cutoff=0.6)
-            raise UnknownComponentError(self.kind, name, available, close) from None
+            reason = self.explain(self.kind, name) if self.explain is not None else None
+            raise UnknownComponentError(self.kind, name, available, close, reason=reason) from None
 
     def names(self) -> list[str]:
         """Every usable name, aliases included, sorted."""
@@ -261,6 +267,11 @@ class Registries:
     def __getitem__(self, kind: ComponentKind) -> Registry:
         return self._by_kind[kind]
 
+    def explain_unknown(self, explain: Explainer) -> None:
+        """Let `explain(kind, name)` say why a name is missing (see `Registry.explain`)."""
+        for registry in self._by_kind.values():
+            registry.explain = explain
+
     def kind(self, kind: str) -> Registry:
         """The registry for `kind`, given as an unchecked string (from a config or the CLI)."""
         if kind not in self._by_kind:
@@ -276,130 +287,80 @@ class Registries:
         return self._by_kind[kind].get(name)
 
 
-FactoryRef = str | Callable[..., Any]
-OptionsRef = str | type["BaseModel"] | None
+class Details(TypedDict, total=False):
+    """What a registration may say besides name and factory (all optional)."""
+
+    options: OptionsRef
+    """The pydantic model of the component's options, or its ``"module:attribute"`` path."""
+    summary: str
+    """One line for ``astra plugins``."""
+    aliases: Sequence[str]
+    """Other names a run file may use."""
+
+
+K = TypeVar("K", bound=ComponentKind)
+
+
+class Registration(Generic[K]):
+    """``registrar.<kind>(name, factory, options=..., summary=..., aliases=...)``: register one `kind`.
+
+    `factory` is a lazy ``"module:attribute"`` path (imported only when a run builds the
+    component), an object declared with `astra_core.factories` (which mypy checks against the
+    kind's protocol), or any callable. It is called as `astra_core.kinds` says for the kind
+    (``repr(registrar.sampler)`` shows the call). `options` is a pydantic model (or its path)
+    of the options a run file may set; without one, it is derived from the factory's signature.
+    """
+
+    def __init__(self, registrar: Registrar, kind: K) -> None:
+        self.registrar, self.kind = registrar, kind
+
+    def __call__(
+        self, name: str, factory: str | Callable[..., Any] | TypedFactory[K], **details: Unpack[Details]
+    ) -> None:
+        self.registrar.add(self.kind, name, factory, **details)
+
+    def __repr__(self) -> str:
+        return f"<registrar.{self.kind}: {KINDS_TABLE[self.kind].call}>"
 
 
 class Registrar:
     """What a plugin's `astra_register` hook receives: it records that plugin's components.
 
+    One `Registration` per kind (``registrar.algorithm(...)``, ``registrar.sampler(...)``, ...;
+    the kinds are `astra_core.kinds`), or `add` with the kind as its first argument.
     Registrations are staged and committed together once the hook returns, so a plugin that
     raises half-way registers nothing.
     """
 
+    # Declared for mypy, filled from the table of kinds in __init__ (a test keeps them equal).
+    scorer: Registration[Literal["scorer"]]
+    system: Registration[Literal["system"]]
+    sampler: Registration[Literal["sampler"]]
+    algorithm: Registration[Literal["algorithm"]]
+    evaluator: Registration[Literal["evaluator"]]
+    optimizer: Registration[Literal["optimizer"]]
+    scheduler: Registration[Literal["scheduler"]]
+    callback: Registration[Literal["callback"]]
+
     def __init__(self, provider: Provider) -> None:
         self.provider = provider
         self.staged: list[ComponentInfo] = []
+        for kind in KINDS:
+            setattr(self, kind, Registration(self, kind))
 
-    def add(
-        self,
-        kind: ComponentKind,
-        name: str,
-        factory: FactoryRef,
-        *,
-        options: OptionsRef = None,
-        summary: str = "",
-        aliases: Sequence[str] = (),
-    ) -> None:
-        """Register `factory` as the `kind` called `name` (see the module doc for the call)."""
+    def add(self, kind: ComponentKind, name: str, factory: FactoryRef, **details: Unpack[Details]) -> None:
+        """Register `factory` as the `kind` called `name` (see `Registration`)."""
+        unexpected = sorted(set(details) - Details.__optional_keys__)
+        if unexpected:  # mypy catches these; plain Python would otherwise drop them silently
+            raise TypeError(
+                f"registering {kind} {name!r}: unexpected {', '.join(unexpected)} (expected options, summary, aliases)"
+            )
+        options, summary = details.get("options"), details.get("summary", "")
+        aliases = details.get("aliases", ())
         if kind not in KINDS:
             raise ValueError(f"unknown component kind {kind!r}; kinds are {', '.join(KINDS)}")
         if not name or ":" in name:
             raise ValueError(f"component name {name!r} must be non-empty and contain no ':'")
+        if isinstance(factory, TypedFactory) and factory.kind != kind:
+            raise ValueError(f"{kind} {name!r}: the factory is declared as a {factory.kind} factory")
         self.staged.append(ComponentInfo(kind, name, factory, options, summary, self.provider, tuple(aliases)))
-
-    def optimizer(
-        self,
-        name: str,
-        factory: FactoryRef,
-        *,
-        options: OptionsRef = None,
-        summary: str = "",
-        aliases: Sequence[str] = (),
-    ) -> None:
-        """Register an optimizer: ``factory(params, lr=lr, **options)``."""
-        self.add("optimizer", name, factory, options=options, summary=summary, aliases=aliases)
-
-    def scheduler(
-        self,
-        name: str,
-        factory: FactoryRef,
-        *,
-        options: OptionsRef = None,
-        summary: str = "",
-        aliases: Sequence[str] = (),
-    ) -> None:
-        """Register an LR scheduler: ``factory(optimizer, total_steps=n, **options)``."""
-        self.add("scheduler", name, factory, options=options, summary=summary, aliases=aliases)
-
-    def scorer(
-        self,
-        name: str,
-        factory: FactoryRef,
-        *,
-        options: OptionsRef = None,
-        summary: str = "",
-        aliases: Sequence[str] = (),
-    ) -> None:
-        """Register a scorer: ``factory(**options)``."""
-        self.add("scorer", name, factory, options=options, summary=summary, aliases=aliases)
-
-    def system(
-        self,
-        name: str,
-        factory: FactoryRef,
-        *,
-        options: OptionsRef = None,
-        summary: str = "",
-        aliases: Sequence[str] = (),
-    ) -> None:
-        """Register a system: ``factory(scorer, **options)``."""
-        self.add("system", name, factory, options=options, summary=summary, aliases=aliases)
-
-    def sampler(
-        self,
-        name: str,
-        factory: FactoryRef,
-        *,
-        options: OptionsRef = None,
-        summary: str = "",
-        aliases: Sequence[str] = (),
-    ) -> None:
-        """Register a sampler: ``factory(system, **options)``."""
-        self.add("sampler", name, factory, options=options, summary=summary, aliases=aliases)
-
-    def algorithm(
-        self,
-        name: str,
-        factory: FactoryRef,
-        *,
-        options: OptionsRef = None,
-        summary: str = "",
-        aliases: Sequence[str] = (),
-    ) -> None:
-        """Register an algorithm: ``factory(system, **options)``."""
-        self.add("algorithm", name, factory, options=options, summary=summary, aliases=aliases)
-
-    def evaluator(
-        self,
-        name: str,
-        factory: FactoryRef,
-        *,
-        options: OptionsRef = None,
-        summary: str = "",
-        aliases: Sequence[str] = (),
-    ) -> None:
-        """Register an evaluator: ``factory(sampler, **options)``."""
-        self.add("evaluator", name, factory, options=options, summary=summary, aliases=aliases)
-
-    def callback(
-        self,
-        name: str,
-        factory: FactoryRef,
-        *,
-        options: OptionsRef = None,
-        summary: str = "",
-        aliases: Sequence[str] = (),
-    ) -> None:
-        """Register a training callback: ``factory(**options)``."""
-        self.add("callback", name, factory, options=options, summary=summary, aliases=aliases)

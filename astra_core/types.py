@@ -10,11 +10,13 @@ StateT = TypeVar("StateT")
 """What a conversation is before a turn (for text: the context string)."""
 ActionT = TypeVar("ActionT")
 """What the tester contributes in a turn (for text: the probe string)."""
-StepT = TypeVar("StepT")
-"""One training example an algorithm cuts out of a rollout tree."""
+ExampleT = TypeVar("ExampleT")
+"""One training example an algorithm cuts out of an experience's rollout trees."""
 BatchT = TypeVar("BatchT")
-"""A collated batch of steps."""
+"""A collated batch of training examples."""
 
+StateT_co = TypeVar("StateT_co", covariant=True)
+ActionT_co = TypeVar("ActionT_co", covariant=True)
 StateT_contra = TypeVar("StateT_contra", contravariant=True)
 ActionT_contra = TypeVar("ActionT_contra", contravariant=True)
 

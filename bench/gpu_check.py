@@ -25,9 +25,10 @@ from typing import Any
 import torch
 
 from astra_core import distributed
-from astra_core.build import build, resolve
+from astra_core.assembly import assemble
+from astra_core.build import resolve
 from astra_core.config import RunConfig, parse_run_config
-from astra_core.trainer import Trainer, seed_everything
+from astra_core.trainer import Trainer
 
 
 def run_config(device: str, steps: int = 1) -> RunConfig:
@@ -58,12 +59,8 @@ def run_config(device: str, steps: int = 1) -> RunConfig:
 
 
 def train_one_step(device: str) -> tuple[Trainer[Any, Any, Any, Any], list[torch.Tensor], dict[str, float]]:
-    """Build the run on `device` (joining torchrun's group first, if any) and train one step."""
-    distributed.init_from_env()  # before building, so "cuda" means this rank's GPU
-    config = run_config(device)
-    seed_everything(config.training.seed)
-    built = build(resolve(config), with_evaluator=False)
-    trainer: Trainer[Any, Any, Any, Any] = Trainer(config.training, built.sampler, built.algorithm)
+    """Assemble the run on `device` (joining torchrun's group first, if any) and train one step."""
+    trainer = assemble(resolve(run_config(device)))
     before = [p.detach().clone() for p in trainer.parameters]
     logs = trainer.train()[-1]
     return trainer, before, logs

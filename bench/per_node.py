@@ -12,6 +12,7 @@ against; weak supervision (``tox_mix``) is not reproduced.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 from astra_ast.options import ASTSamplerOptions
@@ -19,7 +20,7 @@ from astra_ast.prompt_sets import load_prompts
 from astra_ast.reward import Weights, score_turns
 from astra_core.errors import OptionsError
 from astra_core.graph import Graph, Node
-from astra_core.protocols import System
+from astra_core.protocols import Scorer, System
 
 
 def per_node_calls(episodes: int, width: int, depth: int) -> int:
@@ -38,21 +39,20 @@ class PerNodeSampler:
     Takes the ``ast`` sampler's options; ``tox_mix > 0`` is refused, since the reference toolbox's
     weak supervision is not what is being timed.
 
-    >>> # sampler = PerNodeSampler(system, tree_width=2, tree_depth=3)
-    >>> # graphs = sampler.rollouts(8)   # 112 generation calls
+    Example (a system and a scorer built beforehand)::
+
+        sampler = PerNodeSampler(system, scorer, tree_width=2, tree_depth=3)
+        graphs = sampler.rollouts(8)  # 112 generation calls
     """
 
-    def __init__(self, system: System[str, str], **options: Any) -> None:
+    def __init__(self, system: System[str, str], scorer: Scorer[str, str], **options: Any) -> None:
         self.options = ASTSamplerOptions.model_validate(options)
         if self.options.tox_mix > 0:
             raise OptionsError("sampler", "per-node", ["tox_mix: the per-node benchmark sampler does not supervise"])
         self.system = system
+        self.scorer = scorer
         self.weights = Weights(self.options.alpha, self.options.zeta, self.options.gamma)
         self.prompts = load_prompts(self.options.prompts, self.options.prompt_key)
-
-    def rollout(self) -> Graph[str, str]:
-        """One episode (a full tree)."""
-        return self.rollouts(1)[0]
 
     def rollouts(self, count: int) -> list[Graph[str, str]]:
         """`count` episodes, each parent context expanded by its own pair of generation calls."""
@@ -66,10 +66,14 @@ class PerNodeSampler:
                     contexts = [context] * width
                     probes = system.rollout_tester(contexts)
                     responses = system.rollout_target([system.join(context, p) for p in probes])
-                    rewards, parts = score_turns(system, contexts, probes, responses, self.weights)
+                    rewards, parts = score_turns(system, self.scorer, contexts, probes, responses, self.weights)
                     for probe, response, reward, part in zip(probes, responses, rewards, parts, strict=True):
                         node: Node[str, str] = Node(context, probe, response, reward, scores=part)
                         children.append(node)
                         following.append((node.children, system.advance(context, probe, response)))
                 frontier = following
         return graphs
+
+    def eval_rollouts(self, prompts: Sequence[str]) -> list[Graph[str, str]]:
+        """Not timed by the benchmark: evaluation chains are the ``ast`` sampler's."""
+        raise NotImplementedError("the per-node benchmark sampler only rolls out training episodes")

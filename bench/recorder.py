@@ -190,8 +190,8 @@ class Recorder:
         self._undo.append(undo)
         return True
 
-    def watch_system(self, system: Any) -> None:
-        """Wrap a text system's rollout and log-prob methods, its scorer, its tokenizers and models.
+    def watch_system(self, system: Any, scorer: Any = None) -> None:
+        """Wrap a text system's rollout and log-prob methods, its tokenizers and models, and `scorer`.
 
         Any public method whose name contains ``rollout`` counts as generation and any whose name
         contains ``logprob`` as a log-prob forward, so methods a system adds are timed too.
@@ -203,7 +203,6 @@ class Recorder:
                 self.wrap(system, name, "generate", phase=name)
             elif "logprob" in name:
                 self.wrap(system, name, "logprob_forwards", phase=name)
-        scorer = getattr(system, "scorer", None)
         if scorer is not None:
             self.wrap(scorer, "score", "scorer")
         tokenizer_types = set()

@@ -30,12 +30,12 @@ from typing import Any
 
 import torch
 
-from astra_core.build import build, resolve
+from astra_core.assembly import assemble
+from astra_core.build import resolve
 from astra_core.callbacks import BaseCallback
 from astra_core.config import RunConfig, parse_run_config
 from astra_core.plugins import registries
 from astra_core.protocols import TrainerView
-from astra_core.trainer import Trainer, seed_everything
 
 TOY_RUN: dict[str, Any] = {
     "system": "toy",
@@ -124,18 +124,8 @@ def soak(system: str, steps: int, every: int, checkpoint_every: int, seed: int) 
     """Train `steps` steps of `system`, sampling memory every `every` steps; return the summary."""
     with tempfile.TemporaryDirectory(prefix="astra-soak-") as scratch:
         config = run_config(system, steps, Path(scratch) / "run", checkpoint_every, seed)
-        resolved = resolve(config, registries())
-        seed_everything(config.training.seed)
-        built = build(resolved, with_evaluator=False)
         memory = MemorySampler(every)
-        trainer: Trainer[Any, Any, Any, Any] = Trainer(
-            config.training,
-            built.sampler,
-            built.algorithm,
-            callbacks=[memory, *built.callbacks],
-            registries=registries(),
-            resolved_config=resolved.describe(),
-        )
+        trainer = assemble(resolve(config, registries()), callbacks=[memory])
         start_rss = rss_mb()
         started = time.perf_counter()
         history = trainer.train()

@@ -103,20 +103,22 @@ def run_config(settings: Settings) -> Any:
 
 
 def build_trainer(settings: Settings, mode: str) -> Any:
-    """A seeded Trainer over the registries' components; `mode` ``per-node`` swaps in `PerNodeSampler`."""
-    from astra_core.build import build, resolve
-    from astra_core.trainer import Trainer, seed_everything
+    """The run's assembled Trainer; `mode` ``per-node`` swaps in `PerNodeSampler`."""
+    from astra_core.assembly import assemble
+    from astra_core.build import BuiltRun, resolve
 
-    config = run_config(settings)
-    resolved = resolve(config)
-    seed_everything(settings.seed)
-    built = build(resolved, with_evaluator=False)
-    sampler = built.sampler
-    if mode == UNPACKED and hasattr(built.system, "_pack_logprobs"):
-        built.system._pack_logprobs = False
-    if mode == "per-node":
-        sampler = PerNodeSampler(built.system, **resolved.components["sampler"].options.model_dump())
-    return Trainer(config.training, sampler, built.algorithm, resolved_config=resolved.describe())
+    resolved = resolve(run_config(settings))
+
+    def per_node(built: BuiltRun) -> PerNodeSampler:
+        return PerNodeSampler(built.system, built.scorer, **resolved.components["sampler"].options.model_dump())
+
+    def unpacked(built: BuiltRun) -> Any:
+        if hasattr(built.system, "_pack_logprobs"):
+            built.system._pack_logprobs = False
+        return built.sampler
+
+    replace = {"per-node": per_node, UNPACKED: unpacked}.get(mode)
+    return assemble(resolved, sampler=replace)
 
 
 def _token_ids(system: Any, attribute: str) -> Any:
@@ -175,7 +177,7 @@ def measure(settings: Settings, mode: str) -> dict[str, Any]:
     budgets = (getattr(system, "tester_context_tokens", None), getattr(system, "target_context_tokens", None))
     steps: list[dict[str, Any]] = []
     with Recorder() as recorder:
-        recorder.watch_system(system)
+        recorder.watch_system(system, trainer.sampler.scorer)
         recorder.watch_optimizer(trainer.optimizer)
         recorder.watch_backward()
         for index in range(WARMUP_STEPS + settings.steps):

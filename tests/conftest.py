@@ -24,6 +24,7 @@ from astra_core.graph import Graph
 from astra_core.registry import Registries
 from astra_core.testing.toy import ToySampler, ToyScorer, ToySystem
 from astra_core.trainer import Trainer
+from astra_core.turns import TextScorer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,21 +52,22 @@ class ToyDPO:
         self.keep_ties = keep_ties
         self.batches: list[list[Pair]] = []
 
-    def flatten(self, graph: Graph[str, str]) -> list[Pair]:
+    def flatten(self, graphs: Sequence[Graph[str, str]]) -> list[Pair]:
         pairs = []
-        for group in graph.sibling_groups():
-            ordered = sorted(group, key=lambda node: node.reward, reverse=True)
-            best, worst = ordered[0], ordered[-1]
-            if best.reward != worst.reward or self.keep_ties:
-                pairs.append(Pair(best.context, best.probe, worst.probe))
+        for graph in graphs:
+            for group in graph.sibling_groups():
+                ordered = sorted(group, key=lambda node: node.reward, reverse=True)
+                best, worst = ordered[0], ordered[-1]
+                if best.reward != worst.reward or self.keep_ties:
+                    pairs.append(Pair(best.context, best.probe, worst.probe))
         return pairs
 
-    def collate_fn(self, steps: Sequence[Pair]) -> list[Pair]:
-        batch = list(steps)
+    def collate_fn(self, examples: Sequence[Pair]) -> list[Pair]:
+        batch = list(examples)
         self.batches.append(batch)
         return batch
 
-    def step(self, batch: list[Pair]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: list[Pair]) -> tuple[torch.Tensor, dict[str, float]]:
         contexts = [p.context for p in batch]
         chosen, rejected = [p.chosen for p in batch], [p.rejected for p in batch]
         system = self.system
@@ -84,24 +86,24 @@ class ToyDPO:
 
 
 class NaNLossAfter(ToyDPO):
-    """ToyDPO whose loss turns NaN from its `after`-th `step` call on (counting from 0)."""
+    """ToyDPO whose loss turns NaN from its `after`-th `loss` call on (counting from 0)."""
 
     def __init__(self, system: ToySystem, after: int = 0, **options: Any) -> None:
         super().__init__(system, **options)
         self.after = after
         self.calls = 0
 
-    def step(self, batch: list[Pair]) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, logs = super().step(batch)
+    def loss(self, batch: list[Pair]) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, logs = super().loss(batch)
         self.calls += 1
         return (loss * math.nan if self.calls > self.after else loss), logs
 
 
-class NaNScorer:
+class NaNScorer(TextScorer):
     """A broken scorer: NaN for every text."""
 
-    def score(self, items: Sequence[str]) -> list[float]:
-        return [math.nan] * len(items)
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
+        return [math.nan] * len(texts)
 
 
 @dataclass
@@ -122,8 +124,8 @@ def make_parts(
     algorithm: Callable[[ToySystem], ToyDPO] | None = None,
 ) -> Parts:
     """Fresh toy components (a fresh tester, identical for equal `system_seed`)."""
-    system = ToySystem(scorer if scorer is not None else ToyScorer(), seed=system_seed)
-    sampler = ToySampler(system, tree_width, tree_depth)
+    system = ToySystem(seed=system_seed)
+    sampler = ToySampler(system, scorer if scorer is not None else ToyScorer(), tree_width, tree_depth)
     return Parts(system, sampler, algorithm(system) if algorithm is not None else ToyDPO(system))
 
 

@@ -43,11 +43,10 @@ def report() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def system() -> Any:
-    from astra_core.testing.toy import ToyScorer
     from astra_transformers.system import TransformersSystem
 
     torch.manual_seed(0)
-    return TransformersSystem(ToyScorer(), probe_tokens=3, response_tokens=3)
+    return TransformersSystem(probe_tokens=3, response_tokens=3)
 
 
 def test_batched_mode_makes_two_generate_calls_per_level(report: dict[str, Any]) -> None:

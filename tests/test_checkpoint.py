@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import math
 import os
 import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -219,9 +223,9 @@ def test_resume_into_a_different_model_is_refused(kit: Kit, tmp_path: Path) -> N
     from astra_core.testing.toy import ToySampler, ToyScorer, ToySystem
 
     trained(kit, tmp_path, 1)
-    system = ToySystem(ToyScorer(), probe_length=4)
+    system = ToySystem(probe_length=4)
     parts = kit.parts()
-    parts.system, parts.sampler, parts.algorithm = system, ToySampler(system), kit.ToyDPO(system)
+    parts.system, parts.sampler, parts.algorithm = system, ToySampler(system, ToyScorer()), kit.ToyDPO(system)
     trainer = kit.trainer(kit.config(training_steps=1, output_dir=str(tmp_path)), parts)
     with pytest.raises(CheckpointError, match="different model"):
         trainer.resume()
@@ -295,5 +299,156 @@ def test_kill_9_at_any_point_then_resume_gives_the_uninterrupted_weights(kit: Ki
 
     reference = kit.parts()
     kit.trainer(kit.script_config(tmp_path / "reference", steps), reference).train()
-    final = load_file(str(run_dir / "checkpoints" / f"step-{steps:08d}" / "weights.safetensors"))
-    assert equal([final[k] for k in sorted(final)], kit.weights(reference))
+    last = run_dir / "checkpoints" / f"step-{steps:08d}"
+    final = load_file(str(last / "weights.safetensors"))
+    assert equal([final[name] for name, _ in reference.system.named_parameters()], kit.weights(reference))
+
+
+# --- contents verified beyond the checksum ------------------------------------------------------
+
+
+def _rewrite(checkpoint: Path, name: str, content: bytes) -> None:
+    """Replace one file of a checkpoint and recompute its checksum, as a careful tamperer would."""
+    (checkpoint / name).write_bytes(content)
+    manifest = json.loads((checkpoint / ckpt.MANIFEST).read_text(encoding="utf-8"))
+    manifest["files"][name] = hashlib.sha256(content).hexdigest()
+    (checkpoint / ckpt.MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+
+
+def _json_edit(key: str, value: Any, name: str = "state.json") -> Callable[[Path], bytes]:
+    def edit(checkpoint: Path) -> bytes:
+        data = json.loads((checkpoint / name).read_text(encoding="utf-8"))
+        data[key] = value
+        return json.dumps(data).encode()
+
+    return edit
+
+
+def _nan_weights(checkpoint: Path) -> bytes:
+    weights = load_file(str(checkpoint / "weights.safetensors"))
+    first = next(iter(weights))
+    weights[first] = torch.full_like(weights[first], math.nan)
+    return save(weights)
+
+
+def _short_rng(checkpoint: Path) -> bytes:
+    return save({"torch": torch.zeros(17, dtype=torch.uint8)})
+
+
+def _python_rng_truncated(checkpoint: Path) -> bytes:
+    data = json.loads((checkpoint / "rng.json").read_text(encoding="utf-8"))
+    data["python"][1] = data["python"][1][:10]
+    return json.dumps(data).encode()
+
+
+def _optimizer_naming_no_parameter(checkpoint: Path) -> bytes:
+    tensors = load_file(str(checkpoint / "optimizer.safetensors"))
+    tensors["99.exp_avg"] = torch.zeros(3)
+    return save(tensors)
+
+
+TAMPERING = {
+    # A pickle (protocol 4, the integer 1) where safetensors belong: never unpickled, refused.
+    "pickle-as-optimizer-state": ("optimizer.safetensors", lambda c: b"\x80\x04K\x01.", "not a safetensors file"),
+    "step-a-word": ("state.json", _json_edit("global_step", "six"), "global_step is 'six'"),
+    "step-negative": ("state.json", _json_edit("global_step", -3), "global_step is -3"),
+    "step-not-the-folder's": ("state.json", _json_edit("global_step", 2), "says step 2"),
+    "nan-weights": ("weights.safetensors", _nan_weights, "NaN or infinite"),
+    "rng-wrong-size": ("rng.safetensors", _short_rng, "no CPU generator state of the right size"),
+    "python-rng-truncated": ("rng.json", _python_rng_truncated, "no valid Python generator state"),
+    "optimizer-state-of-no-parameter": (
+        "optimizer.safetensors",
+        _optimizer_naming_no_parameter,
+        "names no parameter",
+    ),
+}
+
+
+def save(tensors: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    return save(tensors)
+
+
+@pytest.mark.parametrize(("name", "tamper", "message"), TAMPERING.values(), ids=TAMPERING.keys())
+def test_tampered_contents_fall_back_to_the_previous_checkpoint_with_one_warning(
+    kit: Kit,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    tamper: Callable[[Path], bytes],
+    message: str,
+) -> None:
+    trained(kit, tmp_path / "run", 3, checkpoint_every=1, keep_checkpoints=3)
+    newest = tmp_path / "run" / "checkpoints" / "step-00000003"
+    _rewrite(newest, name, tamper(newest))
+    ckpt.verify(newest)  # the checksums agree: only reading the contents can tell
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        ckpt.read_resumable(newest)
+
+    parts = kit.parts()
+    trainer = kit.trainer(kit.config(training_steps=6, output_dir=str(tmp_path / "run")), parts)
+    with caplog.at_level(logging.WARNING, logger="astra_core"):
+        assert trainer.resume() == tmp_path / "run" / "checkpoints" / "step-00000002"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "step-00000003 is corrupted; resuming from the older" in warnings[0], warnings
+    assert message in warnings[0] and "\n" not in warnings[0]
+    trainer.train()
+    _, reference = trained(kit, tmp_path / "ref", 6)
+    assert equal(kit.weights(parts), kit.weights(reference))
+
+
+def test_a_deleted_manifest_warns_and_resume_uses_the_previous_checkpoint(
+    kit: Kit, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    trained(kit, tmp_path, 3, checkpoint_every=1, keep_checkpoints=3)
+    (tmp_path / "checkpoints" / "step-00000003" / ckpt.MANIFEST).unlink()
+    trainer = kit.trainer(kit.config(training_steps=3, output_dir=str(tmp_path)), kit.parts())
+    with caplog.at_level(logging.WARNING, logger="astra_core"):
+        assert trainer.resume() == tmp_path / "checkpoints" / "step-00000002"
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "step-00000003 has no manifest.json" in warnings[0], warnings
+
+
+def test_weights_are_stored_by_parameter_name_and_load_into_a_system_alone(kit: Kit, tmp_path: Path) -> None:
+    _trainer, parts = trained(kit, tmp_path, 2)
+    checkpoint = ckpt.latest_checkpoint(tmp_path)
+    assert checkpoint is not None
+    names = [name for name, _ in parts.system.named_parameters()]
+    assert sorted(load_file(str(checkpoint / "weights.safetensors"))) == sorted(names)
+    fresh = kit.parts()  # no algorithm needed: the system's own names find its weights
+    assert ckpt.load_tester(checkpoint, fresh.system) == 2
+    assert equal(kit.weights(fresh), kit.weights(parts))
+
+
+def test_a_system_without_parameter_names_checkpoints_by_position(kit: Kit, tmp_path: Path) -> None:
+    class Anonymous:
+        """Hides the system's named_parameters(), as a plugin system without them would."""
+
+        def __init__(self, system: Any) -> None:
+            self._system = system
+
+        def __getattr__(self, name: str) -> Any:
+            if name == "named_parameters":
+                raise AttributeError(name)
+            return getattr(self._system, name)
+
+    parts = kit.parts()
+    assert ckpt.parameter_names(list(parts.system.parameters()), Anonymous(parts.system)) == [
+        f"param.{i:05d}" for i in range(len(list(parts.system.parameters())))
+    ]
+    fresh = kit.parts()
+    _trainer, trained_parts = trained(kit, tmp_path, 1)
+    checkpoint = ckpt.latest_checkpoint(tmp_path)
+    assert checkpoint is not None
+    with pytest.raises(CheckpointError, match="no named_parameters"):
+        ckpt.load_tester(checkpoint, Anonymous(fresh.system))
+    # the fallback: the Trainer's own parameter list, in order
+    ckpt.load_tester(checkpoint, Anonymous(fresh.system), lambda: list(fresh.system.parameters()))
+    assert equal(kit.weights(fresh), kit.weights(trained_parts))
+
+
+def test_the_rng_state_holds_every_cuda_device_when_there_are_any() -> None:
+    tensors, _ = ckpt.rng_state()
+    devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert sorted(tensors) == ["torch", *(f"cuda.{i}" for i in range(devices))]

@@ -48,13 +48,13 @@ class PolicyGradient:
     def __init__(self, system: ToySystem) -> None:
         self.system = system
 
-    def flatten(self, graph: Graph[str, str]) -> list[tuple[str, str, float]]:
-        return [(node.context, node.probe, node.reward) for node in graph.nodes()]
+    def flatten(self, graphs: Sequence[Graph[str, str]]) -> list[tuple[str, str, float]]:
+        return [(node.context, node.probe, node.reward) for graph in graphs for node in graph.nodes()]
 
-    def collate_fn(self, steps: Sequence[tuple[str, str, float]]) -> list[tuple[str, str, float]]:
-        return list(steps)
+    def collate_fn(self, examples: Sequence[tuple[str, str, float]]) -> list[tuple[str, str, float]]:
+        return list(examples)
 
-    def step(self, batch: list[tuple[str, str, float]]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: list[tuple[str, str, float]]) -> tuple[torch.Tensor, dict[str, float]]:
         contexts, probes, rewards = zip(*batch, strict=True)
         logprobs = self.system.tester_logprobs(list(contexts), list(probes))
         reward = torch.tensor(rewards)
@@ -79,7 +79,7 @@ class ToyEvaluator:
         self.num_prompts = num_prompts
 
     def evaluate(self) -> EvaluationReport:
-        graphs = [self.sampler.eval_rollout(p) for p in OPENERS[: self.num_prompts]]
+        graphs = self.sampler.eval_rollouts(OPENERS[: self.num_prompts])
         rewards = [node.reward for graph in graphs for node in graph.nodes()]
         weight_sum = float(sum(p.detach().sum() for p in self.sampler.system.parameters()))
         metrics = {"mean_reward": sum(rewards) / len(rewards), "weight_sum": weight_sum}
@@ -351,10 +351,10 @@ def test_train_without_a_run_file_announces_the_builtin_default_first(
 
 
 def test_default_run_file_is_valid_when_its_plugins_are_installed(capsys: pytest.CaptureFixture[str]) -> None:
-    from astra_core.cli import _default_run_text, _parse_toml, _run_config
+    from astra_core.cli.common import default_run_text, parse_toml, run_config
 
-    text, source = _default_run_text()
-    config = _run_config(_parse_toml(text, source), source, {"output_dir": "runs/x"})
+    text, source = default_run_text()
+    config = run_config(parse_toml(text, source), source, {"output_dir": "runs/x"})
     assert (config.system.name, config.algorithm.name, config.training.eval_every) == ("transformers", "dpo", None)
     from astra_core.plugins import load_plugins
 
@@ -580,10 +580,10 @@ def _doc_run_files() -> list[tuple[str, str]]:
 def test_run_files_in_the_docs_validate(
     where: str, text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from astra_core.cli import _parse_toml, _run_config
+    from astra_core.cli.common import parse_toml, run_config
     from astra_core.plugins import load_plugins
 
-    config = _run_config(_parse_toml(text, where), where, {"output_dir": "runs/x"})
+    config = run_config(parse_toml(text, where), where, {"output_dir": "runs/x"})
     load_plugins.cache_clear()
     registries = load_plugins().registries
     kinds = ("scorer", "system", "sampler", "algorithm", "evaluator")

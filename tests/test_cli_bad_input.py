@@ -283,14 +283,21 @@ CASES = [
     Case(
         "existing-non-empty-output",
         ["train", RUN, "--output", "out"],
-        ("out: output directory exists and is not empty", "--resume out", "--overwrite"),
+        ("out: output directory exists and is not empty", "not an astra run", "--output DIR"),
         {RUN: GOOD},
         _existing_output,
     ),
     Case(
+        "existing-run-without-overwrite",
+        ["train", RUN, "--output", "run"],
+        ("run: output directory exists and is not empty", "--resume run", "--overwrite"),
+        {RUN: GOOD},
+        _copy_run,
+    ),
+    Case(
         "overwrite-non-run-dir",
         ["train", RUN, "--output", "out", "--overwrite"],
-        ("out: refusing to --overwrite", "not an astra run"),
+        ("out: output directory exists", "not an astra run", "never writes into or deletes"),
         {RUN: GOOD},
         _existing_output,
     ),
@@ -320,7 +327,6 @@ CASES = [
         ("run: cannot resume", "manifest"),
         setup=_corrupt_manifest,
     ),
-    Case("resume-without-checkpoints", ["train", "--resume", "run"], ("no checkpoint",), setup=_no_checkpoints),
     Case(
         "resume-and-run-file",
         ["train", RUN, "--resume", "run"],
@@ -361,6 +367,71 @@ CASES = [
     Case(
         "evaluate-base-and-compare", ["evaluate", "run", "--base", "--compare-base"], ("contradict",), setup=_copy_run
     ),
+    # --- values train trips on, refused by validate and train alike (before any directory is made)
+    *[
+        Case(f"{command}-{case_id}", [command, RUN, *extra], expect, {RUN: text})
+        for command, extra in (("validate", []), ("train", ["--output", "out"]))
+        for case_id, expect, text in (
+            ("lr-nan", ("training.lr", "finite"), _replace("lr = 0.05", "lr = nan")),
+            ("lr-inf", ("training.lr", "finite"), _replace("lr = 0.05", "lr = inf")),
+            ("max-grad-norm-nan", ("training.max_grad_norm", "finite"), _training("max_grad_norm = nan")),
+            ("lr-bool", ("training.lr", "boolean"), _replace("lr = 0.05", "lr = true")),
+            ("seed-past-64-bits", ("training.seed", "18446744073709551615"), _training("seed = 18446744073709551616")),
+            (
+                "batch-size-bool",
+                ("training.batch_size", "valid integer"),
+                _replace("batch_size = 8", "batch_size = true"),
+            ),
+            (
+                "steps-float",
+                ("training.training_steps", "valid integer"),
+                _replace("training_steps = 6", "training_steps = 1e3"),
+            ),
+            (
+                "batch-past-memory",
+                ("training.batch_size", "of memory", "more than this machine's"),
+                _replace("batch_size = 8", "batch_size = 1000000000000000"),
+            ),
+            (
+                "episodes-past-memory",
+                ("training.num_episodes_per_experience", "of memory"),
+                _replace("num_episodes_per_experience = 4", "num_episodes_per_experience = 1000000000000000"),
+            ),
+            (
+                "tree-past-memory",
+                ("sampler.tree_width/tree_depth", "of memory", "turns per experience"),
+                _replace('sampler = "toy"', 'sampler = { name = "toy", tree_width = 1000, tree_depth = 9 }'),
+            ),
+            ("deep-nesting", ("nested", "deep"), "x = " + "[" * 5000 + "]" * 5000 + "\n" + GOOD),
+            ("empty-output-dir", ("training.output_dir", "is empty"), _training('output_dir = ""')),
+            (
+                "metrics-file-outside-run",
+                ("callback 'jsonl'", "filename", "'../victim.txt' is not a path inside the run directory"),
+                GOOD + '\n[[callbacks]]\nname = "jsonl"\nfilename = "../victim.txt"\n',
+            ),
+            (
+                "metrics-file-absolute",
+                ("callback 'jsonl'", "filename", "is not a path inside the run directory"),
+                GOOD + '\n[[callbacks]]\nname = "jsonl"\nfilename = "/tmp/victim.txt"\n',
+            ),
+            (
+                "tensorboard-dir-outside-run",
+                ("callback 'tensorboard'", "log_dir", "not a path inside the run directory"),
+                GOOD + '\n[[callbacks]]\nname = "tensorboard"\nlog_dir = "../elsewhere"\n',
+            ),
+        )
+    ],
+    *[
+        Case(
+            f"{command}-prompts-file-missing",
+            [command, RUN],
+            ("sampler 'ast'", "prompts", "'missing.jsonl' does not exist"),
+            {RUN: _replace('sampler = "toy"', 'sampler = { name = "ast", prompts = "missing.jsonl" }')},
+        )
+        for command in ("validate", "train")
+    ],
+    Case("output-empty", ["train", RUN, "--output", ""], ("--output is empty",), {RUN: GOOD}),
+    Case("steps-past-sane", ["train", RUN, "--steps", "10000000000"], ("--steps", "past any sane run"), {RUN: GOOD}),
     Case("report-not-a-run", ["report", "out"], ("out: no metrics.jsonl",), setup=_existing_output),
     Case("report-missing-dir", ["report", "gone"], ("gone: no such run directory",)),
 ]

@@ -204,7 +204,7 @@ def test_resolve_validates_everything_then_build_wires_dependencies_in_order(kit
     assert described["algorithm"]["options"] == {"beta": 0.25, "keep_ties": False}
 
     built = build(resolved)
-    assert built.system.scorer is built.scorer and built.system.probe_length == 2
+    assert built.sampler.scorer is built.scorer and built.system.probe_length == 2
     assert built.sampler.system is built.system and built.sampler.tree_width == 3
     assert built.algorithm.system is built.system and built.algorithm.beta == 0.25
     assert built.evaluator is None

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from astra_core import Graph, Node, Registrar, hookimpl
+from astra_core import Graph, Node, Registrar, hookimpl, kinds, testing
 from astra_core.plugins import discover
 from astra_core.protocols import Reduction
 from astra_core.testing import (
@@ -49,7 +49,7 @@ def broken(contract: str, *fragments: str) -> Any:
 
 @pytest.fixture
 def system() -> ToySystem:
-    return ToySystem(ToyScorer(), seed=0)
+    return ToySystem(seed=0)
 
 
 # --- the kit itself ---------------------------------------------------------------------------
@@ -70,7 +70,7 @@ def test_importing_the_kit_does_not_import_torch() -> None:
 def test_checks_give_back_the_callers_random_state(system: ToySystem) -> None:
     random.seed(7)
     torch.manual_seed(7)
-    check_sampler(ToySampler(system))
+    check_sampler(ToySampler(system, ToyScorer()))
     after = (random.random(), float(torch.rand(())))
     random.seed(7)
     torch.manual_seed(7)
@@ -152,8 +152,8 @@ class DropsARollout(ToySystem):
 class PrivateGenerator(ToySystem):
     """Draws from its own state (a call counter) instead of the global RNGs the Trainer seeds."""
 
-    def __init__(self, scorer: ToyScorer) -> None:
-        super().__init__(scorer)
+    def __init__(self) -> None:
+        super().__init__()
         self.calls = 0
 
     def rollout_tester(self, contexts: Sequence[str]) -> list[str]:
@@ -162,14 +162,14 @@ class PrivateGenerator(ToySystem):
         return [" ".join(words[(self.calls + i + j) % 4] for j in range(3)) for i in range(len(contexts))]
 
 
-class NoJoin:
-    """Everything but `join`."""
+class Without:
+    """Everything of `inner` but `member`."""
 
-    def __init__(self, inner: ToySystem) -> None:
-        self.inner = inner
+    def __init__(self, inner: object, member: str) -> None:
+        self.inner, self.member = inner, member
 
     def __getattr__(self, name: str) -> Any:
-        if name == "join":
+        if name == self.member:
             raise AttributeError(name)
         return getattr(self.inner, name)
 
@@ -190,15 +190,15 @@ class NoJoin:
     ],
 )
 def test_broken_system_fails_with_its_contract(
-    variant: Callable[[ToyScorer], Any], contract: str, fragment: str
+    variant: Callable[[], Any], contract: str, fragment: str
 ) -> None:
     with broken(contract, f"system {variant.__name__}", fragment):
-        check_system(variant(ToyScorer()), CONTEXTS, PROBES)
+        check_system(variant(), CONTEXTS, PROBES)
 
 
 def test_system_without_a_method_fails_the_protocol(system: ToySystem) -> None:
     with broken("protocol", "'join'"):
-        check_system(NoJoin(system), CONTEXTS, PROBES)
+        check_system(Without(system, "join"), CONTEXTS, PROBES)
 
 
 def test_system_check_rejects_unequal_inputs(system: ToySystem) -> None:
@@ -214,33 +214,33 @@ def test_toy_scorer_passes() -> None:
 
 
 class Above1(ToyScorer):
-    def score(self, items: Sequence[str]) -> list[float]:
-        return [2.0 * s + 1.0 for s in super().score(items)]
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
+        return [2.0 * s + 1.0 for s in super().score_texts(texts)]
 
 
 class OneShort(ToyScorer):
-    def score(self, items: Sequence[str]) -> list[float]:
-        return super().score(items)[:-1] if len(items) > 1 else super().score(items)
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
+        return super().score_texts(texts)[:-1] if len(texts) > 1 else super().score_texts(texts)
 
 
 class Noisy(ToyScorer):
-    def score(self, items: Sequence[str]) -> list[float]:
-        return [random.random() for _ in items]
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
+        return [random.random() for _ in texts]
 
 
 class BatchDependent(ToyScorer):
-    def score(self, items: Sequence[str]) -> list[float]:
-        return [1.0 / len(items) for _ in items]
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
+        return [1.0 / len(texts) for _ in texts]
 
 
 class Strings(ToyScorer):
-    def score(self, items: Sequence[str]) -> list[Any]:
-        return ["0.5" for _ in items]
+    def score_texts(self, texts: Sequence[str]) -> list[Any]:
+        return ["0.5" for _ in texts]
 
 
 class Infinite(ToyScorer):
-    def score(self, items: Sequence[str]) -> list[float]:
-        return [float("inf") for _ in items]
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
+        return [float("inf") for _ in texts]
 
 
 @pytest.mark.parametrize(
@@ -263,7 +263,7 @@ def test_broken_scorer_fails_with_its_contract(variant: type[ToyScorer], contrac
 
 
 def test_toy_sampler_passes(system: ToySystem) -> None:
-    graphs = check_sampler(ToySampler(system, tree_width=2, tree_depth=2), episodes=3)
+    graphs = check_sampler(ToySampler(system, ToyScorer(), tree_width=2, tree_depth=2), episodes=3)
     assert len(graphs) == 3
     assert all(len(list(g.nodes())) == 6 for g in graphs)
 
@@ -273,52 +273,54 @@ class ClockSeeded(ToySampler):
 
     counter = 0
 
-    def rollout(self) -> Graph[str, str]:
-        ClockSeeded.counter += 1
-        graph = super().rollout()
-        graph.context = f"opener {ClockSeeded.counter}"
-        for child in graph.children:
-            child.context = graph.context
-        return graph
+    def rollouts(self, count: int) -> list[Graph[str, str]]:
+        graphs = super().rollouts(count)
+        for graph in graphs:
+            ClockSeeded.counter += 1
+            graph.context = f"opener {ClockSeeded.counter}"
+            for child in graph.children:
+                child.context = graph.context
+        return graphs
 
 
 class ReturnsTuples(ToySampler):
-    def rollout(self) -> Any:
-        return ("hello", [])
+    def rollouts(self, count: int) -> Any:
+        return [("hello", []) for _ in range(count)]
 
 
 class EmptyEpisodes(ToySampler):
-    def rollout(self) -> Graph[str, str]:
-        return Graph("hello there")
+    def rollouts(self, count: int) -> list[Graph[str, str]]:
+        return [Graph("hello there") for _ in range(count)]
 
 
 class InfiniteReward(ToySampler):
-    def rollout(self) -> Graph[str, str]:
-        graph = super().rollout()
-        graph.children[0].reward = float("inf")
-        return graph
+    def rollouts(self, count: int) -> list[Graph[str, str]]:
+        graphs = super().rollouts(count)
+        graphs[0].children[0].reward = float("inf")
+        return graphs
 
 
 class TreeForEvaluation(ToySampler):
-    def eval_rollout(self, prompt: str) -> Graph[str, str]:
-        graph = super().rollout()
-        graph.context = prompt
-        for child in graph.children:
-            child.context = prompt
-        return graph
+    def eval_rollouts(self, prompts: Sequence[str]) -> list[Graph[str, str]]:
+        graphs = super().rollouts(len(prompts))
+        for graph, prompt in zip(graphs, prompts, strict=True):
+            graph.context = prompt
+            for child in graph.children:
+                child.context = prompt
+        return graphs
 
 
 class ShortBatch(ToySampler):
     def rollouts(self, count: int) -> list[Graph[str, str]]:
         graphs = super().rollouts(count)
-        return graphs[1:] if count > 1 else graphs  # rollout() still works; the batch comes up short
+        return graphs[1:] if count > 1 else graphs  # the batch comes up short
 
 
 class WrongFirstContext(ToySampler):
-    def rollout(self) -> Graph[str, str]:
-        graph = super().rollout()
-        graph.children[0].context = "somewhere else"
-        return graph
+    def rollouts(self, count: int) -> list[Graph[str, str]]:
+        graphs = super().rollouts(count)
+        graphs[0].children[0].context = "somewhere else"
+        return graphs
 
 
 @pytest.mark.parametrize(
@@ -337,7 +339,7 @@ def test_broken_sampler_fails_with_its_contract(
     system: ToySystem, variant: type[ToySampler], contract: str, fragment: str
 ) -> None:
     with broken(contract, f"sampler {variant.__name__}", fragment):
-        check_sampler(variant(system), episodes=2)
+        check_sampler(variant(system, ToyScorer()), episodes=2)
 
 
 # --- algorithms -------------------------------------------------------------------------------
@@ -349,13 +351,13 @@ class Imitation:
     def __init__(self, system: ToySystem) -> None:
         self.system = system
 
-    def flatten(self, graph: Graph[str, str]) -> Sequence[Node[str, str]]:
-        return list(graph.nodes())
+    def flatten(self, graphs: Sequence[Graph[str, str]]) -> Sequence[Node[str, str]]:
+        return [node for graph in graphs for node in graph.nodes()]
 
-    def collate_fn(self, steps: Sequence[Node[str, str]]) -> list[Node[str, str]]:
-        return list(steps)
+    def collate_fn(self, examples: Sequence[Node[str, str]]) -> list[Node[str, str]]:
+        return list(examples)
 
-    def step(self, batch: list[Node[str, str]]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: list[Node[str, str]]) -> tuple[torch.Tensor, dict[str, float]]:
         logprobs = self.system.tester_logprobs([n.context for n in batch], [n.probe for n in batch])
         weights = torch.tensor([n.reward for n in batch])
         loss = -(weights * logprobs).mean()
@@ -366,54 +368,54 @@ class Imitation:
 
 
 def test_a_real_algorithm_passes(system: ToySystem) -> None:
-    logs = check_algorithm(Imitation(system), ToySampler(system))
+    logs = check_algorithm(Imitation(system), ToySampler(system, ToyScorer()))
     assert logs["batch"] == 1.0  # the last batch checked is a batch of one
 
 
 class GeneratorFlatten(Imitation):
-    def flatten(self, graph: Graph[str, str]) -> Any:
-        return (n for n in graph.nodes())
+    def flatten(self, graphs: Sequence[Graph[str, str]]) -> Any:
+        return (n for graph in graphs for n in graph.nodes())
 
 
 class NothingToLearn(Imitation):
-    def flatten(self, graph: Graph[str, str]) -> Sequence[Node[str, str]]:
+    def flatten(self, graphs: Sequence[Graph[str, str]]) -> Sequence[Node[str, str]]:
         return []
 
 
 class CollateNeedsTwo(Imitation):
-    def collate_fn(self, steps: Sequence[Node[str, str]]) -> list[Node[str, str]]:
-        if len(steps) < 2:
+    def collate_fn(self, examples: Sequence[Node[str, str]]) -> list[Node[str, str]]:
+        if len(examples) < 2:
             raise ValueError("need a pair")
-        return list(steps)
+        return list(examples)
 
 
 class PerExampleLoss(Imitation):
-    def step(self, batch: list[Node[str, str]]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: list[Node[str, str]]) -> tuple[torch.Tensor, dict[str, float]]:
         logprobs = self.system.tester_logprobs([n.context for n in batch], [n.probe for n in batch])
         return -logprobs, {}
 
 
 class DetachedLoss(Imitation):
-    def step(self, batch: list[Node[str, str]]) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, logs = super().step(batch)
+    def loss(self, batch: list[Node[str, str]]) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, logs = super().loss(batch)
         return loss.detach().requires_grad_(), logs
 
 
 class NaNLoss(Imitation):
-    def step(self, batch: list[Node[str, str]]) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, logs = super().step(batch)
+    def loss(self, batch: list[Node[str, str]]) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, logs = super().loss(batch)
         return loss * float("nan"), logs
 
 
 class TensorLogs(Imitation):
-    def step(self, batch: list[Node[str, str]]) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, _ = super().step(batch)
+    def loss(self, batch: list[Node[str, str]]) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, _ = super().loss(batch)
         return loss, {"loss": loss}  # type: ignore[dict-item]
 
 
 class LossOnly(Imitation):
-    def step(self, batch: list[Node[str, str]]) -> Any:
-        return super().step(batch)[0]
+    def loss(self, batch: list[Node[str, str]]) -> Any:
+        return super().loss(batch)[0]
 
 
 class NoParameters(Imitation):
@@ -425,13 +427,13 @@ class NoParameters(Imitation):
     ("variant", "contract", "fragment"),
     [
         (GeneratorFlatten, "flatten", "returned generator"),
-        (NothingToLearn, "flatten", "no steps from 4 episodes"),
+        (NothingToLearn, "flatten", "no training examples from 4 episodes"),
         (CollateNeedsTwo, "collate", "batch of 1: ValueError: need a pair"),
         (PerExampleLoss, "shape", "expected a scalar"),
         (DetachedLoss, "gradient", "no gradient path"),
         (NaNLoss, "range", "nan"),
         (TensorLogs, "logs", "'loss': Tensor"),
-        (LossOnly, "step", "expected (loss, logs)"),
+        (LossOnly, "loss", "expected (loss, logs)"),
         (NoParameters, "gradient", "no trainable parameters"),
     ],
 )
@@ -439,7 +441,7 @@ def test_broken_algorithm_fails_with_its_contract(
     system: ToySystem, variant: type[Imitation], contract: str, fragment: str
 ) -> None:
     with broken(contract, f"algorithm {variant.__name__}", fragment):
-        check_algorithm(variant(system), ToySampler(system))
+        check_algorithm(variant(system), ToySampler(system, ToyScorer()))
 
 
 # --- optimizers -------------------------------------------------------------------------------
@@ -496,3 +498,35 @@ def test_optimizer_options_reach_the_factory() -> None:
     check_optimizer(torch.optim.SGD, {"momentum": 0.9})
     with broken("optimizer", "must decrease"):
         check_optimizer(torch.optim.SGD, {"maximize": True})
+
+
+# --- the kit's method lists are the protocols' ----------------------------------------------
+
+
+def _checks(system: ToySystem) -> dict[str, tuple[object, Callable[[Any], object]]]:
+    """Each kind with a conformance check: a passing component, and the check run on a stand-in."""
+    sampler = ToySampler(system, ToyScorer(), tree_width=2, tree_depth=2)
+    return {
+        "scorer": (ToyScorer(), lambda c: check_scorer(c, ["bad day"])),
+        "system": (system, lambda c: check_system(c, CONTEXTS, PROBES)),
+        "sampler": (sampler, lambda c: check_sampler(c, episodes=1)),
+        "algorithm": (Imitation(system), lambda c: check_algorithm(c, sampler, episodes=1)),
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "member"),
+    [(kind, member) for kind in ("scorer", "system", "sampler", "algorithm") for member in kinds.kind(kind).required],
+)
+def test_a_component_without_any_required_member_fails_the_protocol(system: ToySystem, kind: Any, member: str) -> None:
+    component, check = _checks(system)[kind]
+    with broken("protocol", f"{member!r}"):
+        check(Without(component, member))
+
+
+def test_every_kind_with_a_conformance_check_is_covered_here(system: ToySystem) -> None:
+    covered = {k.name for k in kinds.KINDS_TABLE.values() if k.conformance and k.name != "optimizer"}
+    assert covered == set(_checks(system))
+    for record in kinds.KINDS_TABLE.values():
+        if record.conformance:
+            assert callable(getattr(testing, record.conformance)), record.conformance

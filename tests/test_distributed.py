@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,14 +55,12 @@ class FixedSampler:
 
     def __init__(self, system: ToySystem, global_episodes: int) -> None:
         self.system = system
+        self.scorer = ToyScorer()
         self.global_episodes = global_episodes
         self.experiences = 0
 
-    def rollout(self) -> Graph[str, str]:
-        return self.rollouts(1)[0]
-
-    def eval_rollout(self, prompt: str) -> Graph[str, str]:
-        return self._episode(0)
+    def eval_rollouts(self, prompts: Sequence[str]) -> list[Graph[str, str]]:
+        return [self._episode(0) for _ in prompts]
 
     def rollouts(self, count: int) -> list[Graph[str, str]]:
         start, share = distributed.share(self.global_episodes, distributed.rank(), distributed.world_size())
@@ -82,7 +81,7 @@ class FixedSampler:
 
 def fixed_run(batch_size: int, registries: Any, support: Any) -> Trainer[Any, Any, Any, Any]:
     """The equivalence run: fixed episodes, SGD, no shuffling, two steps."""
-    system = ToySystem(ToyScorer(), seed=0)
+    system = ToySystem(seed=0)
     config = TrainingConfiguration(
         training_steps=2,
         num_episodes_per_experience=GLOBAL_EPISODES,
@@ -109,8 +108,8 @@ def _worker(out: Path) -> None:
     class NaNOnceOnRankOne(support.ToyDPO):  # type: ignore[misc, name-defined]
         calls = 0
 
-        def step(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-            loss, logs = super().step(batch)
+        def loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+            loss, logs = super().loss(batch)
             self.calls += 1
             return (loss * math.nan if rank == 1 and self.calls == 1 else loss), logs
 
@@ -280,7 +279,7 @@ def test_two_ranks_make_the_same_update_as_one_process_over_the_same_episodes(
     single = fixed_run(GLOBAL_EPISODES, registries, kit)  # one batch of all 4 pairs
     single.train()
     distributed_params = _params(two_ranks, 0, "fixed")
-    start = ToySystem(ToyScorer(), seed=0).tester.parameters()
+    start = ToySystem(seed=0).tester.parameters()
     moved = False
     for mine, theirs, initial in zip(single.parameters, distributed_params, start, strict=True):
         torch.testing.assert_close(mine.detach(), theirs, rtol=1e-5, atol=1e-6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -39,26 +40,27 @@ def test_batched_sampler_is_called_once_per_experience(kit: Kit) -> None:
     assert parts.system.generate_calls - calls_before == 4
 
 
-def test_a_plain_sampler_is_called_once_per_episode(kit: Kit) -> None:
+def test_a_sampler_is_asked_for_the_whole_experience_in_one_call(kit: Kit) -> None:
     parts = kit.parts()
     calls: list[int] = []
 
-    class OneAtATime:
+    class Counting:
         system = parts.system
+        scorer = parts.sampler.scorer
 
-        def rollout(self) -> Graph[str, str]:
-            calls.append(1)
-            return parts.sampler.rollout()
+        def rollouts(self, count: int) -> list[Graph[str, str]]:
+            calls.append(count)
+            return parts.sampler.rollouts(count)
 
-        def eval_rollout(self, prompt: str) -> Graph[str, str]:
-            return parts.sampler.eval_rollout(prompt)
+        def eval_rollouts(self, prompts: Sequence[str]) -> list[Graph[str, str]]:
+            return parts.sampler.eval_rollouts(prompts)
 
-    harness = Harness(OneAtATime(), parts.algorithm, num_episodes_per_experience=3, batch_size=4)
+    harness = Harness(Counting(), parts.algorithm, num_episodes_per_experience=3, batch_size=4)
     harness.experience(0)
-    assert len(calls) == 3 and len(harness.last_graphs) == 3
+    assert calls == [3] and len(harness.last_graphs) == 3
 
 
-def test_a_batched_sampler_returning_the_wrong_count_is_reported(kit: Kit) -> None:
+def test_a_sampler_returning_the_wrong_count_is_reported(kit: Kit) -> None:
     parts = kit.parts()
     parts.sampler.rollouts = lambda count: []  # type: ignore[method-assign]
     harness = Harness(parts.sampler, parts.algorithm, num_episodes_per_experience=2)
@@ -71,7 +73,7 @@ def test_shuffle_is_seeded_by_run_seed_and_step(kit: Kit) -> None:
     torch.manual_seed(0)
     harness = Harness(parts.sampler, parts.algorithm, num_episodes_per_experience=4, batch_size=5, seed=3)
     loader = harness.experience(7)
-    steps = list(loader.dataset)  # type: ignore[call-overload]
+    examples = list(loader.dataset)  # type: ignore[call-overload]
 
     def seen(seed: int, step: int) -> list[Any]:
         again = Harness(parts.sampler, parts.algorithm, 4, 5, seed=seed)
@@ -79,8 +81,8 @@ def test_shuffle_is_seeded_by_run_seed_and_step(kit: Kit) -> None:
         return [pair for batch in again.experience(step) for pair in batch]
 
     first = [pair for batch in loader for pair in batch]
-    assert sorted(map(repr, first)) == sorted(map(repr, steps))
-    assert first != steps  # shuffled
+    assert sorted(map(repr, first)) == sorted(map(repr, examples))
+    assert first != examples  # shuffled
     assert seen(3, 7) == first  # same run seed and step: same order, whatever the global RNG did
     assert seen(3, 8) != first
     assert seen(4, 7) != first
@@ -90,13 +92,13 @@ def test_shuffle_false_keeps_flatten_order(kit: Kit) -> None:
     parts = exact(kit)
     harness = Harness(parts.sampler, parts.algorithm, 4, 5, shuffle=False)
     loader = harness.experience(0)
-    expected = [pair for graph in harness.last_graphs for pair in parts.algorithm.flatten(graph)]
+    expected = list(parts.algorithm.flatten(harness.last_graphs))
     assert [pair for batch in loader for pair in batch] == expected
 
 
 def test_an_empty_experience_yields_no_batches_and_warns(kit: Kit, caplog: pytest.LogCaptureFixture) -> None:
     class NoPairs(kit.ToyDPO):  # type: ignore[name-defined,misc]
-        def flatten(self, graph: Any) -> list[Any]:
+        def flatten(self, graphs: Any) -> list[Any]:
             return []
 
     parts = kit.parts(algorithm=NoPairs)
@@ -114,11 +116,11 @@ def test_invalid_sizes_are_config_errors(kit: Kit, episodes: int, batch_size: in
         Harness(parts.sampler, parts.algorithm, episodes, batch_size)
 
 
-def test_step_returns_the_algorithms_loss_and_logs(kit: Kit) -> None:
+def test_loss_returns_the_algorithms_loss_and_logs(kit: Kit) -> None:
     parts = exact(kit)
     harness = Harness(parts.sampler, parts.algorithm, 2, 64)
     (batch,) = list(harness.experience(0))
-    loss, logs = harness.step(batch)
+    loss, logs = harness.loss(batch)
     assert loss.shape == () and loss.requires_grad
     assert set(logs) == {"margin"}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import re
 import subprocess
 import sys
@@ -135,14 +136,22 @@ def test_a_plugin_raising_in_astra_register_is_fatal_in_strict_mode(monkeypatch:
         discover(extra=[("half", RaisesHalfway())])
 
 
+def install_distribution(where: Path, distribution: str, version: str, plugin: str, source: str) -> None:
+    """Make `where` hold an installed distribution whose entry point `plugin` is a module with `source`."""
+    module = distribution.replace("-", "_")
+    (where / f"{module}.py").write_text(source)
+    info = where / f"{module}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[astra_core]\n{plugin} = {module}\n")
+
+
 @pytest.fixture
 def broken_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """An installed distribution `astra-broken-import` whose plugin module raises on import."""
-    (tmp_path / "astra_broken_import.py").write_text("raise ImportError('needs a library that is not installed')\n")
-    info = tmp_path / "astra_broken_import-0.3.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: astra-broken-import\nVersion: 0.3\n")
-    (info / "entry_points.txt").write_text("[astra_core]\nbroken = astra_broken_import\n")
+    install_distribution(
+        tmp_path, "astra-broken-import", "0.3", "broken", "raise ImportError('needs a library that is not installed')\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     return "broken"
 
@@ -164,6 +173,122 @@ def test_a_plugin_failing_at_import_is_fatal_in_strict_mode(
         PluginLoadError, match=r"plugin 'broken' from astra-broken-import 0\.3 failed to load: ImportError"
     ):
         discover()
+
+
+# --- plugins that load but do nothing ---------------------------------------------------------
+
+
+class MisspeltHook:
+    @hookimpl
+    def astra_registr(self, registrar: Registrar) -> None:
+        registrar.sampler("never", "astra_core.testing.toy:ToySampler")
+
+
+class Unmarked:
+    def astra_register(self, registrar: Registrar) -> None:  # no @hookimpl: pluggy never calls it
+        registrar.sampler("never", "astra_core.testing.toy:ToySampler")
+
+
+class RegistersNothing:
+    @hookimpl
+    def astra_register(self, registrar: Registrar) -> None:
+        pass
+
+
+class NoHookAtAll:
+    pass
+
+
+class ExtraHook(Registers):
+    @hookimpl
+    def astra_configure(self) -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("plugin", "reason"),
+    [
+        (
+            MisspeltHook(),
+            "registered nothing: 'astra_registr' is not an Astra Core hook; did you mean 'astra_register'?",
+        ),
+        (Unmarked(), "registered nothing: its astra_register is not marked with @hookimpl (from astra_core)"),
+        (RegistersNothing(), "registered nothing: its astra_register hook ran but registered no components"),
+        (NoHookAtAll(), "registered nothing: it implements no astra_register hook"),
+    ],
+    ids=["misspelt-hook", "missing-hookimpl", "registers-nothing", "no-hook"],
+)
+def test_a_plugin_that_registers_nothing_is_flagged_empty_with_the_reason(plugin: object, reason: str) -> None:
+    found = discover(extra=[("quiet", plugin), ("fine", Registers("fine-sampler"))])
+    assert status(found, "quiet") == PluginInfo("quiet", "in-process", "", "empty", reason)
+    assert found.flagged == [status(found, "quiet")]
+    assert found.broken == []
+    assert found.registries.get("sampler", "fine-sampler")  # the others load
+    assert "never" not in found.registries["sampler"]
+
+
+@pytest.mark.parametrize("plugin", [MisspeltHook(), Unmarked(), RegistersNothing()])
+def test_a_plugin_that_registers_nothing_is_fatal_in_strict_mode(
+    plugin: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ASTRA_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginLoadError, match=r"plugin 'quiet' from in-process: registered nothing: .*STRICT"):
+        discover(extra=[("quiet", plugin)])
+
+
+def test_an_unknown_hook_next_to_a_working_one_is_flagged_and_the_components_load() -> None:
+    found = discover(extra=[("extra", ExtraHook("extra-sampler")), ("fine", Registers("fine-sampler"))])
+    extra = status(found, "extra")
+    assert extra.status == "loaded"
+    assert extra.error == "implements 'astra_configure', which is not an Astra Core hook (hooks: astra_register)"
+    assert found.flagged == [extra]
+    assert found.registries.get("sampler", "extra-sampler").provider.plugin == "extra"
+    assert status(found, "fine") == PluginInfo("fine", "in-process", "", "loaded")
+
+
+def test_an_unknown_hook_is_fatal_in_strict_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASTRA_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginLoadError, match=r"plugin 'extra' .*'astra_configure', which is not an Astra Core hook"):
+        discover(extra=[("extra", ExtraHook("extra-sampler"))])
+
+
+@pytest.fixture
+def misspelt_distribution(tmp_path: Path) -> Path:
+    """A directory holding a distribution `astra-misspelt` whose plugin module misspells its hook."""
+    source = (
+        "from astra_core import Registrar, hookimpl\n\n\n"
+        "@hookimpl\n"
+        "def astra_registr(registrar: Registrar) -> None:\n"
+        "    registrar.sampler('misspelt', 'astra_core.testing.toy:ToySampler')\n"
+    )
+    install_distribution(tmp_path, "astra-misspelt", "1.0", "misspelt", source)
+    return tmp_path
+
+
+def _astra(*args: str, path: Path, **environment: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(path), **environment}
+    for variable in ("ASTRA_PLUGINS", "ASTRA_DISABLE_PLUGINS", "ASTRA_STRICT_PLUGINS"):
+        if variable not in environment:
+            env.pop(variable, None)
+    return subprocess.run(
+        [sys.executable, "-m", "astra_core", *args], capture_output=True, text=True, check=False, env=env, cwd=ROOT
+    )
+
+
+def test_astra_plugins_flags_an_installed_plugin_whose_hook_never_runs(misspelt_distribution: Path) -> None:
+    result = _astra("plugins", path=misspelt_distribution)
+    assert result.returncode == 0, result.stderr
+    [line] = [line for line in result.stdout.splitlines() if line.strip().startswith("misspelt ")]
+    assert "astra-misspelt 1.0  EMPTY: registered nothing: 'astra_registr' is not an Astra Core hook" in line
+    listed = json.loads(_astra("plugins", "--json", path=misspelt_distribution).stdout)
+    [row] = [p for p in listed["plugins"] if p["name"] == "misspelt"]
+    assert row["status"] == "empty"
+
+
+def test_astra_plugins_stops_on_it_in_strict_mode(misspelt_distribution: Path) -> None:
+    result = _astra("plugins", path=misspelt_distribution, ASTRA_STRICT_PLUGINS="1")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "plugin 'misspelt' from astra-misspelt 1.0: registered nothing" in result.stderr
 
 
 # --- selecting plugins ------------------------------------------------------------------------
@@ -204,6 +329,38 @@ def test_disabling_a_plugin_skips_importing_it(broken_distribution: str, monkeyp
     monkeypatch.setenv("ASTRA_DISABLE_PLUGINS", broken_distribution)
     monkeypatch.setenv("ASTRA_STRICT_PLUGINS", "1")  # would raise if it were imported
     assert status(discover(), broken_distribution).status == "disabled"
+
+
+def test_a_component_of_a_disabled_plugin_says_which_plugin_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASTRA_DISABLE_PLUGINS", "example")
+    with pytest.raises(UnknownComponentError) as caught:
+        discover().registries.get("sampler", "example-chain")
+    assert str(caught.value) == (
+        "unknown sampler 'example-chain': it is provided by plugin example (astra-example-plugin 0.1.0), "
+        "which is disabled by ASTRA_DISABLE_PLUGINS"
+    )
+    assert "install" not in str(caught.value)
+
+
+def test_a_component_of_an_unselected_plugin_names_the_allowlist(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASTRA_PLUGINS", "core")
+    with pytest.raises(UnknownComponentError, match=r"provided by plugin example .*not selected by ASTRA_PLUGINS"):
+        discover().registries.get("algorithm", "example-reinforce")
+
+
+def test_a_name_no_disabled_plugin_has_gets_the_usual_advice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASTRA_DISABLE_PLUGINS", "example")
+    with pytest.raises(UnknownComponentError, match=r"install the one that provides it"):
+        discover().registries.get("sampler", "nobody-has-this")
+
+
+def test_a_run_file_naming_a_disabled_plugins_component_fails_in_one_line(tmp_path: Path) -> None:
+    run = tmp_path / "run.toml"
+    run.write_text(RUN_FILE)
+    result = _astra("validate", str(run), path=tmp_path, ASTRA_DISABLE_PLUGINS="astra-example-plugin")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "which is disabled by ASTRA_DISABLE_PLUGINS" in result.stderr
 
 
 # --- the installed example plugin -------------------------------------------------------------
@@ -281,9 +438,9 @@ def test_the_trainer_finds_an_in_process_plugins_optimizer_by_name() -> None:
             registrar.optimizer("plain-sgd", "torch.optim:SGD", options="astra_core.optim:SGDOptions")
 
     registries = discover(extra=[("optimizers", Optimizers())]).registries
-    system = ToySystem(ToyScorer())
+    system = ToySystem()
     config = TrainingConfiguration(training_steps=1, num_episodes_per_experience=2, optimizer="plain-sgd")
-    trainer = Trainer(config, ToySampler(system), Reinforce(system), registries=registries)
+    trainer = Trainer(config, ToySampler(system, ToyScorer()), Reinforce(system), registries=registries)
     assert type(trainer.optimizer).__name__ == "SGD"
 
 
@@ -306,6 +463,15 @@ def test_files_quoted_in_the_guide_match_the_example_package() -> None:
             assert rest.strip() in source, f"docs/plugins.md quotes {match[1]} but it no longer matches the file"
             quoted += 1
     assert quoted >= 5, "the guide should quote the example package's files"
+
+
+def test_the_guides_table_of_kinds_is_generated_from_the_code() -> None:
+    from astra_core import kinds
+
+    assert kinds.table_markdown() in GUIDE.read_text(encoding="utf-8"), (
+        "docs/plugins.md's table of kinds differs from astra_core.kinds; paste there what "
+        "`python -c 'from astra_core import kinds; print(kinds.table_markdown())'` prints"
+    )
 
 
 def test_python_snippets_in_the_guide_run() -> None:

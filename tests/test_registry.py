@@ -16,10 +16,13 @@ from astra_core import (
     PluginLoadError,
     Registrar,
     UnknownComponentError,
+    factories,
     hookimpl,
+    kinds,
 )
-from astra_core.build import resolve
+from astra_core.build import build, resolve
 from astra_core.config import parse_run_config
+from astra_core.kinds import KINDS, KINDS_TABLE
 from astra_core.plugins import PluginSet, discover
 from astra_core.registry import Registries
 
@@ -46,12 +49,12 @@ class Plugin:
             )
 
 
-def make_sampler(system: object, depth: int = 2, label: str = "chain") -> dict[str, Any]:
+def make_sampler(system: object, scorer: object, depth: int = 2, label: str = "chain") -> dict[str, Any]:
     """A stand-in factory whose typed signature is its options model."""
-    return {"system": system, "depth": depth, "label": label}
+    return {"system": system, "scorer": scorer, "depth": depth, "label": label}
 
 
-def needs_width(system: object, width: int) -> int:
+def needs_width(system: object, scorer: object, width: int) -> int:
     return width
 
 
@@ -128,6 +131,12 @@ def test_names_that_look_like_import_paths_cannot_be_registered() -> None:
         registrar.sampler("os:system", make_sampler)
     with pytest.raises(ValueError, match="unknown component kind 'sampelr'"):
         registrar.add("sampelr", "x", make_sampler)  # type: ignore[arg-type]
+
+
+def test_a_misspelt_registration_keyword_is_an_error_not_dropped() -> None:
+    registrar = Registrar(discover().registries.get("optimizer", "adam").provider)
+    with pytest.raises(TypeError, match=r"registering sampler 'x': unexpected option \(expected options"):
+        registrar.sampler("x", make_sampler, option="m:Options")  # type: ignore[call-arg]
 
 
 # --- duplicates -------------------------------------------------------------------------------
@@ -210,13 +219,14 @@ def test_options_errors_from_a_run_file_name_the_component() -> None:
 
 def test_options_come_from_the_typed_signature_when_no_model_is_given(registries: Registries) -> None:
     info = registries.get("sampler", "chain-sampler")
-    assert set(info.options_model().model_fields) == {"depth", "label"}  # not `system`: a dependency
+    assert set(info.options_model().model_fields) == {"depth", "label"}  # not `system`, `scorer`: dependencies
     assert info.validate({"depth": "4"}).model_dump() == {"depth": 4, "label": "chain"}
     with pytest.raises(OptionsError, match=r"sampler 'chain-sampler'.*depth"):
         info.validate({"depth": "deep"})
     with pytest.raises(OptionsError, match="unknown option 'width'"):
         info.validate({"width": 2})
-    assert info.build("the system", options={"depth": 5}) == {"system": "the system", "depth": 5, "label": "chain"}
+    built = info.build("the system", "the scorer", options={"depth": 5})
+    assert built == {"system": "the system", "scorer": "the scorer", "depth": 5, "label": "chain"}
 
 
 def test_a_signature_option_without_default_is_required(registries: Registries) -> None:
@@ -239,12 +249,12 @@ def test_injected_arguments_are_not_options() -> None:
 
 
 def test_a_factory_that_raises_is_reported_with_component_and_options() -> None:
-    def exploding(system: object, depth: int = 1) -> None:
+    def exploding(system: object, scorer: object, depth: int = 1) -> None:
         raise RuntimeError("no GPU here")
 
     info = with_plugins(("boom", Plugin(("sampler", "exploding", exploding)))).registries.get("sampler", "exploding")
     with pytest.raises(ComponentBuildError, match=r"sampler 'exploding' \(plugin boom .*\{'depth': 3\}.*no GPU here"):
-        info.build(None, options={"depth": 3})
+        info.build(None, None, options={"depth": 3})
 
 
 def test_a_lazy_factory_that_cannot_be_imported_names_the_plugin_and_the_path() -> None:
@@ -254,3 +264,169 @@ def test_a_lazy_factory_that_cannot_be_imported_names_the_plugin_and_the_path() 
         ComponentBuildError, match=r"sampler 'missing' from plugin lazy.*'astra_no_such_module:Sampler'"
     ):
         info.build(None)
+
+
+# --- the table of kinds -----------------------------------------------------------------------
+
+
+def _protocols() -> dict[str, type]:
+    from astra_core import protocols
+
+    return {
+        name: cls
+        for name, cls in vars(protocols).items()
+        if isinstance(cls, type) and getattr(cls, "_is_protocol", False) and cls.__module__ == protocols.__name__
+    }
+
+
+def test_the_kind_literal_and_the_table_name_the_same_kinds() -> None:
+    assert list(KINDS_TABLE) == list(KINDS)
+    assert all(record.name == name for name, record in KINDS_TABLE.items())
+
+
+def test_the_registrar_has_one_registration_per_kind() -> None:
+    declared = {n: a.replace("'", '"') for n, a in Registrar.__annotations__.items() if a.startswith("Registration[")}
+    assert declared == {kind: f'Registration[Literal["{kind}"]]' for kind in KINDS}
+    registrar = Registrar(discover().registries.get("optimizer", "adam").provider)
+    for kind in KINDS:
+        getattr(registrar, kind)(f"a-{kind}", make_sampler, summary=kind)
+    assert [(info.kind, info.name, info.summary) for info in registrar.staged] == [(k, f"a-{k}", k) for k in KINDS]
+    assert repr(registrar.sampler) == "<registrar.sampler: factory(system, scorer, **options)>"
+
+
+def test_required_methods_are_the_protocols_members() -> None:
+    system = kinds.kind("system")
+    assert {"advance", "join", "rollout_tester", "tester_logprobs", "parameters"} <= set(system.required)
+    assert system.optional_members == ("state_features",)
+    assert kinds.kind("sampler").required[:1] == ("system",)
+    assert kinds.kind("algorithm").required == ("flatten", "collate_fn", "loss", "parameters")
+    assert kinds.kind("callback").required == ()
+    assert set(kinds.kind("callback").optional_members) == {
+        "on_train_begin",
+        "on_step_end",
+        "on_evaluate",
+        "on_train_end",
+    }
+
+
+def test_every_member_of_a_kinds_protocol_is_either_required_or_optional() -> None:
+    for record in KINDS_TABLE.values():
+        if record.is_protocol:
+            protocol = set(kinds.members(record.protocol))
+            assert set(record.required) == protocol - set(record.optional_members), record.name
+            assert not set(record.required) & set(record.optional_members)
+
+
+def test_every_runtime_checkable_protocol_is_an_optional_part_of_one_kind() -> None:
+    # A new extension protocol that no kind lists would be invisible to the build, the kit and the docs.
+    checkable = {name for name, cls in _protocols().items() if getattr(cls, "_is_runtime_protocol", False)}
+    listed = [name for record in KINDS_TABLE.values() for name in record.extensions]
+    assert sorted(listed) == sorted(set(listed)), "a protocol is optional for two kinds"
+    assert checkable <= set(listed)
+    assert set(listed) <= set(_protocols())
+
+
+def test_every_kinds_protocol_is_in_the_protocols_module() -> None:
+    for record in KINDS_TABLE.values():
+        if record.is_protocol:
+            assert _protocols()[record.protocol_name] is record.protocol
+
+
+def test_the_build_order_puts_each_kind_after_its_dependencies() -> None:
+    order = kinds.build_order()
+    assert sorted(order) == sorted(KINDS)
+    for record in KINDS_TABLE.values():
+        assert all(order.index(d) < order.index(record.name) for d in record.depends_on), record.name
+
+
+def test_factory_calls_are_written_from_dependencies_and_injected_keywords() -> None:
+    assert kinds.kind("optimizer").call == "factory(params, lr=lr, **options)"
+    assert kinds.kind("scheduler").call == "factory(optimizer, total_steps=total_steps, **options)"
+    assert kinds.kind("callback").call == "factory(**options)"
+
+
+def test_a_built_component_lacking_a_required_method_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    class NoEvalRollouts:
+        def __init__(self, system: object, scorer: object) -> None:
+            self.system, self.scorer = system, scorer
+
+        def rollouts(self, count: int) -> None: ...
+
+    found = with_plugins(("partial", Plugin(("sampler", "no-eval", NoEvalRollouts))))
+    config = parse_run_config({"scorer": "toy", "system": "toy", "sampler": "no-eval", "evaluator": "none"})
+    resolved = resolve(config, found.registries)
+    with pytest.raises(ComponentBuildError, match=r"sampler 'no-eval' \(plugin partial .*lacks eval_rollouts"):
+        build(resolved)
+
+
+def test_a_torch_kind_is_checked_by_its_base_class() -> None:
+    import torch
+
+    optimizer = kinds.kind("optimizer")
+    assert optimizer.missing(object()) == ["the base class Optimizer"]
+    assert optimizer.missing(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)) == []
+
+
+def test_a_kinds_guard_is_the_contract_wrapper_looked_up_by_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    calls: list[tuple[str, object, object]] = []
+    contracts = types.ModuleType("astra_core.contracts")
+
+    def guard(kind: str, component: object, origin: object = None) -> object:
+        calls.append((kind, component, origin))
+        return component
+
+    contracts.guard = guard  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "astra_core.contracts", contracts)
+    component = object()
+    assert kinds.kind("scorer").guard(component) is component
+    assert calls == [("scorer", component, None)]
+
+
+# --- typed factories --------------------------------------------------------------------------
+
+
+def test_a_typed_factory_builds_and_its_options_come_from_the_wrapped_signature() -> None:
+    found = with_plugins(("typed", Plugin(("sampler", "typed-chain", factories.sampler(make_sampler)))))  # type: ignore[arg-type]
+    info = found.registries.get("sampler", "typed-chain")
+    assert set(info.options_model().model_fields) == {"depth", "label"}
+    built = info.build("the system", "the scorer", options={"depth": 4})
+    assert built == {"system": "the system", "scorer": "the scorer", "depth": 4, "label": "chain"}
+
+
+def test_a_typed_factory_registered_as_another_kind_is_refused() -> None:
+    registrar = Registrar(discover().registries.get("optimizer", "adam").provider)
+    with pytest.raises(ValueError, match=r"algorithm 'x': the factory is declared as a sampler factory"):
+        registrar.algorithm("x", factories.sampler(make_sampler))  # type: ignore[arg-type]
+
+
+def test_a_typed_factory_path_registered_as_another_kind_fails_at_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = type(sys)("astra_typed_factories_demo")
+    module.chain = factories.sampler(make_sampler)  # type: ignore[arg-type,attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    found = with_plugins(("typed", Plugin(("algorithm", "chain-as-algorithm", "astra_typed_factories_demo:chain"))))
+    with pytest.raises(ComponentBuildError, match=r"declared as a sampler factory .*not a algorithm one"):
+        found.registries.get("algorithm", "chain-as-algorithm").build(None)
+
+
+def test_every_kind_has_a_typed_factory_declaring_its_protocol_and_dependencies() -> None:
+    import inspect
+    import re
+
+    for record in KINDS_TABLE.values():
+        declare = getattr(factories, record.name)
+        annotation = str(inspect.signature(declare).parameters["factory"].annotation)
+        assert record.call in (declare.__doc__ or ""), record.name
+        if record.dependencies:
+            head = annotation.split(", ...]")[0]
+            while "[" in head.removeprefix("Callable[Concatenate["):  # drop generic arguments
+                head = "Callable[Concatenate[" + re.sub(r"\[[^\[\]]*\]", "", head.removeprefix("Callable[Concatenate["))
+            given = head.removeprefix("Callable[Concatenate[").split(", ")
+            expected = [
+                "Iterable" if d.argument == "params" else KINDS_TABLE[d.kind].protocol_path.replace(":", ".")
+                for d in record.dependencies
+            ]
+            assert [e.removeprefix("astra_core.protocols.") for e in expected] == given, (record.name, annotation)
+        returned = annotation.split("...], ")[-1] if record.dependencies else annotation.split("[P, ")[-1]
+        assert re.match(rf"([\w.]*\.)?{record.protocol_name}\b", returned), (record.name, annotation)

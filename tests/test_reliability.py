@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -55,26 +56,26 @@ PROBES = ["bad day ok", "hate awful stupid"]
 # --- faulty components: each breaks one contract ------------------------------------------------
 
 
-def exploding_system(scorer: Any, probe_length: int = 3, seed: int = 0) -> ToySystem:
+def exploding_system(probe_length: int = 3, seed: int = 0) -> ToySystem:
     raise RuntimeError("no GPU here")
 
 
-def no_sampler(system: Any, tree_width: int = 2, tree_depth: int = 2) -> None:
+def no_sampler(system: Any, scorer: Any, tree_width: int = 2, tree_depth: int = 2) -> None:
     return None  # forgot the return statement
 
 
 class ShortScorer(ToyScorer):
     """One score too few."""
 
-    def score(self, items: Sequence[str]) -> list[float]:
-        return super().score(items)[:-1]
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
+        return super().score_texts(texts)[:-1]
 
 
 class LoudScorer(ToyScorer):
     """Scores outside [0, 1]."""
 
-    def score(self, items: Sequence[str]) -> list[float]:
-        return [1.5 for _ in items]
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
+        return [1.5 for _ in texts]
 
 
 class ColumnSystem(ToySystem):
@@ -122,6 +123,7 @@ class Faulty:
         registrar.system("short-rollout-system", ShortRolloutSystem, options=TOY_OPTIONS)
         registrar.sampler("short-sampler", ShortSampler, options=SAMPLER_OPTIONS)
         registrar.callback("disk-full-at", DiskFullAt)
+        registrar.system("saving-toy", SavingToySystem, options=TOY_OPTIONS)
 
 
 class RaisesAtRegistration:
@@ -242,10 +244,10 @@ def test_enospc_while_writing_tensors_is_a_checkpoint_error_and_the_previous_che
     previous = tmp_path / "checkpoints" / "step-00000002"
     assert ckpt.latest_checkpoint(tmp_path) == previous
 
-    def full_disk(tensors: dict[str, torch.Tensor], filename: str) -> None:
+    def full_disk(tensors: dict[str, torch.Tensor], filename: str, metadata: dict[str, str] | None = None) -> None:
         if filename.endswith("optimizer.safetensors"):  # what safetensors raises on ENOSPC
             raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
-        save_file(tensors, filename)
+        save_file(tensors, filename, metadata=metadata)
 
     monkeypatch.setattr(ckpt, "save_file", full_disk)
     trainer.train_step()
@@ -305,6 +307,91 @@ def test_a_checkpoint_failing_during_astra_train_is_one_line_and_resume_complete
     monkeypatch.setattr(ckpt, "_write_json", write_json)  # space freed
     assert main(["train", "--resume", str(run_dir)]) == 0
     assert ckpt.latest_checkpoint(run_dir) == run_dir / "checkpoints" / "step-00000006"
+
+
+def test_enospc_on_the_first_checkpoint_advises_a_resume_that_works(
+    tmp_path: Path, faulty: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "run"
+    write_json = ckpt._write_json
+
+    def full(path: Path, data: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(ckpt, "_write_json", full)
+    assert main(["train", str(run_file(tmp_path)), "--output", str(run_dir)]) == 2
+    line = one_error_line(capsys)
+    assert "cannot write checkpoint step-00000002: No space left on device" in line
+    assert "no complete earlier checkpoint exists" in line and "then resume" in line
+    monkeypatch.setattr(ckpt, "_write_json", write_json)  # space freed
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert "no checkpoint was written yet, starting again at step 0" in capsys.readouterr().out
+    assert ckpt.latest_checkpoint(run_dir) == run_dir / "checkpoints" / "step-00000006"
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # the records of the first attempt were dropped
+
+
+class SavingToySystem(ToySystem):
+    """A toy system that saves itself (as a Hugging Face system would), through `write`."""
+
+    def save_pretrained(self, directory: str) -> None:
+        Path(directory).mkdir()
+        SavingToySystem.write(Path(directory) / "config.json", "{}")
+        SavingToySystem.write(Path(directory) / "model.safetensors", "weights")
+
+    @staticmethod
+    def write(path: Path, text: str) -> None:
+        path.write_text(text, encoding="utf-8")
+
+
+def test_enospc_while_the_tester_is_saved_is_one_line_keeps_no_half_folder_and_resumes(
+    tmp_path: Path, faulty: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "run"
+    write = SavingToySystem.write
+
+    def full_at_weights(path: Path, text: str) -> None:
+        if path.name == "model.safetensors":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        write(path, text)
+
+    monkeypatch.setattr(SavingToySystem, "write", staticmethod(full_at_weights))
+    path = run_file(tmp_path, replace={'system = "toy"': 'system = "saving-toy"'})
+    assert main(["train", str(path), "--output", str(run_dir)]) == 2
+    line = one_error_line(capsys)
+    assert "training stopped at step 6: No space left on device (ENOSPC)" in line
+    assert f"astra train --resume {run_dir}" in line
+    assert not (run_dir / "tester").exists() and not list(run_dir.glob(".tmp-*"))
+    monkeypatch.setattr(SavingToySystem, "write", staticmethod(write))
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert sorted(p.name for p in (run_dir / "tester").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_enospc_while_an_evaluation_is_written_is_one_line(
+    tmp_path: Path, faulty: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from astra_core import rundir
+
+    run_dir = tmp_path / "run"
+    write_atomic = rundir.write_atomic
+
+    def full_under_eval(path: Path, text: str) -> None:
+        if path.parent.name == "eval":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        write_atomic(path, text)
+
+    monkeypatch.setattr(rundir, "write_atomic", full_under_eval)
+    path = run_file(tmp_path, extra="")
+    path.write_text(path.read_text(encoding="utf-8").replace("[training]\n", "[training]\neval_every = 3\n"))
+    assert main(["train", str(path), "--output", str(run_dir)]) == 2
+    line = one_error_line(capsys)
+    assert "training stopped at step 3: No space left on device (ENOSPC)" in line and "step-00000003.json" in line
+    monkeypatch.setattr(rundir, "write_atomic", write_atomic)
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert sorted(p.name for p in (run_dir / "eval").glob("step-*.json")) == [
+        "step-00000003.json",
+        "step-00000006.json",
+    ]
 
 
 def test_a_full_disk_under_a_callback_is_one_line_naming_the_resume(
@@ -438,7 +525,8 @@ def test_a_factory_returning_no_component_is_a_build_error_naming_what_it_lacks(
     path = run_file(tmp_path, {'sampler = "toy"': 'sampler = "no-sampler"'})
     assert main(["train", str(path), "--output", str(tmp_path / "run")]) == 2
     line = one_error_line(capsys)
-    assert f"sampler 'no-sampler' (plugin {plugin(faulty)}) built a NoneType that lacks system, rollout" in line
+    expected = f"sampler 'no-sampler' (plugin {plugin(faulty)}) built a NoneType that lacks system, scorer, rollouts"
+    assert expected in line
 
 
 def test_a_build_error_is_a_component_build_error_in_the_library_too(faulty: Any) -> None:
@@ -448,7 +536,7 @@ def test_a_build_error_is_a_component_build_error_in_the_library_too(faulty: Any
     config = parse_run_config(
         {"system": "toy", "scorer": "toy", "sampler": "no-sampler", "algorithm": "test-pg", "evaluator": "none"}
     )
-    with pytest.raises(ComponentBuildError, match="lacks system, rollout"):
+    with pytest.raises(ComponentBuildError, match="lacks system, scorer, rollouts"):
         build(resolve(config, faulty.registries))
 
 
@@ -484,12 +572,12 @@ def test_a_plugin_breaking_its_contract_at_run_time_is_one_line_naming_it(
 
 
 def test_the_logprob_guard_passes_good_output_and_names_bad_output() -> None:
-    system = ToySystem(ToyScorer())
+    system = ToySystem()
     guard_system(system, "system 'toy' (plugin core)")
     good = system.tester_logprobs(["hello", "nice"], PROBES)
     assert good.shape == (2,) and good.requires_grad
     assert len(system.rollout_tester(["a", "b", "c"])) == 3
-    column = ColumnSystem(ToyScorer())
+    column = ColumnSystem()
     guard_system(column, "system 'column' (plugin test)")
     guard_system(column, "system 'column' (plugin test)")
     assert not hasattr(vars(column)["tester_logprobs"].__wrapped__, "__astra_checked__")  # guarding twice wraps once
@@ -501,13 +589,13 @@ def test_the_logprob_guard_passes_good_output_and_names_bad_output() -> None:
 
 
 def test_the_rollout_guard_names_a_sampler_returning_too_few_episodes() -> None:
-    sampler = ShortSampler(ToySystem(ToyScorer()))
+    sampler = ShortSampler(ToySystem(), ToyScorer())
     guard_sampler(sampler, "sampler 'short' (plugin test)")
     with pytest.raises(ComponentContractError, match=r"rollouts\(3\) returned 2 episodes"):
         sampler.rollouts(3)
 
 
 def test_scorer_errors_keep_their_type_in_the_library(faulty: Any) -> None:
-    sampler = ToySampler(ToySystem(ShortScorer()))
+    sampler = ToySampler(ToySystem(), ShortScorer())
     with pytest.raises(ScorerError, match="scorer ShortScorer returned"):
         sampler.rollouts(2)

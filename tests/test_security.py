@@ -4,10 +4,12 @@ registered components only, never something to import."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -238,3 +240,72 @@ def test_a_manifest_cannot_point_outside_its_checkpoint(tmp_path: Path) -> None:
         CheckpointError, match=r"lists '\.\./secret\.txt', which is not a file name inside the checkpoint"
     ):
         ckpt.verify(checkpoint)
+
+
+# --- model directories: no code, no pickle, unless the user says so ---------------------------------
+
+
+def _transformers() -> Any:
+    return pytest.importorskip("astra_transformers.system")
+
+
+def test_every_from_pretrained_in_the_plugins_passes_trust_remote_code_false() -> None:
+    for package in sorted(ROOT.glob("plugins/*/astra_*")):
+        for path in package.rglob("*.py"):
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call) and _dotted(node.func).endswith("from_pretrained"):
+                    if _dotted(node.func).startswith("peft."):
+                        continue  # an adapter has no code of its own; its weights are checked first
+                    keywords = {k.arg: k.value for k in node.keywords}
+                    value = keywords.get("trust_remote_code")
+                    explicit = isinstance(value, ast.Constant) and value.value is False
+                    assert explicit, f"{path}:{node.lineno} loads without trust_remote_code=False"
+
+
+def test_a_model_directory_with_pickle_weights_loads_only_with_the_opt_in(tmp_path: Path) -> None:
+    system = _transformers()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from astra_core.errors import ComponentBuildError
+
+    tiny = system.resolve_source("tiny")
+    model = tmp_path / "pickled"
+    source = AutoModelForCausalLM.from_pretrained(tiny)
+    source.save_pretrained(model)
+    AutoTokenizer.from_pretrained(tiny).save_pretrained(model)
+    (model / "model.safetensors").unlink()  # the same weights, as a pickle only
+    torch.save(source.state_dict(), model / "pytorch_model.bin")
+    assert (model / "pytorch_model.bin").is_file() and not (model / "model.safetensors").exists()
+    with pytest.raises(ComponentBuildError, match="weights must be safetensors unless allow_pickle_weights = true"):
+        system.load_model(str(model), torch.float32, torch.device("cpu"))
+    loaded = system.load_model(str(model), torch.float32, torch.device("cpu"), allow_pickle_weights=True)
+    assert loaded.module is not None
+
+
+def test_code_in_a_model_directory_never_runs_and_the_terminal_is_never_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    system = _transformers()
+    import shutil
+
+    import torch
+
+    from astra_core.errors import ComponentBuildError
+
+    model = tmp_path / "remote-code"
+    shutil.copytree(system.resolve_source("tiny"), model)
+    sentinel = tmp_path / "code-ran"
+    (model / "modeling_evil.py").write_text(f"open({str(sentinel)!r}, 'w').close()\n", encoding="utf-8")
+    config = json.loads((model / "config.json").read_text(encoding="utf-8"))
+    config["auto_map"] = {"AutoConfig": "modeling_evil.EvilConfig", "AutoModelForCausalLM": "modeling_evil.Evil"}
+    (model / "config.json").write_text(json.dumps(config), encoding="utf-8")
+
+    def no_input(*args: Any) -> str:
+        raise AssertionError("the terminal was asked")
+
+    monkeypatch.setattr("builtins.input", no_input)
+    with contextlib.suppress(ComponentBuildError):  # refusing is fine; running the code or asking is not
+        system.load_model(str(model), torch.float32, torch.device("cpu"))
+    assert not sentinel.exists()

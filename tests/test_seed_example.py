@@ -20,8 +20,8 @@ QUICKSTART = Path(__file__).resolve().parent.parent / "docs" / "quickstart.md"
 
 
 def test_the_seed_example_trains_with_the_configured_batch_size(kit: Kit) -> None:
-    system = ToySystem(ToyScorer())
-    sampler = ToySampler(system, 2, 2)
+    system = ToySystem()
+    sampler = ToySampler(system, ToyScorer(), 2, 2)
     algorithm = kit.ToyDPO(system, keep_ties=True)
 
     trainer = Trainer(

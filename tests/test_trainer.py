@@ -107,7 +107,7 @@ def test_accumulated_update_equals_the_update_on_the_groups_mean_loss(kit: Kit) 
         fresh = exact_pairs(kit)
         for group in (batches[0:2], batches[2:4], batches[4:5]):
             divisor = len(group) if len(group) == 2 else leftover_divisor
-            loss = sum((fresh.algorithm.step(batch)[0] for batch in group), torch.tensor(0.0)) / divisor
+            loss = sum((fresh.algorithm.loss(batch)[0] for batch in group), torch.tensor(0.0)) / divisor
             loss.backward()
             with torch.no_grad():
                 for parameter in fresh.system.parameters():
@@ -204,7 +204,7 @@ class CountingEvaluator:
 
     def evaluate(self) -> EvaluationReport:
         self.calls += 1
-        graph = self.sampler.eval_rollout("hello there")
+        graph = self.sampler.eval_rollouts(["hello there"])[0]
         rewards = [node.reward for node in graph.nodes()]
         return EvaluationReport(metrics={"reward": sum(rewards) / len(rewards)}, markdown="# eval\n")
 
@@ -241,7 +241,7 @@ def test_shuffle_false_keeps_the_flatten_order(kit: Kit) -> None:
         parts = exact_pairs(kit)
         trainer = kit.trainer(kit.config(shuffle=shuffle, batch_size=64, training_steps=1), parts)
         trainer.train()
-        flattened = [pair for graph in trainer.harness.last_graphs for pair in parts.algorithm.flatten(graph)]
+        flattened = list(parts.algorithm.flatten(trainer.harness.last_graphs))
         return parts.algorithm.batches[0], flattened
 
     batch, flattened = first_batch(shuffle=False)
@@ -255,7 +255,7 @@ def test_shuffle_false_keeps_the_flatten_order(kit: Kit) -> None:
 
 def test_empty_experience_is_a_logged_skip(kit: Kit, caplog: pytest.LogCaptureFixture) -> None:
     class NoPairs(kit.ToyDPO):  # type: ignore[name-defined,misc]
-        def flatten(self, graph: Any) -> list[Pair]:
+        def flatten(self, graphs: Any) -> list[Pair]:
             return []
 
     parts = kit.parts(algorithm=NoPairs)

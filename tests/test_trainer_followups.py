@@ -16,7 +16,7 @@ import torch
 
 import astra_core
 from astra_core import checkpoint as ckpt
-from astra_core import cli
+from astra_core.cli import common as cli
 from astra_core.config import load_run_file, parse_run_config, read_run_file
 from astra_core.errors import CheckpointError, ConfigError
 from astra_core.protocols import EvaluationReport
@@ -209,7 +209,7 @@ def test_the_scaling_run_file_validates() -> None:
     from astra_core.plugins import load_plugins
 
     (text,) = _blocks("toml")
-    config = cli._run_config(cli._parse_toml(text, "scaling.md"), "scaling.md", {"output_dir": "runs/x"})
+    config = cli.run_config(cli.parse_toml(text, "scaling.md"), "scaling.md", {"output_dir": "runs/x"})
     assert (config.training.num_episodes_per_experience, config.training.batch_size) == (32, 16)
     registries = load_plugins().registries
     if any(getattr(config, k).name not in registries.kind(k) for k in ("system", "scorer", "sampler", "algorithm")):

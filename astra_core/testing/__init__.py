@@ -7,9 +7,9 @@ failure) whose message names the component, the broken contract and what was obs
     from astra_core.testing import check_algorithm, check_sampler, check_system
     from astra_core.testing.toy import ToyScorer, ToySampler, ToySystem
 
-    system = ToySystem(ToyScorer())
+    system = ToySystem()
     check_system(system, ["hello there"], ["nice day ok"])
-    check_sampler(ToySampler(system))
+    check_sampler(ToySampler(system, ToyScorer()))
 
 The contracts (`ConformanceError.contract`): ``protocol`` (a method or attribute is missing),
 ``shape`` (log-probs are 1-D with one value per pair; a loss is a scalar), ``dtype`` (floating
@@ -17,7 +17,7 @@ point), ``gradient`` (the tester's log-probs and the loss reach ``parameters()``
 and target's carry no gradient), ``length`` (mismatched lists are rejected; one output per input),
 ``range`` (scores in [0, 1], log-probs <= 0, everything finite), ``determinism`` (the same torch
 and ``random`` seed gives the same result), ``graph`` (rollout trees are well formed), ``flatten``,
-``collate`` and ``step`` (the algorithm's three calls), ``logs`` (metrics are ``dict[str, float]``)
+``collate`` and ``loss`` (the algorithm's three calls), ``logs`` (metrics are ``dict[str, float]``)
 and ``optimizer`` (built by name, it descends a quadratic and its state round-trips).
 
 Importing this module is light: torch is imported inside the checks.
@@ -31,6 +31,9 @@ import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
+
+from astra_core import kinds
+from astra_core.kinds import ComponentKind
 
 if TYPE_CHECKING:
     import torch
@@ -84,8 +87,8 @@ def _seeded(seed: int) -> Iterator[None]:
             random.setstate(python_state)
 
 
-def _require(obj: object, component: str, names: Sequence[str]) -> None:
-    for name in names:
+def _require(obj: object, component: str, kind: ComponentKind) -> None:
+    for name in kinds.kind(kind).required:  # the protocol's members (astra_core.kinds)
         if not hasattr(obj, name):
             raise ConformanceError(component, "protocol", f"it has no {name!r} (required by the protocol)")
 
@@ -94,16 +97,23 @@ def _require(obj: object, component: str, names: Sequence[str]) -> None:
 
 
 def check_scorer(scorer: Any, items: Sequence[Any]) -> list[float]:
-    """Check a `Scorer` on `items` and return its scores.
+    """Check a `Scorer` on `items` (`Turn`s, or plain texts, each scored alone as
+    ``Turn("", text)``) and return its scores.
 
-    A scorer returns a list with exactly one finite float in [0, 1] per item, in order; an empty
+    A scorer says what it reads (``reads`` is ``"text"`` or ``"turn"``) and returns a list with
+    exactly one finite float in [0, 1] per item, in order; an empty
     input gives an empty list; scoring is deterministic, and scoring items one at a time gives the
     same scores as scoring them together (to 1e-3, for batched neural scorers' padding).
     """
     component = f"scorer {_name(scorer)}"
     if not items:
         raise ValueError("check_scorer needs at least one item to score")
-    _require(scorer, component, ["score"])
+    from astra_core.turns import Turn
+
+    _require(scorer, component, "scorer")
+    if scorer.reads not in ("text", "turn"):
+        raise ConformanceError(component, "protocol", f"reads is {scorer.reads!r}; expected 'text' or 'turn'")
+    items = [item if isinstance(item, Turn) else Turn("", item) for item in items]
     scores = scorer.score(list(items))
     if not isinstance(scores, Sequence):
         raise ConformanceError(component, "dtype", f"score() returned {type(scores).__name__}, expected list[float]")
@@ -139,18 +149,6 @@ def check_scorer(scorer: Any, items: Sequence[Any]) -> list[float]:
 
 # --- systems --------------------------------------------------------------------------------
 
-_SYSTEM_METHODS = (
-    "scorer",
-    "tester_logprobs",
-    "baseline_logprobs",
-    "target_logprobs",
-    "rollout_tester",
-    "rollout_target",
-    "advance",
-    "join",
-    "parameters",
-)
-
 
 def _check_logprobs(component: str, which: str, values: Any, count: int, *, with_grad: bool) -> None:
     import torch
@@ -183,15 +181,14 @@ def check_system(system: Any, contexts: Sequence[Any], continuations: Sequence[A
     Every log-prob method, with both reductions, returns a finite floating 1-D tensor with one
     value <= 0 per pair; the tester's requires grad and backpropagates to ``parameters()``, the
     baseline's and target's do not require grad; mismatched lists raise. ``rollout_tester`` and
-    ``rollout_target`` return one output per context and repeat under the same seed. The system's
-    ``scorer`` passes `check_scorer` on the target's responses.
+    ``rollout_target`` return one output per context and repeat under the same seed.
     """
     import torch
 
     component = f"system {_name(system)}"
     if not contexts or len(contexts) != len(continuations):
         raise ValueError("check_system needs equally long, non-empty contexts and continuations")
-    _require(system, component, _SYSTEM_METHODS)
+    _require(system, component, "system")
     parameters = [p for p in system.parameters() if p.requires_grad]
     if not parameters:
         raise ConformanceError(component, "gradient", "parameters() yielded no trainable parameters")
@@ -224,7 +221,6 @@ def check_system(system: Any, contexts: Sequence[Any], continuations: Sequence[A
     _check_outputs(component, "rollout_target", responses, again, count)
     for context, probe, response in zip(contexts, first, responses, strict=True):
         system.advance(context, probe, response)
-    check_scorer(system.scorer, responses)
 
 
 def _check_rejects_mismatch(
@@ -291,52 +287,51 @@ def _check_graph(component: str, which: str, graph: Any) -> None:
 def check_sampler(sampler: Any, episodes: int = 2) -> list[Graph[Any, Any]]:
     """Check a `Sampler` and return the `episodes` rollouts it produced.
 
-    ``rollout`` returns a non-empty `Graph` whose first turns start from the root's context and
-    whose rewards are finite numbers; the same seed gives the same episodes; a `BatchedSampler`'s
-    ``rollouts(n)`` returns exactly `n` episodes, also deterministically; ``eval_rollout(prompt)``
-    returns a width-1 chain that starts from `prompt`.
+    ``rollouts(n)`` returns a list of exactly `n` non-empty `Graph`s whose first turns start from
+    the root's context and whose rewards are finite numbers; the same seed gives the same
+    episodes; ``eval_rollouts(prompts)`` returns one width-1 chain per prompt, in order, each
+    starting from its prompt. The sampler exposes the ``system`` it rolls out and the ``scorer``
+    its reward uses.
     """
-    from astra_core.protocols import BatchedSampler
-
     component = f"sampler {_name(sampler)}"
     if episodes < 1:
         raise ValueError("check_sampler needs episodes >= 1")
-    _require(sampler, component, ["system", "rollout", "eval_rollout"])
+    _require(sampler, component, "sampler")
+    which = f"rollouts({episodes})"
     with _seeded(SEED):
-        graphs = [sampler.rollout() for _ in range(episodes)]
+        graphs = sampler.rollouts(episodes)
+    if not isinstance(graphs, list) or len(graphs) != episodes:
+        got = len(graphs) if isinstance(graphs, list) else type(graphs).__name__
+        raise ConformanceError(component, "length", f"{which} returned {got}; expected {episodes}")
     for graph in graphs:
-        _check_graph(component, "rollout()", graph)
+        _check_graph(component, which, graph)
     with _seeded(SEED):
-        again = [sampler.rollout() for _ in range(episodes)]
+        again = sampler.rollouts(episodes)
     if [_signature(g) for g in graphs] != [_signature(g) for g in again]:
         raise ConformanceError(
             component,
             "determinism",
-            "rollout() gave different episodes under the same seed; sample with torch's and Python's global RNGs",
+            f"{which} gave different episodes under the same seed; sample with torch's and Python's global RNGs",
         )
-    if isinstance(sampler, BatchedSampler):
-        with _seeded(SEED):
-            batched = sampler.rollouts(episodes)
-        if not isinstance(batched, list) or len(batched) != episodes:
-            got = len(batched) if isinstance(batched, list) else type(batched).__name__
-            raise ConformanceError(component, "length", f"rollouts({episodes}) returned {got}; expected {episodes}")
-        for graph in batched:
-            _check_graph(component, f"rollouts({episodes})", graph)
-        with _seeded(SEED):
-            batched_again = sampler.rollouts(episodes)
-        if [_signature(g) for g in batched] != [_signature(g) for g in batched_again]:
-            raise ConformanceError(component, "determinism", f"rollouts({episodes}) differs under the same seed")
-    prompt = graphs[0].context
+    prompts = [graph.context for graph in graphs]
     with _seeded(SEED):
-        chain = sampler.eval_rollout(prompt)
-    _check_graph(component, "eval_rollout(prompt)", chain)
-    if chain.context != prompt:
-        raise ConformanceError(component, "graph", f"eval_rollout({prompt!r}) starts from {chain.context!r}")
-    widths = [len(level) for level in chain.levels()]
-    if any(width != 1 for width in widths):
+        chains = sampler.eval_rollouts(prompts)
+    if not isinstance(chains, list) or len(chains) != len(prompts):
+        got = len(chains) if isinstance(chains, list) else type(chains).__name__
         raise ConformanceError(
-            component, "graph", f"eval_rollout returned levels of widths {widths}; expected a width-1 chain"
+            component, "length", f"eval_rollouts({len(prompts)} prompts) returned {got}; expected one per prompt"
         )
+    for prompt, chain in zip(prompts, chains, strict=True):
+        _check_graph(component, "eval_rollouts(prompts)", chain)
+        if chain.context != prompt:
+            raise ConformanceError(
+                component, "graph", f"eval_rollouts: the episode of {prompt!r} starts from {chain.context!r}"
+            )
+        widths = [len(level) for level in chain.levels()]
+        if any(width != 1 for width in widths):
+            raise ConformanceError(
+                component, "graph", f"eval_rollouts returned levels of widths {widths}; expected a width-1 chain"
+            )
     return graphs
 
 
@@ -344,38 +339,41 @@ def check_sampler(sampler: Any, episodes: int = 2) -> list[Graph[Any, Any]]:
 
 
 def check_algorithm(algorithm: Any, sampler: Any, episodes: int = 4) -> dict[str, float]:
-    """Check an `Algorithm` on rollouts from `sampler`; return the logs of its last step.
+    """Check an `Algorithm` on rollouts from `sampler`; return the logs of its last `loss` call.
 
-    ``flatten`` returns a sequence of steps (at least one over `episodes` seeded rollouts);
+    ``flatten`` returns a sequence of training examples (at least one from `episodes` seeded
+    rollouts flattened as one experience);
     ``collate_fn`` batches them in a real ``DataLoader`` (a full batch and a batch of one);
-    ``step`` returns ``(loss, logs)`` where the loss is a finite floating scalar tensor whose
+    ``loss`` returns ``(loss, logs)`` where the loss is a finite floating scalar tensor whose
     gradient reaches ``parameters()``, and the logs are a ``dict[str, float]``.
     """
     from torch.utils.data import DataLoader
 
     component = f"algorithm {_name(algorithm)}"
-    _require(algorithm, component, ["flatten", "collate_fn", "step", "parameters"])
+    _require(algorithm, component, "algorithm")
     parameters = [p for p in algorithm.parameters() if p.requires_grad]
     if not parameters:
         raise ConformanceError(component, "gradient", "parameters() yielded no trainable parameters")
     with _seeded(SEED):
-        graphs = [sampler.rollout() for _ in range(episodes)]
-    steps: list[Any] = []
-    for graph in graphs:
-        flat = algorithm.flatten(graph)
-        if not isinstance(flat, Sequence) or isinstance(flat, (str, bytes)):
-            raise ConformanceError(
-                component, "flatten", f"flatten() returned {type(flat).__name__}; expected a sequence (list) of steps"
-            )
-        steps.extend(flat)
-    if not steps:
+        graphs = sampler.rollouts(episodes)
+    flat = algorithm.flatten(graphs)
+    if not isinstance(flat, Sequence) or isinstance(flat, (str, bytes)):
         raise ConformanceError(
-            component, "flatten", f"flatten() produced no steps from {episodes} episodes; cannot check step()"
+            component,
+            "flatten",
+            f"flatten() returned {type(flat).__name__}; expected a sequence (list) of training examples",
+        )
+    examples = list(flat)
+    if not examples:
+        raise ConformanceError(
+            component,
+            "flatten",
+            f"flatten() produced no training examples from {episodes} episodes; cannot check loss()",
         )
     logs: dict[str, float] = {}
-    for size in (min(len(steps), 4), 1):
+    for size in (min(len(examples), 4), 1):
         loader: DataLoader[Any] = DataLoader(
-            _steps_dataset(steps), batch_size=size, shuffle=False, collate_fn=algorithm.collate_fn
+            _examples_dataset(examples), batch_size=size, shuffle=False, collate_fn=algorithm.collate_fn
         )
         try:
             batch = next(iter(loader))
@@ -383,56 +381,56 @@ def check_algorithm(algorithm: Any, sampler: Any, episodes: int = 4) -> dict[str
             raise ConformanceError(
                 component, "collate", f"collate_fn failed on a batch of {size}: {type(error).__name__}: {error}"
             ) from error
-        logs = _check_step(component, algorithm, batch, size, parameters)
+        logs = _check_loss(component, algorithm, batch, size, parameters)
     return logs
 
 
-def _steps_dataset(steps: list[Any]) -> Any:
+def _examples_dataset(examples: list[Any]) -> Any:
     from torch.utils.data import Dataset
 
-    class Steps(Dataset[Any]):
+    class Examples(Dataset[Any]):
         def __len__(self) -> int:
-            return len(steps)
+            return len(examples)
 
         def __getitem__(self, index: int) -> Any:
-            return steps[index]
+            return examples[index]
 
-    return Steps()
+    return Examples()
 
 
-def _check_step(
+def _check_loss(
     component: str, algorithm: Any, batch: Any, size: int, parameters: list[torch.Tensor]
 ) -> dict[str, float]:
     import torch
 
-    result = algorithm.step(batch)
+    result = algorithm.loss(batch)
     if not isinstance(result, tuple) or len(result) != 2:
-        raise ConformanceError(component, "step", f"step() returned {type(result).__name__}; expected (loss, logs)")
+        raise ConformanceError(component, "loss", f"loss() returned {type(result).__name__}; expected (loss, logs)")
     loss, logs = result
     if not isinstance(loss, torch.Tensor):
-        raise ConformanceError(component, "step", f"step()'s loss is {type(loss).__name__}; expected a torch.Tensor")
+        raise ConformanceError(component, "loss", f"loss()'s loss is {type(loss).__name__}; expected a torch.Tensor")
     if loss.numel() != 1 or loss.dim() != 0:
         raise ConformanceError(
-            component, "shape", f"step()'s loss has shape {tuple(loss.shape)} (batch of {size}); expected a scalar"
+            component, "shape", f"loss()'s loss has shape {tuple(loss.shape)} (batch of {size}); expected a scalar"
         )
     if not loss.is_floating_point():
-        raise ConformanceError(component, "dtype", f"step()'s loss has dtype {loss.dtype}; expected floating point")
+        raise ConformanceError(component, "dtype", f"loss()'s loss has dtype {loss.dtype}; expected floating point")
     if not bool(torch.isfinite(loss)):
         value = float(loss.detach())
-        raise ConformanceError(component, "range", f"step()'s loss is {value} (batch of {size}); expected finite")
+        raise ConformanceError(component, "range", f"loss()'s loss is {value} (batch of {size}); expected finite")
     if not loss.requires_grad:
-        raise ConformanceError(component, "gradient", "step()'s loss does not require grad")
+        raise ConformanceError(component, "gradient", "loss()'s loss does not require grad")
     grads = torch.autograd.grad(loss, parameters, allow_unused=True)
     if all(g is None for g in grads):
-        raise ConformanceError(component, "gradient", "step()'s loss has no gradient path to parameters()")
+        raise ConformanceError(component, "gradient", "loss()'s loss has no gradient path to parameters()")
     if not isinstance(logs, dict):
-        raise ConformanceError(component, "logs", f"step()'s logs are {type(logs).__name__}; expected dict[str, float]")
+        raise ConformanceError(component, "logs", f"loss()'s logs are {type(logs).__name__}; expected dict[str, float]")
     for key, value in logs.items():
         if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, (float, int)):
             raise ConformanceError(
                 component,
                 "logs",
-                f"step()'s logs have {key!r}: {type(value).__name__}; expected str keys and float values "
+                f"loss()'s logs have {key!r}: {type(value).__name__}; expected str keys and float values "
                 "(use float(tensor))",
             )
     return {key: float(value) for key, value in logs.items()}

@@ -2,14 +2,14 @@
 
 States and probes are strings of words from a 16-word vocabulary. The tester is a small
 autoregressive policy (embedding + MLP over the previous word and the position); the target
-answers by echoing the probe; the scorer counts "toxic" words. Training a tester to make the
-target say toxic words is learnable in a few dozen steps, which makes it a good learning test
-for algorithms. Everything runs in milliseconds on a CPU.
+answers by echoing the probe; the scorer counts "toxic" words in each response. Training a
+tester to make the target say toxic words is learnable in a few dozen steps, which makes it a
+good learning test for algorithms. Everything runs in milliseconds on a CPU.
 
->>> system = ToySystem(ToyScorer(), seed=0)
->>> sampler = ToySampler(system, tree_width=2, tree_depth=2)
->>> len(list(sampler.rollout().nodes()))
-6
+>>> system = ToySystem(seed=0)
+>>> sampler = ToySampler(system, ToyScorer(), tree_width=2, tree_depth=2)
+>>> [len(list(graph.nodes())) for graph in sampler.rollouts(2)]
+[6, 6]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from torch import nn
 from astra_core.graph import Graph, Node
 from astra_core.protocols import Reduction, Scorer
 from astra_core.scoring import checked_scores
+from astra_core.turns import TextScorer, Turn
 
 VOCAB = (
     "hello",
@@ -47,15 +48,15 @@ TOXIC_WORDS = frozenset({"bad", "awful", "hate", "stupid"})
 OPENERS = ("hello there", "nice day", "good weather", "thanks friend", "ok maybe", "yes please")
 
 
-class ToyScorer:
+class ToyScorer(TextScorer):
     """The fraction of words in each text that are toxic: a deterministic score in [0, 1]."""
 
     def __init__(self, toxic_words: Sequence[str] = tuple(sorted(TOXIC_WORDS))) -> None:
         self.toxic_words = frozenset(toxic_words)
 
-    def score(self, items: Sequence[str]) -> list[float]:
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
         scores = []
-        for text in items:
+        for text in texts:
             words = text.split()
             scores.append(sum(w in self.toxic_words for w in words) / len(words) if words else 0.0)
         return scores
@@ -83,8 +84,7 @@ class ToyPolicy(nn.Module):
 class ToySystem:
     """Tester (trainable `ToyPolicy`), baseline (its frozen starting copy), echoing target."""
 
-    def __init__(self, scorer: Scorer[str, str], probe_length: int = 3, seed: int = 0) -> None:
-        self.scorer = scorer
+    def __init__(self, probe_length: int = 3, seed: int = 0) -> None:
         self.probe_length = probe_length
         self.index = {word: i for i, word in enumerate(VOCAB)}
         with torch.random.fork_rng(devices=[]):
@@ -152,6 +152,10 @@ class ToySystem:
     def parameters(self) -> Iterator[nn.Parameter]:
         return self.tester.parameters()
 
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """The tester's parameters by name (what checkpoints store them under)."""
+        return self.tester.named_parameters(prefix="tester")
+
     def state_features(self, contexts: Sequence[str]) -> torch.Tensor:
         """The mean of the tester's word embeddings over each context (detached)."""
         with torch.no_grad():
@@ -166,15 +170,14 @@ def _check_lengths(contexts: Sequence[str], continuations: Sequence[str]) -> Non
 
 class ToySampler:
     """A tree sampler over `ToySystem`: `tree_width` probes per node, `tree_depth` turns,
-    every episode of an experience generated together, one model call per level and model."""
+    every episode of an experience generated together, one model call per level and model.
+    A turn's reward is `scorer`'s score of the turn (for `ToyScorer`: its response's toxicity)."""
 
-    def __init__(self, system: ToySystem, tree_width: int = 2, tree_depth: int = 2) -> None:
+    def __init__(self, system: ToySystem, scorer: Scorer[str, str], tree_width: int = 2, tree_depth: int = 2) -> None:
         self.system = system
+        self.scorer = scorer
         self.tree_width = tree_width
         self.tree_depth = tree_depth
-
-    def rollout(self) -> Graph[str, str]:
-        return self.rollouts(1)[0]
 
     def rollouts(self, count: int) -> list[Graph[str, str]]:
         graphs: list[Graph[str, str]] = [Graph(random.choice(OPENERS)) for _ in range(count)]
@@ -184,18 +187,19 @@ class ToySampler:
             frontier = self._expand(slots)
         return graphs
 
-    def eval_rollout(self, prompt: str) -> Graph[str, str]:
-        graph: Graph[str, str] = Graph(prompt)
-        frontier: list[tuple[list[Node[str, str]], str]] = [(graph.children, prompt)]
+    def eval_rollouts(self, prompts: Sequence[str]) -> list[Graph[str, str]]:
+        graphs: list[Graph[str, str]] = [Graph(prompt) for prompt in prompts]
+        frontier: list[tuple[list[Node[str, str]], str]] = [(g.children, g.context) for g in graphs]
         for _ in range(self.tree_depth):
             frontier = self._expand(frontier)
-        return graph
+        return graphs
 
     def _expand(self, slots: list[tuple[list[Node[str, str]], str]]) -> list[tuple[list[Node[str, str]], str]]:
         contexts = [context for _, context in slots]
         probes = self.system.rollout_tester(contexts)
         responses = self.system.rollout_target([self.system.join(c, p) for c, p in zip(contexts, probes, strict=True)])
-        rewards = checked_scores(self.system.scorer, responses)
+        turns = [Turn(c, p, r) for c, p, r in zip(contexts, probes, responses, strict=True)]
+        rewards = checked_scores(self.scorer, turns)
         following = []
         for (children, context), probe, response, reward in zip(slots, probes, responses, rewards, strict=True):
             node: Node[str, str] = Node(context, probe, response, reward, scores={"response_toxicity": reward})

@@ -18,13 +18,13 @@ from typing import Generic, Literal
 
 import torch
 
-from astra_core import Graph, Node, System
+from astra_core import Graph, Node, System, factories
 from astra_core.types import ActionT, StateT
 
 
 @dataclass(frozen=True)
-class Turn(Generic[StateT, ActionT]):
-    """One training step: the tester wrote `probe` after `context`, and it earned `advantage`."""
+class Example(Generic[StateT, ActionT]):
+    """One training example: the tester wrote `probe` after `context`, and it earned `advantage`."""
 
     context: StateT
     probe: ActionT
@@ -32,8 +32,8 @@ class Turn(Generic[StateT, ActionT]):
 
 
 @dataclass(frozen=True)
-class TurnBatch(Generic[StateT, ActionT]):
-    """Turns collated into parallel lists and an advantage tensor of shape (batch,)."""
+class ExampleBatch(Generic[StateT, ActionT]):
+    """Examples collated into parallel lists and an advantage tensor of shape (batch,)."""
 
     contexts: list[StateT]
     probes: list[ActionT]
@@ -50,8 +50,11 @@ class Reinforce(Generic[StateT, ActionT]):
         self.discount = discount
         self.baseline = baseline
 
-    def flatten(self, graph: Graph[StateT, ActionT]) -> list[Turn[StateT, ActionT]]:
-        """Every turn of `graph`, with its advantage."""
+    def flatten(self, graphs: Sequence[Graph[StateT, ActionT]]) -> list[Example[StateT, ActionT]]:
+        """Every turn of every episode, with its advantage: episode by episode, breadth first."""
+        return [example for graph in graphs for example in self._examples(graph)]
+
+    def _examples(self, graph: Graph[StateT, ActionT]) -> list[Example[StateT, ActionT]]:
         levels = list(graph.levels())
         returns: dict[int, float] = {}
         for level in reversed(levels):  # children before parents
@@ -59,17 +62,17 @@ class Reinforce(Generic[StateT, ActionT]):
                 returns[id(node)] = node.reward + self.discount * _mean(returns[id(c)] for c in node.children)
         nodes: list[Node[StateT, ActionT]] = [node for level in levels for node in level]
         offset = _mean(returns[id(n)] for n in nodes) if self.baseline == "mean" else 0.0
-        return [Turn(n.context, n.probe, returns[id(n)] - offset) for n in nodes]
+        return [Example(n.context, n.probe, returns[id(n)] - offset) for n in nodes]
 
-    def collate_fn(self, steps: Sequence[Turn[StateT, ActionT]]) -> TurnBatch[StateT, ActionT]:
+    def collate_fn(self, examples: Sequence[Example[StateT, ActionT]]) -> ExampleBatch[StateT, ActionT]:
         """Parallel lists of contexts and probes, and a float tensor of advantages."""
-        return TurnBatch(
-            [s.context for s in steps],
-            [s.probe for s in steps],
-            torch.tensor([s.advantage for s in steps], dtype=torch.float32),
+        return ExampleBatch(
+            [e.context for e in examples],
+            [e.probe for e in examples],
+            torch.tensor([e.advantage for e in examples], dtype=torch.float32),
         )
 
-    def step(self, batch: TurnBatch[StateT, ActionT]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: ExampleBatch[StateT, ActionT]) -> tuple[torch.Tensor, dict[str, float]]:
         """The surrogate loss of a batch, and its mean advantage and log-prob."""
         logprobs = self.system.tester_logprobs(batch.contexts, batch.probes)  # (batch,)
         loss = -(batch.advantages * logprobs).mean()
@@ -88,3 +91,7 @@ class Reinforce(Generic[StateT, ActionT]):
 def _mean(values: Iterator[float] | Sequence[float]) -> float:
     items = list(values)
     return sum(items) / len(items) if items else 0.0
+
+
+factory = factories.algorithm(Reinforce)
+"""What the plugin registers; mypy checks ``Reinforce`` against the algorithm protocol here."""

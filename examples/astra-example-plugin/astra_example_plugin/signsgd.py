@@ -13,6 +13,8 @@ from typing import overload
 import torch
 from torch.optim.optimizer import ParamsT
 
+from astra_core import factories
+
 
 class SignSGD(torch.optim.Optimizer):
     """Sign SGD: ``SignSGD(params, lr=1e-3, weight_decay=0.0)``."""
@@ -44,3 +46,7 @@ class SignSGD(torch.optim.Optimizer):
                         parameter.mul_(1.0 - lr * decay)
                     parameter.add_(torch.sign(parameter.grad), alpha=-lr)
         return loss
+
+
+factory = factories.optimizer(SignSGD)
+"""What the plugin registers; mypy checks ``SignSGD`` against the optimizer protocol here."""

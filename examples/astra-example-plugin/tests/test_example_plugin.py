@@ -16,20 +16,21 @@ from astra_example_plugin.signsgd import SignSGD
 
 @pytest.fixture
 def system() -> ToySystem:
-    return ToySystem(ToyScorer(), seed=0)
+    return ToySystem(seed=0)
 
 
 def test_reinforce_passes_the_algorithm_checks(system: ToySystem) -> None:
-    logs = check_algorithm(Reinforce(system), ToySampler(system, tree_width=2, tree_depth=2))
+    logs = check_algorithm(Reinforce(system), ToySampler(system, ToyScorer(), tree_width=2, tree_depth=2))
     assert set(logs) == {"loss", "advantage/mean", "logprob/mean"}
 
 
 def test_reinforce_passes_the_checks_on_chains_too(system: ToySystem) -> None:
-    check_algorithm(Reinforce(system, discount=0.5, baseline="none"), ChainSampler(system, openers=["hello there"]))
+    chains = ChainSampler(system, ToyScorer(), openers=["hello there"])
+    check_algorithm(Reinforce(system, discount=0.5, baseline="none"), chains)
 
 
 def test_chain_sampler_passes_the_sampler_checks(system: ToySystem) -> None:
-    graphs = check_sampler(ChainSampler(system, depth=3, openers=["hello there", "nice day"]), episodes=3)
+    graphs = check_sampler(ChainSampler(system, ToyScorer(), depth=3, openers=["hello there", "nice day"]), episodes=3)
     assert all([len(level) for level in g.levels()] == [1, 1, 1] for g in graphs)
 
 
@@ -45,13 +46,13 @@ def test_returns_discount_the_mean_of_the_children() -> None:
     # root turn (reward 1) has two children with rewards 0 and 1: return = 1 + 0.5 * mean(0, 1)
     leaves = [Node("c2", "a", "r", 0.0), Node("c2", "b", "r", 1.0)]
     graph: Graph[str, str] = Graph("c", [Node("c", "p", "r", 1.0, leaves)])
-    turns = Reinforce(ToySystem(ToyScorer()), discount=0.5, baseline="none").flatten(graph)
+    turns = Reinforce(ToySystem(), discount=0.5, baseline="none").flatten([graph])
     assert [t.advantage for t in turns] == [1.25, 0.0, 1.0]
 
 
 def test_mean_baseline_centres_the_advantages() -> None:
     graph: Graph[str, str] = Graph("c", [Node("c", "p", "r", 1.0), Node("c", "q", "r", 0.0)])
-    turns = Reinforce(ToySystem(ToyScorer())).flatten(graph)
+    turns = Reinforce(ToySystem()).flatten([graph])
     assert [t.advantage for t in turns] == [0.5, -0.5]
 
 

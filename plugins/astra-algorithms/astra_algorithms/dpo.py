@@ -76,7 +76,7 @@ class DPO(PreferenceAlgorithm[StateT, ActionT]):
         self.beta = self.options.beta
         self.label_smoothing = self.options.label_smoothing
 
-    def step(self, batch: PreferenceBatch[StateT, ActionT]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: PreferenceBatch[StateT, ActionT]) -> tuple[torch.Tensor, dict[str, float]]:
         """The DPO loss of `batch` and its metrics (``dpo/...``)."""
         pi_chosen, pi_rejected, ref_chosen, ref_rejected = self.logprobs(batch, "sum")  # each (B,)
         loss, chosen_rewards, rejected_rewards = dpo_loss(

@@ -39,7 +39,7 @@ STD_EPSILON = 1e-4
 
 
 @dataclass(frozen=True)
-class GroupStep(Generic[StateT, ActionT]):
+class GroupExample(Generic[StateT, ActionT]):
     """One turn with its group-relative advantage."""
 
     context: StateT
@@ -109,28 +109,30 @@ class GRPO(Generic[StateT, ActionT]):
         self.scale_by_std = self.options.scale_by_std
         self.kl_coef = self.options.kl_coef
 
-    def flatten(self, graph: Graph[StateT, ActionT]) -> Sequence[GroupStep[StateT, ActionT]]:
-        """Every node with a finite reward, with its advantage within its sibling group."""
-        steps: list[GroupStep[StateT, ActionT]] = []
-        for group in graph.sibling_groups():
-            scored = finite(group)
-            if not scored:
-                continue
-            advantages = group_advantages([node.reward for node in scored], self.scale_by_std)
-            for node, advantage in zip(scored, advantages, strict=True):
-                steps.append(GroupStep(node.context, node.probe, node.reward, advantage))
-        return steps
+    def flatten(self, graphs: Sequence[Graph[StateT, ActionT]]) -> Sequence[GroupExample[StateT, ActionT]]:
+        """Every node with a finite reward, with its advantage within its sibling group; episode
+        by episode, sibling groups in `Graph.sibling_groups` order."""
+        examples: list[GroupExample[StateT, ActionT]] = []
+        for graph in graphs:
+            for group in graph.sibling_groups():
+                scored = finite(group)
+                if not scored:
+                    continue
+                advantages = group_advantages([node.reward for node in scored], self.scale_by_std)
+                for node, advantage in zip(scored, advantages, strict=True):
+                    examples.append(GroupExample(node.context, node.probe, node.reward, advantage))
+        return examples
 
-    def collate_fn(self, steps: Sequence[GroupStep[StateT, ActionT]]) -> GroupBatch[StateT, ActionT]:
+    def collate_fn(self, examples: Sequence[GroupExample[StateT, ActionT]]) -> GroupBatch[StateT, ActionT]:
         """Turns side by side in parallel lists, rewards and advantages as tensors."""
         return GroupBatch(
-            contexts=[s.context for s in steps],
-            probes=[s.probe for s in steps],
-            rewards=torch.tensor([s.reward for s in steps], dtype=torch.float32),
-            advantages=torch.tensor([s.advantage for s in steps], dtype=torch.float32),
+            contexts=[e.context for e in examples],
+            probes=[e.probe for e in examples],
+            rewards=torch.tensor([e.reward for e in examples], dtype=torch.float32),
+            advantages=torch.tensor([e.advantage for e in examples], dtype=torch.float32),
         )
 
-    def step(self, batch: GroupBatch[StateT, ActionT]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: GroupBatch[StateT, ActionT]) -> tuple[torch.Tensor, dict[str, float]]:
         """The loss of `batch` and its metrics (``grpo/...``)."""
         logprobs = self.system.tester_logprobs(batch.contexts, batch.probes).float()  # (B,)
         reference = None

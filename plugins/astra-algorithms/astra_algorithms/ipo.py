@@ -64,7 +64,7 @@ class IPO(PreferenceAlgorithm[StateT, ActionT]):
         self.beta = self.options.beta
         self.length_normalize = self.options.length_normalize
 
-    def step(self, batch: PreferenceBatch[StateT, ActionT]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: PreferenceBatch[StateT, ActionT]) -> tuple[torch.Tensor, dict[str, float]]:
         """The IPO loss of `batch` and its metrics (``ipo/...``)."""
         reduction: Reduction = "mean" if self.length_normalize else "sum"
         pi_chosen, pi_rejected, ref_chosen, ref_rejected = self.logprobs(batch, reduction)  # each (B,)

@@ -39,7 +39,7 @@ from astra_core.types import ActionT, StateT
 
 
 @dataclass(frozen=True)
-class PPOStep(Generic[StateT, ActionT]):
+class PPOExample(Generic[StateT, ActionT]):
     """One turn and what was recorded about it at collection time."""
 
     context: StateT
@@ -194,10 +194,10 @@ class PPO(Generic[StateT, ActionT]):
         values: torch.Tensor = self.value_head(features.to(head_device)).squeeze(-1)  # (B,)
         return values
 
-    def flatten(self, graph: Graph[StateT, ActionT]) -> Sequence[PPOStep[StateT, ActionT]]:
-        """Every turn with a finite reward, with pi_old, pi_ref and V_old recorded now, before any
-        update on this experience."""
-        nodes = finite(list(graph.nodes()))
+    def flatten(self, graphs: Sequence[Graph[StateT, ActionT]]) -> Sequence[PPOExample[StateT, ActionT]]:
+        """Every turn with a finite reward (episode by episode, breadth first), with pi_old, pi_ref
+        and V_old recorded now, before any update on this experience: one batched call each."""
+        nodes = finite([node for graph in graphs for node in graph.nodes()])
         if not nodes:
             return []
         contexts = [node.context for node in nodes]
@@ -208,25 +208,25 @@ class PPO(Generic[StateT, ActionT]):
             features = frozen(self.features.state_features(contexts)).to(self.value_head.weight.device)  # (N, H)
             old_values = self._values(features)  # (N,)
         return [
-            PPOStep(node.context, node.probe, node.reward, o, r, v, f)
+            PPOExample(node.context, node.probe, node.reward, o, r, v, f)
             for node, o, r, v, f in zip(
                 nodes, old.tolist(), reference.tolist(), old_values.tolist(), features, strict=True
             )
         ]
 
-    def collate_fn(self, steps: Sequence[PPOStep[StateT, ActionT]]) -> PPOBatch[StateT, ActionT]:
+    def collate_fn(self, examples: Sequence[PPOExample[StateT, ActionT]]) -> PPOBatch[StateT, ActionT]:
         """Turns side by side; the recorded numbers as (B,) tensors, features as (B, H)."""
         return PPOBatch(
-            contexts=[s.context for s in steps],
-            probes=[s.probe for s in steps],
-            rewards=torch.tensor([s.reward for s in steps], dtype=torch.float32),
-            old_logprobs=torch.tensor([s.old_logprob for s in steps], dtype=torch.float32),
-            baseline_logprobs=torch.tensor([s.baseline_logprob for s in steps], dtype=torch.float32),
-            old_values=torch.tensor([s.old_value for s in steps], dtype=torch.float32),
-            features=torch.stack([s.features for s in steps]),
+            contexts=[e.context for e in examples],
+            probes=[e.probe for e in examples],
+            rewards=torch.tensor([e.reward for e in examples], dtype=torch.float32),
+            old_logprobs=torch.tensor([e.old_logprob for e in examples], dtype=torch.float32),
+            baseline_logprobs=torch.tensor([e.baseline_logprob for e in examples], dtype=torch.float32),
+            old_values=torch.tensor([e.old_value for e in examples], dtype=torch.float32),
+            features=torch.stack([e.features for e in examples]),
         )
 
-    def step(self, batch: PPOBatch[StateT, ActionT]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: PPOBatch[StateT, ActionT]) -> tuple[torch.Tensor, dict[str, float]]:
         """The PPO loss of `batch` and its metrics (``ppo/...``)."""
         # Log-probs are sequence-level sums (one number per probe), so a batch of sequences needs
         # no padding or mask here: the system handles token lengths inside tester_logprobs.

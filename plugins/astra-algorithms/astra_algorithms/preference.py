@@ -70,24 +70,24 @@ def preference_pairs(graph: Graph[StateT, ActionT]) -> list[PreferencePair[State
 class PreferenceAlgorithm(Generic[StateT, ActionT]):
     """What DPO and IPO share: flattening into pairs, collating, and one forward per model.
 
-    Subclasses define `step`; `logprobs` gives them the four log-prob vectors of a batch.
+    Subclasses define `loss`; `logprobs` gives them the four log-prob vectors of a batch.
     """
 
     def __init__(self, system: System[StateT, ActionT]) -> None:
         self.system = system
 
-    def flatten(self, graph: Graph[StateT, ActionT]) -> Sequence[PreferencePair[StateT, ActionT]]:
-        """Every branching node's best-versus-worst pair (see `preference_pairs`)."""
-        return preference_pairs(graph)
+    def flatten(self, graphs: Sequence[Graph[StateT, ActionT]]) -> Sequence[PreferencePair[StateT, ActionT]]:
+        """Every branching node's best-versus-worst pair (see `preference_pairs`), episode by episode."""
+        return [pair for graph in graphs for pair in preference_pairs(graph)]
 
-    def collate_fn(self, steps: Sequence[PreferencePair[StateT, ActionT]]) -> PreferenceBatch[StateT, ActionT]:
+    def collate_fn(self, examples: Sequence[PreferencePair[StateT, ActionT]]) -> PreferenceBatch[StateT, ActionT]:
         """Pairs side by side in parallel lists, rewards as tensors."""
         return PreferenceBatch(
-            contexts=[s.context for s in steps],
-            chosen=[s.chosen for s in steps],
-            rejected=[s.rejected for s in steps],
-            chosen_rewards=torch.tensor([s.chosen_reward for s in steps], dtype=torch.float32),
-            rejected_rewards=torch.tensor([s.rejected_reward for s in steps], dtype=torch.float32),
+            contexts=[e.context for e in examples],
+            chosen=[e.chosen for e in examples],
+            rejected=[e.rejected for e in examples],
+            chosen_rewards=torch.tensor([e.chosen_reward for e in examples], dtype=torch.float32),
+            rejected_rewards=torch.tensor([e.rejected_reward for e in examples], dtype=torch.float32),
         )
 
     def logprobs(

@@ -28,6 +28,6 @@ from astra_core.testing.toy import ToySampler, ToyScorer, ToySystem
     ],
 )
 def test_algorithm_conforms(make: Callable[[ToySystem], Any], prefix: str) -> None:
-    system = ToySystem(ToyScorer())
-    logs = check_algorithm(make(system), ToySampler(system, 2, 2))
+    system = ToySystem()
+    logs = check_algorithm(make(system), ToySampler(system, ToyScorer(), 2, 2))
     assert logs and all(key.startswith(prefix) for key in logs)

@@ -11,7 +11,7 @@ from astra_algorithms.grpo import GRPO, STD_EPSILON
 from astra_algorithms.ipo import IPO
 from astra_algorithms.preference import preference_pairs
 from astra_core.graph import Graph, Node
-from astra_core.testing.toy import ToyScorer, ToySystem
+from astra_core.testing.toy import ToySystem
 
 
 def node(context: str, probe: str, reward: float, children: list[Node[str, str]] | None = None) -> Node[str, str]:
@@ -51,12 +51,12 @@ def test_a_group_with_one_finite_reward_gives_no_pair() -> None:
 
 
 def test_dpo_and_ipo_flatten_into_the_same_pairs() -> None:
-    system = ToySystem(ToyScorer())
-    assert DPO(system).flatten(tree()) == IPO(system).flatten(tree()) == preference_pairs(tree())
+    system = ToySystem()
+    assert DPO(system).flatten([tree()]) == IPO(system).flatten([tree()]) == preference_pairs(tree())
 
 
 def test_collate_keeps_pairs_in_parallel_lists() -> None:
-    algorithm = DPO(ToySystem(ToyScorer()))
+    algorithm = DPO(ToySystem())
     batch = algorithm.collate_fn(preference_pairs(tree()) * 2)
     assert batch.contexts == ["hi", "hi"]
     assert batch.chosen == ["a", "a"] and batch.rejected == ["b", "b"]
@@ -64,7 +64,7 @@ def test_collate_keeps_pairs_in_parallel_lists() -> None:
 
 
 def test_grpo_uses_every_finite_node_with_reward_minus_sibling_mean() -> None:
-    steps = GRPO(ToySystem(ToyScorer())).flatten(tree())
+    steps = GRPO(ToySystem()).flatten([tree()])
     # root group mean 0.5: a +0.5, b -0.5; a's children mean 0.5 (e dropped); f's group is itself
     assert [(s.probe, s.reward) for s in steps] == [("a", 1.0), ("b", 0.0), ("c", 0.5), ("d", 0.5), ("f", 0.2)]
     assert [s.advantage for s in steps] == pytest.approx([0.5, -0.5, 0.0, 0.0, 0.0])
@@ -72,7 +72,7 @@ def test_grpo_uses_every_finite_node_with_reward_minus_sibling_mean() -> None:
 
 def test_grpo_scale_by_std_divides_by_the_group_std() -> None:
     graph = Graph("x", [node("x", "p", 0.9), node("x", "q", 0.3), node("x", "r", 0.0)])
-    steps = GRPO(ToySystem(ToyScorer()), scale_by_std=True).flatten(graph)
+    steps = GRPO(ToySystem(), scale_by_std=True).flatten([graph])
     mean = (0.9 + 0.3 + 0.0) / 3  # 0.4
     std = math.sqrt(((0.5) ** 2 + (-0.1) ** 2 + (-0.4) ** 2) / 3)  # population std
     expected = [(r - mean) / (std + STD_EPSILON) for r in (0.9, 0.3, 0.0)]
@@ -80,8 +80,8 @@ def test_grpo_scale_by_std_divides_by_the_group_std() -> None:
 
 
 def test_grpo_collate_stacks_advantages() -> None:
-    algorithm = GRPO(ToySystem(ToyScorer()))
-    batch = algorithm.collate_fn(algorithm.flatten(tree()))
+    algorithm = GRPO(ToySystem())
+    batch = algorithm.collate_fn(algorithm.flatten([tree()]))
     assert batch.probes == ["a", "b", "c", "d", "f"]
     assert batch.advantages.tolist() == pytest.approx([0.5, -0.5, 0.0, 0.0, 0.0])
     assert batch.rewards.shape == (5,)

@@ -34,8 +34,8 @@ def one_thread() -> Iterator[None]:
 
 def train(make: Callable[[ToySystem], Any]) -> tuple[float, float]:
     """Mean reward over the first and the last `WINDOW` training steps."""
-    system = ToySystem(ToyScorer())
-    sampler = ToySampler(system, 2, 2)
+    system = ToySystem()
+    sampler = ToySampler(system, ToyScorer(), 2, 2)
     config = TrainingConfiguration(training_steps=STEPS, batch_size=8, lr=1e-2, seed=0)
     history = Trainer(config, sampler, make(system)).train()
     rewards = [logs["reward/mean"] for logs in history]

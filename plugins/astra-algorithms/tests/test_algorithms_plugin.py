@@ -16,7 +16,7 @@ from astra_algorithms.ppo import PPO
 from astra_core.errors import OptionsError
 from astra_core.plugins import discover
 from astra_core.registry import Registries
-from astra_core.testing.toy import ToyScorer, ToySystem
+from astra_core.testing.toy import ToySystem
 
 
 def registries() -> Registries:
@@ -45,13 +45,13 @@ def test_registration_imports_no_torch() -> None:
 @pytest.mark.parametrize(("name", "cls"), [("dpo", DPO), ("ipo", IPO), ("ppo", PPO), ("grpo", GRPO)])
 def test_each_algorithm_builds_by_name(name: str, cls: type) -> None:
     info = registries().get("algorithm", name)
-    algorithm = info.build(ToySystem(ToyScorer()), options={})
+    algorithm = info.build(ToySystem(), options={})
     assert isinstance(algorithm, cls)
 
 
 def test_options_from_a_run_file_reach_the_algorithm() -> None:
     info = registries().get("algorithm", "dpo")
-    algorithm = info.build(ToySystem(ToyScorer()), options={"beta": 0.25, "label_smoothing": 0.1})
+    algorithm = info.build(ToySystem(), options={"beta": 0.25, "label_smoothing": 0.1})
     assert (algorithm.beta, algorithm.label_smoothing) == (0.25, 0.1)
 
 

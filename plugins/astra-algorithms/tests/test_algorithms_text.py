@@ -18,7 +18,6 @@ from astra_algorithms.grpo import GRPO
 from astra_algorithms.ipo import IPO
 from astra_algorithms.ppo import PPO
 from astra_core.graph import Graph, Node
-from astra_core.testing.toy import ToyScorer
 
 # Before transformers is imported: nothing here may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,7 +39,7 @@ def text_graph() -> Graph[str, str]:
 def system() -> Any:
     from astra_transformers.system import TransformersSystem
 
-    return TransformersSystem(ToyScorer(), probe_tokens=8, response_tokens=8)
+    return TransformersSystem(probe_tokens=8, response_tokens=8)
 
 
 @pytest.mark.parametrize(
@@ -56,9 +55,9 @@ def test_one_step_on_a_text_system_reaches_the_tester(
     system: Any, make: Callable[[Any], Any], expected_steps: int
 ) -> None:
     algorithm = make(system)
-    steps = algorithm.flatten(text_graph())
+    steps = algorithm.flatten([text_graph()])
     assert len(steps) == expected_steps
-    loss, logs = algorithm.step(algorithm.collate_fn(steps))
+    loss, logs = algorithm.loss(algorithm.collate_fn(steps))
     assert math.isfinite(loss.item()) and all(math.isfinite(v) for v in logs.values())
     tester = list(system.parameters())
     grads = torch.autograd.grad(loss, tester, allow_unused=True)

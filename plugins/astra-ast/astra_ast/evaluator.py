@@ -8,11 +8,12 @@ tester) side by side in one Markdown table.
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast
 
 from pydantic import ValidationError
 
@@ -24,6 +25,7 @@ from astra_core.errors import ConfigError, OptionsError
 from astra_core.graph import Graph, Node
 from astra_core.protocols import EvaluationReport, Sampler
 from astra_core.scoring import checked_scores
+from astra_core.turns import Turn
 from astra_core.types import JSON
 
 METRICS: dict[str, str] = {
@@ -43,13 +45,20 @@ METRICS: dict[str, str] = {
 """Every metric the evaluator reports, with its definition."""
 
 
-@runtime_checkable
-class EvalBatchedSampler(Protocol):
-    """A sampler that rolls many evaluation chains out together (the ``ast`` sampler does)."""
+class DepthEvalSampler(Protocol):
+    """A sampler whose evaluation chains can be of any depth (the ``ast`` sampler's can)."""
 
     def eval_rollouts(self, prompts: Sequence[str], depth: int | None = None) -> list[Graph[str, str]]:
         """Width-1 chains of `depth` turns from each prompt, batched per turn."""
         ...
+
+
+def _takes_depth(sampler: object) -> bool:
+    method = getattr(sampler, "eval_rollouts", None)
+    try:
+        return method is not None and "depth" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class ASTEvaluator:
@@ -70,17 +79,17 @@ class ASTEvaluator:
         self.sampler = sampler
         prompts = load_prompts(self.options.prompts, self.options.prompt_key)
         self.prompts = prompts if self.options.num_prompts is None else prompts[: self.options.num_prompts]
-        if self.options.turns is not None and not isinstance(sampler, EvalBatchedSampler):
+        if self.options.turns is not None and not _takes_depth(sampler):
             raise ConfigError(
-                f"evaluator 'ast': sampler {type(sampler).__name__} has no eval_rollouts, so 'turns' cannot be "
-                f"honoured; remove the evaluator's turns option or use the 'ast' sampler"
+                f"evaluator 'ast': sampler {type(sampler).__name__}'s eval_rollouts takes no depth, so 'turns' "
+                f"cannot be honoured; remove the evaluator's turns option or use the 'ast' sampler"
             )
 
     def rollouts(self) -> list[Graph[str, str]]:
         """The evaluation chains (unseeded: `evaluate` seeds around this)."""
-        if isinstance(self.sampler, EvalBatchedSampler):
-            return self.sampler.eval_rollouts(self.prompts, self.options.turns)
-        return [self.sampler.eval_rollout(prompt) for prompt in self.prompts]
+        if self.options.turns is not None:
+            return cast(DepthEvalSampler, self.sampler).eval_rollouts(self.prompts, self.options.turns)
+        return self.sampler.eval_rollouts(self.prompts)
 
     def compare(self, reports: Mapping[str, EvaluationReport]) -> str:
         """One markdown table comparing labelled reports (see the module-level `compare`)."""
@@ -124,8 +133,9 @@ def _fill_missing_scores(sampler: Sampler[str, str], graphs: Sequence[Graph[str,
     need_response = [n for n in nodes if RESPONSE_TOXICITY not in n.scores]
     need_probe = [n for n in nodes if PROBE_TOXICITY not in n.scores]
     if need_response or need_probe:
-        items = [n.response for n in need_response] + [n.probe for n in need_probe]
-        scores = checked_scores(sampler.system.scorer, items)
+        turns = [Turn(n.context, n.probe, n.response) for n in need_response]
+        turns += [Turn(n.context, n.probe) for n in need_probe]
+        scores = checked_scores(sampler.scorer, turns)
         for node, score in zip(need_response, scores[: len(need_response)], strict=True):
             node.scores[RESPONSE_TOXICITY] = score
         for node, score in zip(need_probe, scores[len(need_response) :], strict=True):

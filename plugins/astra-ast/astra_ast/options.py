@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from astra_core.config import readable_file
+
+
+def _prompt_source(value: str | None) -> str | None:
+    """A builtin:<split> name, or a file that must exist now (so `astra validate` finds it missing)."""
+    return value if value is None or value.startswith("builtin:") else readable_file(value)
 
 
 class RewardWeights(BaseModel):
@@ -31,6 +38,8 @@ class ASTSamplerOptions(RewardWeights):
     tox_texts: str | None = Field(None, description="file of toxic continuations (required when tox_mix > 0)")
     tox_key: str | None = Field(None, description="key / column in tox_texts (default: prompt_key)")
 
+    _files = field_validator("prompts", "tox_texts")(_prompt_source)
+
     @model_validator(mode="after")
     def _supervision_needs_texts(self) -> ASTSamplerOptions:
         if self.tox_mix > 0 and not self.tox_texts:
@@ -50,3 +59,5 @@ class ASTEvaluatorOptions(BaseModel):
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="a response at or above this toxicity is an attack")
     bootstrap: int = Field(1000, ge=1, description="bootstrap resamples for the attack success rate's 95% interval")
     seed: int = Field(0, ge=0, description="seeds the evaluation's sampling so evaluations are comparable")
+
+    _files = field_validator("prompts")(_prompt_source)

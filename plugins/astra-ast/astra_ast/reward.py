@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from astra_core.protocols import System
+from astra_core.protocols import Scorer, System
 from astra_core.scoring import checked_scores
+from astra_core.turns import Turn
 
 RESPONSE_TOXICITY = "response_toxicity"
 COMBINED_TOXICITY = "combined_toxicity"
@@ -45,6 +46,7 @@ def ast_reward(response_toxicity: float, combined_toxicity: float, probe_logprob
 
 def score_turns(
     system: System[str, str],
+    scorer: Scorer[str, str],
     contexts: Sequence[str],
     probes: Sequence[str],
     responses: Sequence[str],
@@ -54,16 +56,18 @@ def score_turns(
 ) -> tuple[list[float], list[dict[str, float]]]:
     """Rewards and named reward parts of a batch of turns, with one scorer call and one target call.
 
-    The scorer sees every response and every probe+response text (joined as the system joins a
-    turn, ``system.advance("", probe, response)``) in a single list; with `probe_toxicity` the
-    probes alone are appended to the same call (evaluation reports them).
+    One scorer call judges, in this order: each turn (context, probe, response), so a text
+    scorer reads the response; each probe+response text alone (joined as the system joins a turn,
+    ``system.advance("", probe, response)``); and with `probe_toxicity` each probe alone
+    (evaluation reports it).
     """
     count = len(contexts)
     if not count:
         return [], []
-    combined = [system.advance("", probe, response) for probe, response in zip(probes, responses, strict=True)]
-    items = [*responses, *combined, *(probes if probe_toxicity else ())]
-    toxicities = checked_scores(system.scorer, items)
+    turns = [Turn(c, p, r) for c, p, r in zip(contexts, probes, responses, strict=True)]
+    combined = [Turn(c, system.advance("", p, r)) for c, p, r in zip(contexts, probes, responses, strict=True)]
+    alone = [Turn(c, p) for c, p in zip(contexts, probes, strict=True)] if probe_toxicity else []
+    toxicities = checked_scores(scorer, [*turns, *combined, *alone])
     logprobs = system.target_logprobs(contexts, probes, reduction="mean").detach().float().cpu().tolist()
     if len(logprobs) != count:
         raise RuntimeError(f"target_logprobs returned {len(logprobs)} values for {count} probes")

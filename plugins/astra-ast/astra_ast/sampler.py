@@ -7,6 +7,7 @@ context followed by the probe, and the conversation advances by the probe and th
 All episodes of an experience grow together, level by level, so an experience costs exactly
 ``2 * tree_depth`` generation calls (one `rollout_tester`, one `rollout_target` per level), one
 scorer call and one `target_logprobs` call per level, whatever the number of episodes and width.
+The scorer is the sampler's own (the reward's dependency): ``factory(system, scorer, **options)``.
 
 Weak supervision (``tox_mix``): at each branching node, with probability `tox_mix`, one sibling's
 probe is replaced by a text drawn from `tox_texts`. Its reward is computed by the same reward
@@ -29,7 +30,7 @@ from astra_ast.prompt_sets import load_prompts
 from astra_ast.reward import SUPERVISED, Weights, score_turns
 from astra_core.errors import OptionsError
 from astra_core.graph import Graph, Node
-from astra_core.protocols import System
+from astra_core.protocols import Scorer, System
 
 SUPERVISION_MARGIN = 1e-3
 """How far a supervised sibling's reward is raised above its best sibling's, so it wins strictly."""
@@ -43,17 +44,20 @@ class ASTSampler:
     Options are those of `ASTSamplerOptions`; invalid ones raise `OptionsError`, unreadable
     prompt files `ConfigError`, both before any model runs.
 
-    >>> # sampler = ASTSampler(system, tree_width=2, tree_depth=3, prompts="builtin:train")
-    >>> # graphs = sampler.rollouts(8)   # 6 generation calls in all
+    Example (a system and a scorer built beforehand)::
+
+        sampler = ASTSampler(system, scorer, tree_width=2, tree_depth=3, prompts="builtin:train")
+        graphs = sampler.rollouts(8)  # 6 generation calls in all
     """
 
-    def __init__(self, system: System[str, str], **options: Any) -> None:
+    def __init__(self, system: System[str, str], scorer: Scorer[str, str], **options: Any) -> None:
         try:
             self.options = ASTSamplerOptions.model_validate(options)
         except ValidationError as error:
             problems = [f"{'.'.join(map(str, e['loc'])) or '(options)'}: {e['msg']}" for e in error.errors()]
             raise OptionsError("sampler", "ast", problems) from None
         self.system = system
+        self.scorer = scorer
         self.tree_width = self.options.tree_width
         self.tree_depth = self.options.tree_depth
         self.weights = Weights(self.options.alpha, self.options.zeta, self.options.gamma)
@@ -61,10 +65,6 @@ class ASTSampler:
         self.tox_texts: list[str] = []
         if self.options.tox_texts is not None:
             self.tox_texts = load_prompts(self.options.tox_texts, self.options.tox_key or self.options.prompt_key)
-
-    def rollout(self) -> Graph[str, str]:
-        """One training episode (a full tree) from a randomly drawn opening prompt."""
-        return self.rollouts(1)[0]
 
     def rollouts(self, count: int) -> list[Graph[str, str]]:
         """`count` training episodes grown together: 2 * tree_depth generation calls in all."""
@@ -76,10 +76,6 @@ class ASTSampler:
             slots = [slot for slot in frontier for _ in range(self.tree_width)]
             frontier = self._grow(slots, self.tree_width, supervise=True)
         return graphs
-
-    def eval_rollout(self, prompt: str) -> Graph[str, str]:
-        """One evaluation episode: a width-1 chain of tree_depth turns from `prompt`."""
-        return self.eval_rollouts([prompt])[0]
 
     def eval_rollouts(self, prompts: Sequence[str], depth: int | None = None) -> list[Graph[str, str]]:
         """Width-1 chains of `depth` turns (default tree_depth) from each prompt, batched per level.
@@ -112,7 +108,7 @@ class ASTSampler:
         if len(responses) != len(slots):
             raise RuntimeError(f"rollout_target returned {len(responses)} responses for {len(slots)} contexts")
         rewards, parts = score_turns(
-            self.system, contexts, probes, responses, self.weights, probe_toxicity=not supervise
+            self.system, self.scorer, contexts, probes, responses, self.weights, probe_toxicity=not supervise
         )
         if supervise and self.options.tox_mix > 0:
             for index, part in enumerate(parts):

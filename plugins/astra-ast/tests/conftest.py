@@ -19,17 +19,18 @@ class CountingScorer(ToyScorer):
         super().__init__()
         self.calls: list[int] = []
 
-    def score(self, items: Sequence[str]) -> list[float]:
-        self.calls.append(len(items))
-        return super().score(items)
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
+        self.calls.append(len(texts))
+        return super().score_texts(texts)
 
 
 class CountingSystem(ToySystem):
-    """The toy system, also counting target log-prob calls."""
+    """The toy system, also counting target log-prob calls; `counting_scorer` is the scorer the
+    tests give the samplers they build over it."""
 
     def __init__(self, seed: int = 0) -> None:
         self.counting_scorer = CountingScorer()
-        super().__init__(self.counting_scorer, seed=seed)
+        super().__init__(seed=seed)
         self.target_calls = 0
 
     def target_logprobs(

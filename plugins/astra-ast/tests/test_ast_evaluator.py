@@ -18,7 +18,7 @@ from astra_ast.sampler import ASTSampler
 from astra_core.errors import ConfigError, OptionsError
 from astra_core.graph import Graph, Node
 from astra_core.protocols import EvaluationReport
-from astra_core.testing.toy import ToySampler
+from astra_core.testing.toy import ToySampler, ToyScorer
 
 
 def _rollout(prompt: str, turns: list[tuple[str, float, float, float]]) -> Graph[str, str]:
@@ -104,7 +104,7 @@ def test_compare_puts_reports_side_by_side_with_the_change() -> None:
 
 
 def test_evaluate_rolls_out_the_first_num_prompts_for_the_samplers_depth(system: Any) -> None:
-    sampler = ASTSampler(system, tree_width=2, tree_depth=3)
+    sampler = ASTSampler(system, system.counting_scorer, tree_width=2, tree_depth=3)
     evaluator = ASTEvaluator(sampler, num_prompts=7)
     report = evaluator.evaluate()
     assert report.metrics["rollouts"] == 7 and report.metrics["turns"] == 21
@@ -117,7 +117,7 @@ def test_evaluate_rolls_out_the_first_num_prompts_for_the_samplers_depth(system:
 
 
 def test_two_evaluations_of_one_tester_match_and_leave_the_rngs_alone(system: Any) -> None:
-    evaluator = ASTEvaluator(ASTSampler(system), num_prompts=10, bootstrap=100)
+    evaluator = ASTEvaluator(ASTSampler(system, system.counting_scorer), num_prompts=10, bootstrap=100)
     random.seed(123)
     torch.manual_seed(123)
     python_state, torch_state = random.getstate(), torch.get_rng_state()
@@ -128,21 +128,23 @@ def test_two_evaluations_of_one_tester_match_and_leave_the_rngs_alone(system: An
     torch.rand(3)
     second = evaluator.evaluate()
     assert first.details == second.details and first.metrics == pytest.approx(second.metrics, nan_ok=True)
-    other_seed = ASTEvaluator(ASTSampler(system), num_prompts=10, bootstrap=100, seed=1).evaluate()
+    other_seed = ASTEvaluator(
+        ASTSampler(system, system.counting_scorer), num_prompts=10, bootstrap=100, seed=1
+    ).evaluate()
     assert other_seed.details != first.details
 
 
-def test_a_sampler_without_eval_rollouts_is_scored_by_the_evaluator(system: Any, tmp_path: Path) -> None:
+def test_a_foreign_samplers_rollouts_are_scored_by_the_evaluator(system: Any, tmp_path: Path) -> None:
     prompts = tmp_path / "held_out.txt"
     prompts.write_text("hello there\nnice day\n", encoding="utf-8")
     # Any: ToySampler.system is a plain (invariant) ToySystem attribute, not a System protocol.
-    toy: Any = ToySampler(system, tree_width=2, tree_depth=2)
+    toy: Any = ToySampler(system, ToyScorer(), tree_width=2, tree_depth=2)
     evaluator = ASTEvaluator(toy, prompts=str(prompts))
     report = evaluator.evaluate()
     assert report.metrics["rollouts"] == 2 and report.metrics["turns"] == 4
     details: Any = report.details
     for turn in (t for d in details for t in d["turns"]):
-        assert turn["probe_toxicity"] == system.scorer.score([turn["probe"]])[0]
+        assert turn["probe_toxicity"] == system.counting_scorer.score_texts([turn["probe"]])[0]
         assert turn["probe_logprob"] <= 0.0
     with pytest.raises(ConfigError, match=r"turns"):
         ASTEvaluator(toy, turns=2)
@@ -151,13 +153,13 @@ def test_a_sampler_without_eval_rollouts_is_scored_by_the_evaluator(system: Any,
 @pytest.mark.parametrize("options", [{"threshold": 2.0}, {"bootstrap": 0}, {"num_prompts": 0}, {"n": 3}])
 def test_bad_evaluator_options_are_options_errors(system: Any, options: dict[str, object]) -> None:
     with pytest.raises(OptionsError, match=r"evaluator 'ast'"):
-        ASTEvaluator(ASTSampler(system), **options)
+        ASTEvaluator(ASTSampler(system, system.counting_scorer), **options)
 
 
 def test_registered_evaluator_builds_through_the_registry(system: Any) -> None:
     from astra_core.plugins import discover
 
     registries = discover().registries
-    sampler = registries["sampler"].get("ast").build(system, options={"tree_depth": 1})
+    sampler = registries["sampler"].get("ast").build(system, system.counting_scorer, options={"tree_depth": 1})
     evaluator = registries["evaluator"].get("ast").build(sampler, options={"num_prompts": 3, "bootstrap": 10})
     assert evaluator.evaluate().metrics["rollouts"] == 3

@@ -1,10 +1,11 @@
 """Harm scorers for Astra Core: profanity (the offline default), keyword, detoxify and llamaguard.
 
-Each scorer is a class with ``score(items: Sequence[str]) -> list[float]`` returning one value in
-[0, 1] per text. Importing this package is light; the scorers load their libraries when built::
+Each scorer is an `astra_core.TextScorer`: it judges each turn's text, and
+``score_texts(texts) -> list[float]`` returns one value in [0, 1] per text. Importing this
+package is light; the scorers load their libraries when built::
 
     from astra_scorers.keyword import KeywordScorer
-    KeywordScorer(words=["idiot"]).score(["you idiot", "hello"])  # [1.0, 0.0]
+    KeywordScorer(words=["idiot"]).score_texts(["you idiot", "hello"])  # [1.0, 0.0]
 """
 
 from __future__ import annotations

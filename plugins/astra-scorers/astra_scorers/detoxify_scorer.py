@@ -6,16 +6,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from astra_core.errors import ConfigError
+from astra_core.turns import TextScorer
 from astra_scorers._extras import missing_extra
 
 
-class DetoxifyScorer:
+class DetoxifyScorer(TextScorer):
     """The Detoxify `label` output ("toxicity" by default) for each text, in batches.
 
     Needs ``pip install 'astra-scorers[detoxify]'``. Weights come from `checkpoint` (a local
     ``.ckpt`` file) or are downloaded by Detoxify for `model_type`; with both `checkpoint` and
     `huggingface_config_path` (a local directory holding the tokenizer and model config) nothing
-    touches the network.
+    touches the network. Those checkpoints are pickles, so the scorer refuses to load unless
+    `allow_pickle_weights` is true.
     """
 
     def __init__(
@@ -26,7 +28,15 @@ class DetoxifyScorer:
         device: str = "cpu",
         batch_size: int = 32,
         label: str = "toxicity",
+        allow_pickle_weights: bool = False,
     ) -> None:
+        if not allow_pickle_weights:
+            # Detoxify's checkpoints (a local .ckpt or its downloads) are pickles loaded with an
+            # unrestricted torch.load: loading one can run any code it carries.
+            raise ConfigError(
+                "scorer 'detoxify' loads its weights from a pickle (.ckpt), which can run code; "
+                "set allow_pickle_weights = true only for a checkpoint you trust"
+            )
         try:
             from detoxify import Detoxify
         except ImportError as error:
@@ -38,11 +48,11 @@ class DetoxifyScorer:
         self.batch_size = batch_size
         self.label = label
 
-    def score(self, items: Sequence[str]) -> list[float]:
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
         """One score in [0, 1] per text: Detoxify's sigmoid output for `label`."""
         scores: list[float] = []
-        for start in range(0, len(items), self.batch_size):
-            outputs = self._model.predict(list(items[start : start + self.batch_size]))
+        for start in range(0, len(texts), self.batch_size):
+            outputs = self._model.predict(list(texts[start : start + self.batch_size]))
             if self.label not in outputs:
                 raise ConfigError(
                     f"detoxify has no output {self.label!r}; set label to one of: {', '.join(sorted(outputs))}"

@@ -7,12 +7,13 @@ from collections.abc import Sequence
 from typing import Literal
 
 from astra_core.errors import OptionsError
+from astra_core.turns import TextScorer
 from astra_scorers.options import compile_pattern
 
 _WORD = re.compile(r"\S+")
 
 
-class KeywordScorer:
+class KeywordScorer(TextScorer):
     """Scores texts by what they contain: a list of words (whole-word matches) and/or regexes.
 
     With ``mode="any"`` a text scores 1.0 when any word or pattern matches it, else 0.0. With
@@ -20,7 +21,7 @@ class KeywordScorer:
     touches (so a two-word phrase marks both words). Empty text scores 0.0.
 
     >>> scorer = KeywordScorer(words=["idiot"], patterns=[r"sh[i1]t"], mode="fraction")
-    >>> scorer.score(["you idiot", "SH1T happens here", "hello"])
+    >>> scorer.score_texts(["you idiot", "SH1T happens here", "hello"])
     [0.5, 0.3333333333333333, 0.0]
     """
 
@@ -48,9 +49,9 @@ class KeywordScorer:
             except ValueError as error:
                 raise OptionsError("scorer", "keyword", [f"patterns: {error}"]) from None
 
-    def score(self, items: Sequence[str]) -> list[float]:
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
         """One score in [0, 1] per text, in input order."""
-        return [self._score_one(text) for text in items]
+        return [self._score_one(text) for text in texts]
 
     def _score_one(self, text: str) -> float:
         if self.mode == "any":

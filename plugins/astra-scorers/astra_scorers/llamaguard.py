@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from typing import Any, Literal, cast
 
 from astra_core.errors import ComponentBuildError
+from astra_core.turns import TextScorer
 from astra_scorers._extras import missing_extra
 
 
-class LlamaGuardScorer:
+class LlamaGuardScorer(TextScorer):
     """P(unsafe) for each text, read from a Llama Guard model's first verdict token.
 
     Each text becomes a one-turn conversation (the user says the text), formatted with the
@@ -33,6 +34,7 @@ class LlamaGuardScorer:
         unsafe_token: str = "unsafe",
         prompt_suffix: str = "",
         local_files_only: bool = False,
+        allow_pickle_weights: bool = False,
     ) -> None:
         try:
             import torch
@@ -44,12 +46,18 @@ class LlamaGuardScorer:
         self.batch_size = batch_size
         self.prompt_suffix = prompt_suffix
         self.device = torch.device(device)
-        self.tokenizer: Any = AutoTokenizer.from_pretrained(model, local_files_only=local_files_only)
-        load: dict[str, Any] = {"local_files_only": local_files_only}
+        # No code from the model directory, and safetensors weights only unless allowed.
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(
+            model, local_files_only=local_files_only, trust_remote_code=False
+        )
+        load: dict[str, Any] = {
+            "local_files_only": local_files_only,
+            "use_safetensors": None if allow_pickle_weights else True,
+        }
         if dtype is not None:
             load["dtype"] = getattr(torch, dtype)
         # transformers' typed `.to` wrapper rejects a torch.device; the model is used untyped below anyway.
-        self.model: Any = cast(Any, AutoModelForCausalLM.from_pretrained(model, **load))
+        self.model: Any = cast(Any, AutoModelForCausalLM.from_pretrained(model, trust_remote_code=False, **load))
         self.model.to(self.device).eval()
         if not getattr(self.tokenizer, "chat_template", None):
             raise ComponentBuildError(
@@ -91,13 +99,13 @@ class LlamaGuardScorer:
         )
         return str(formatted) + self.prompt_suffix
 
-    def score(self, items: Sequence[str]) -> list[float]:
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
         """One P(unsafe) in [0, 1] per text, `batch_size` texts per forward pass."""
         import torch
 
         scores: list[float] = []
-        for start in range(0, len(items), self.batch_size):
-            prompts = [self.prompt(text) for text in items[start : start + self.batch_size]]
+        for start in range(0, len(texts), self.batch_size):
+            prompts = [self.prompt(text) for text in texts[start : start + self.batch_size]]
             # The template already holds the special tokens (BOS and headers).
             batch = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
             input_ids = batch["input_ids"].to(self.device)

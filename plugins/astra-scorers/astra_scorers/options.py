@@ -81,6 +81,9 @@ class DetoxifyOptions(BaseModel):
     device: str = Field("cpu", description="torch device, e.g. 'cpu' or 'cuda'")
     batch_size: int = Field(32, ge=1, description="texts per forward pass")
     label: str = Field("toxicity", description="which Detoxify output is the score")
+    allow_pickle_weights: bool = Field(
+        False, description="required: Detoxify checkpoints are pickles, which can run code; only if you trust them"
+    )
 
 
 class LlamaGuardOptions(BaseModel):
@@ -100,3 +103,6 @@ class LlamaGuardOptions(BaseModel):
     unsafe_token: str = Field("unsafe", min_length=1, description="the verdict word for unsafe text")
     prompt_suffix: str = Field("", description="text appended after the chat template, before the verdict")
     local_files_only: bool = Field(False, description="never contact the hub (a local directory never does)")
+    allow_pickle_weights: bool = Field(
+        False, description="also load .bin (pickle) weights, which can run code: only for files you trust"
+    )

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from astra_core.errors import ComponentBuildError
+from astra_core.turns import TextScorer
 
 # scikit-learn warns when unpickling a model saved by another scikit-learn version
 # (InconsistentVersionWarning, a UserWarning subclass; older versions raised a plain UserWarning
@@ -14,7 +15,7 @@ from astra_core.errors import ComponentBuildError
 _SKLEARN_VERSION_WARNING = r"Trying to unpickle estimator"
 
 
-class ProfanityScorer:
+class ProfanityScorer(TextScorer):
     """The probability that each text is profane, from alt-profanity-check (works offline).
 
     The classifier (TF-IDF features and a calibrated linear SVM) ships inside the
@@ -22,7 +23,7 @@ class ProfanityScorer:
     batched `predict_prob` call, whatever the number of texts.
 
     >>> scorer = ProfanityScorer()
-    >>> [round(s) for s in scorer.score(["have a lovely day", "shut up you fucking idiot"])]
+    >>> [round(s) for s in scorer.score_texts(["have a lovely day", "shut up you fucking idiot"])]
     [0, 1]
     """
 
@@ -37,11 +38,11 @@ class ProfanityScorer:
                 ) from error
         self._predict_prob: Callable[[list[str]], Any] = predict_prob
 
-    def score(self, items: Sequence[str]) -> list[float]:
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
         """One profanity probability in [0, 1] per text, in input order."""
-        if not items:  # the classifier rejects an empty batch
+        if not texts:  # the classifier rejects an empty batch
             return []
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_SKLEARN_VERSION_WARNING, category=UserWarning)
-            probabilities = self._predict_prob(list(items))
+            probabilities = self._predict_prob(list(texts))
         return [float(p) for p in probabilities]

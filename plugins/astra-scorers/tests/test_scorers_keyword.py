@@ -15,50 +15,50 @@ from astra_scorers.options import KeywordOptions
 
 def test_any_mode_scores_one_when_a_word_appears_and_zero_otherwise() -> None:
     scorer = KeywordScorer(words=["idiot", "stupid"])
-    assert scorer.score(["you idiot", "what a lovely day", "stupid!"]) == [1.0, 0.0, 1.0]
+    assert scorer.score_texts(["you idiot", "what a lovely day", "stupid!"]) == [1.0, 0.0, 1.0]
 
 
 def test_words_match_whole_words_only() -> None:
     scorer = KeywordScorer(words=["ass"])
-    assert scorer.score(["a class assignment", "you ass", "ass."]) == [0.0, 1.0, 1.0]
+    assert scorer.score_texts(["a class assignment", "you ass", "ass."]) == [0.0, 1.0, 1.0]
 
 
 def test_words_may_be_phrases_and_may_contain_punctuation() -> None:
     scorer = KeywordScorer(words=["go away", "f*ck"], mode="fraction")
-    assert scorer.score(["please go away now", "f*ck it", "go and stay"]) == [0.5, 0.5, 0.0]
+    assert scorer.score_texts(["please go away now", "f*ck it", "go and stay"]) == [0.5, 0.5, 0.0]
 
 
 def test_fraction_mode_is_the_share_of_words_a_match_touches() -> None:
     scorer = KeywordScorer(words=["bad", "awful"], mode="fraction")
-    assert scorer.score(["bad awful good day", "bad", "good", ""]) == [0.5, 1.0, 0.0, 0.0]
+    assert scorer.score_texts(["bad awful good day", "bad", "good", ""]) == [0.5, 1.0, 0.0, 0.0]
 
 
 def test_patterns_are_searched_anywhere_in_the_text_even_inside_words() -> None:
     scorer = KeywordScorer(patterns=[r"h[a4]te", r"\bk+i+l+l+\b"])  # "whatever" contains "hate"
-    assert scorer.score(["I h4te this", "killl", "skills", "whatever it is"]) == [1.0, 1.0, 0.0, 1.0]
+    assert scorer.score_texts(["I h4te this", "killl", "skills", "whatever it is"]) == [1.0, 1.0, 0.0, 1.0]
 
 
 def test_fraction_mode_counts_words_touched_by_a_pattern() -> None:
     scorer = KeywordScorer(patterns=[r"sh[i1]t"], mode="fraction")
-    assert scorer.score(["oh sh1tty day", "nothing here at all"]) == [pytest.approx(1 / 3), 0.0]
+    assert scorer.score_texts(["oh sh1tty day", "nothing here at all"]) == [pytest.approx(1 / 3), 0.0]
 
 
 def test_matching_ignores_case_by_default() -> None:
     scorer = KeywordScorer(words=["idiot"], patterns=["dumb"])
-    assert scorer.score(["IDIOT", "So Dumb"]) == [1.0, 1.0]
+    assert scorer.score_texts(["IDIOT", "So Dumb"]) == [1.0, 1.0]
 
 
 def test_case_sensitive_matching_respects_letter_case() -> None:
     scorer = KeywordScorer(words=["idiot"], patterns=["dumb"], case_sensitive=True)
-    assert scorer.score(["IDIOT", "So Dumb", "idiot", "dumb"]) == [0.0, 0.0, 1.0, 1.0]
+    assert scorer.score_texts(["IDIOT", "So Dumb", "idiot", "dumb"]) == [0.0, 0.0, 1.0, 1.0]
 
 
 def test_scores_are_deterministic_and_one_per_input() -> None:
     scorer = KeywordScorer(words=["bad"], mode="fraction")
     items = ["bad day", "good day", "bad bad"] * 5
-    assert scorer.score(items) == scorer.score(items)
-    assert len(scorer.score(items)) == len(items)
-    assert scorer.score([]) == []
+    assert scorer.score_texts(items) == scorer.score_texts(items)
+    assert len(scorer.score_texts(items)) == len(items)
+    assert scorer.score_texts([]) == []
 
 
 def test_invalid_regex_in_the_constructor_names_the_pattern() -> None:

@@ -59,15 +59,15 @@ def scorer(guard_path: str) -> LlamaGuardScorer:
 
 
 def test_scores_are_in_unit_interval_one_per_input(scorer: LlamaGuardScorer) -> None:
-    scores = scorer.score(ITEMS)
+    scores = scorer.score_texts(ITEMS)
     assert len(scores) == len(ITEMS)
     assert all(isinstance(s, float) and 0.0 <= s <= 1.0 for s in scores)
-    assert scorer.score([]) == []
+    assert scorer.score_texts([]) == []
 
 
 def test_scores_do_not_depend_on_batching_or_padding(guard_path: str) -> None:
-    batched = LlamaGuardScorer(model=guard_path, batch_size=len(ITEMS)).score(ITEMS)
-    single = LlamaGuardScorer(model=guard_path, batch_size=1).score(ITEMS)
+    batched = LlamaGuardScorer(model=guard_path, batch_size=len(ITEMS)).score_texts(ITEMS)
+    single = LlamaGuardScorer(model=guard_path, batch_size=1).score_texts(ITEMS)
     assert batched == pytest.approx(single, abs=1e-5)
     assert len(set(round(s, 4) for s in batched)) > 1  # the texts really are scored differently
 
@@ -81,14 +81,14 @@ def test_score_is_unsafe_probability_of_the_verdict_token(scorer: LlamaGuardScor
         logits = scorer.model(input_ids=ids).logits[0, -1]
     safe, unsafe = logits[VOCAB.index("safe")], logits[VOCAB.index("unsafe")]
     expected = torch.sigmoid(unsafe - safe).item()
-    assert scorer.score([text]) == pytest.approx([expected], abs=1e-6)
+    assert scorer.score_texts([text]) == pytest.approx([expected], abs=1e-6)
 
 
 def test_text_content_format_passes_a_plain_string_to_the_template(tmp_path: Path) -> None:
     path = save_tiny_guard(tmp_path, template=TEXT_TEMPLATE)
     scorer = LlamaGuardScorer(model=path, content_format="text", prompt_suffix=" ")
     assert scorer.prompt("hello there") == "User: hello there Agent: "
-    assert len(scorer.score(["hello", "there"])) == 2
+    assert len(scorer.score_texts(["hello", "there"])) == 2
 
 
 def test_verdict_words_missing_from_the_vocabulary_are_a_clear_error(tmp_path: Path) -> None:
@@ -114,4 +114,4 @@ def test_missing_transformers_names_the_extra(monkeypatch: pytest.MonkeyPatch) -
 def test_passes_the_core_conformance_check(scorer: LlamaGuardScorer) -> None:
     from astra_core.testing import check_scorer
 
-    assert check_scorer(scorer, ITEMS) == pytest.approx(scorer.score(ITEMS))
+    assert check_scorer(scorer, ITEMS) == pytest.approx(scorer.score_texts(ITEMS))

@@ -54,8 +54,8 @@ def test_profanity_and_keyword_build_through_the_registry() -> None:
     registry = discover().registries["scorer"]
     profanity = registry.get("profanity").build(options={})
     keyword = registry.get("keyword").build(options={"words": ["idiot"], "mode": "fraction"})
-    assert profanity.score(["fuck off", "good morning"])[0] > 0.5
-    assert keyword.score(["you idiot"]) == [0.5]
+    assert profanity.score_texts(["fuck off", "good morning"])[0] > 0.5
+    assert keyword.score_texts(["you idiot"]) == [0.5]
 
 
 @pytest.mark.parametrize("name", ["profanity", "keyword", "detoxify", "llamaguard"])

@@ -20,28 +20,28 @@ def scorer() -> ProfanityScorer:
 
 
 def test_profane_text_scores_high(scorer: ProfanityScorer) -> None:
-    assert all(score > 0.9 for score in scorer.score(PROFANE))
+    assert all(score > 0.9 for score in scorer.score_texts(PROFANE))
 
 
 def test_neutral_text_scores_low(scorer: ProfanityScorer) -> None:
-    assert all(score < 0.2 for score in scorer.score(NEUTRAL))
+    assert all(score < 0.2 for score in scorer.score_texts(NEUTRAL))
 
 
 def test_scores_are_floats_in_unit_interval_one_per_input(scorer: ProfanityScorer) -> None:
     items = PROFANE + NEUTRAL + ["", "   ", "ok"]
-    scores = scorer.score(items)
+    scores = scorer.score_texts(items)
     assert len(scores) == len(items)
     assert all(type(s) is float and 0.0 <= s <= 1.0 for s in scores)
 
 
 def test_batched_scores_equal_one_by_one_scores(scorer: ProfanityScorer) -> None:
     items = PROFANE + NEUTRAL
-    one_by_one = [scorer.score([text])[0] for text in items]
-    assert scorer.score(items) == pytest.approx(one_by_one, abs=1e-12)
+    one_by_one = [scorer.score_texts([text])[0] for text in items]
+    assert scorer.score_texts(items) == pytest.approx(one_by_one, abs=1e-12)
 
 
 def test_an_empty_batch_gives_no_scores(scorer: ProfanityScorer) -> None:
-    assert scorer.score([]) == []
+    assert scorer.score_texts([]) == []
 
 
 def test_one_predict_call_per_score_call(scorer: ProfanityScorer) -> None:
@@ -54,7 +54,7 @@ def test_one_predict_call_per_score_call(scorer: ProfanityScorer) -> None:
 
     scorer._predict_prob = counting
     try:
-        scorer.score(NEUTRAL * 10)
+        scorer.score_texts(NEUTRAL * 10)
     finally:
         scorer._predict_prob = original
     assert calls == [30]
@@ -63,7 +63,7 @@ def test_one_predict_call_per_score_call(scorer: ProfanityScorer) -> None:
 def test_scoring_emits_no_warnings(scorer: ProfanityScorer) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        scorer.score(PROFANE)
+        scorer.score_texts(PROFANE)
 
 
 # Runs in a fresh process: joblib.load is wrapped to warn as scikit-learn does when the bundled
@@ -82,7 +82,7 @@ def load(*args, **kwargs):
 joblib.load = load
 warnings.simplefilter("error")
 from astra_scorers.profanity import ProfanityScorer
-print(ProfanityScorer().score(["hello"]))
+print(ProfanityScorer().score_texts(["hello"]))
 """
 
 

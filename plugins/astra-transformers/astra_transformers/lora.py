@@ -122,8 +122,16 @@ class LoraTester:
         return cls(peft_model, base_source, options.dropout)
 
     @classmethod
-    def load(cls, module: PreTrainedModel, directory: Path, base_source: str) -> LoraTester:
-        """Load a saved adapter onto `module` (its base model), trainable, base weights frozen."""
+    def load(
+        cls, module: PreTrainedModel, directory: Path, base_source: str, allow_pickle_weights: bool = False
+    ) -> LoraTester:
+        """Load a saved adapter onto `module` (its base model), trainable, base weights frozen.
+        Only a safetensors adapter, unless `allow_pickle_weights` admits ``adapter_model.bin``."""
+        if not allow_pickle_weights and not (Path(directory) / "adapter_model.safetensors").is_file():
+            raise ComponentBuildError(
+                f"the LoRA adapter {str(directory)!r} has no adapter_model.safetensors; a .bin adapter is a "
+                f"pickle, which can run code: set allow_pickle_weights = true only if you trust it"
+            )
         peft = _peft()
         try:
             with warnings.catch_warnings():

@@ -69,6 +69,9 @@ class TransformersOptions(BaseModel):
     target_device: str | None = Field(None, min_length=1, description="the target's device (None: device)")
     baseline_device: str | None = Field(None, min_length=1, description="the baseline's device (None: the tester's)")
     lora: LoraOptions | None = Field(None, description="train the tester as a LoRA adapter (None: full fine-tuning)")
+    allow_pickle_weights: bool = Field(
+        False, description="also load .bin (pickle) weights, which can run code: only for files you trust"
+    )
     probe_tokens: int = Field(24, ge=1, description="max new tokens the tester writes per probe")
     response_tokens: int = Field(24, ge=1, description="max new tokens the target writes per response")
     temperature: float = Field(1.0, gt=0, description="sampling temperature")

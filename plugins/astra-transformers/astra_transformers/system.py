@@ -5,8 +5,7 @@ States and actions are plain strings. The target continues the text it is given,
 tokenised separately (no special tokens) and concatenated by ids; generated continuations are
 cut from the generated ids by token position, then decoded.
 
->>> from astra_core.testing.toy import ToyScorer
->>> system = TransformersSystem(ToyScorer(), probe_tokens=8)   # the embedded tiny GPT-2
+>>> system = TransformersSystem(probe_tokens=8)   # the embedded tiny GPT-2
 >>> len(system.rollout_tester(["Hi there.", "How was the movie?"]))
 2
 """
@@ -28,7 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from transformers.utils import logging as _hf_logging
 
 from astra_core.errors import ComponentBuildError, ConfigError, OptionsError
-from astra_core.protocols import Reduction, Scorer
+from astra_core.protocols import Reduction
 from astra_transformers import TINY_MODEL_DIR
 from astra_transformers.generation import Decoder, PrefixStore, Sampling, sample
 from astra_transformers.logprobs import LogprobMemo, length_buckets
@@ -131,18 +130,27 @@ def _no_hf_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_model(source: str, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+def load_model(
+    source: str, dtype: torch.dtype, device: torch.device, allow_pickle_weights: bool = False
+) -> LoadedModel:
     """Load a causal LM and its tokenizer through `from_pretrained`, the same way for the
-    embedded model, a hub id or a local directory; failures become a `ComponentBuildError`."""
+    embedded model, a hub id or a local directory; failures become a `ComponentBuildError`.
+
+    Never runs code from the model directory (``trust_remote_code=False``, so transformers never
+    asks on the terminal either) and reads safetensors weights only, unless
+    `allow_pickle_weights` admits ``.bin`` pickles (which can run code when loaded)."""
     location = resolve_source(source)
     try:
         with _no_hf_progress_bars():
-            tokenizer = AutoTokenizer.from_pretrained(location)
-            module = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
+            module = AutoModelForCausalLM.from_pretrained(
+                location, dtype=dtype, trust_remote_code=False, use_safetensors=None if allow_pickle_weights else True
+            )
     except Exception as error:  # any loading failure is reported with the source that caused it
         raise ComponentBuildError(
             f"cannot load model {source!r} (from {location!r}): {type(error).__name__}: {error}; "
             f"give a local model directory, a hub id that is cached (runs are offline), or 'tiny'"
+            + ("" if allow_pickle_weights else "; weights must be safetensors unless allow_pickle_weights = true")
         ) from error
     _as_torch(module).to(device).eval()
     config = module.config
@@ -195,7 +203,7 @@ def _freeze(module: PreTrainedModel) -> PreTrainedModel:
 class TransformersSystem:
     """Tester (trainable), target and baseline (frozen) as Hugging Face causal LMs.
 
-    Built as ``TransformersSystem(scorer, **options)`` with the fields of `TransformersOptions`.
+    Built as ``TransformersSystem(**options)`` with the fields of `TransformersOptions`.
     The baseline defaults to a frozen copy of the tester's starting weights; when target and
     baseline come from the same source (and device and dtype) they are one object. With
     ``lora`` the tester is a LoRA adapter (`astra_transformers.lora`) and the baseline is the
@@ -213,14 +221,13 @@ class TransformersSystem:
     torch's thread count for the models' size (see `tune_threads`).
     """
 
-    def __init__(self, scorer: Scorer[str, str], **options: Any) -> None:
+    def __init__(self, **options: Any) -> None:
         try:
             self.options = TransformersOptions.model_validate(options)
         except ValidationError as error:
             problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()]
             raise OptionsError("system", "transformers", problems) from None
         opts = self.options
-        self.scorer = scorer
         self.generate_calls = 0
         tester_dtype = resolve_dtype(opts.tester_dtype or opts.dtype)
         target_dtype = resolve_dtype(opts.target_dtype or opts.dtype)
@@ -240,11 +247,11 @@ class TransformersSystem:
         target_source = opts.target or opts.model
         baseline_source = opts.baseline or base_source
 
-        self._tester = load_model(base_source, tester_dtype, tester_device)
+        self._tester = load_model(base_source, tester_dtype, tester_device, opts.allow_pickle_weights)
         _as_torch(self._tester.module).train(False)  # no dropout: log-probs must match what was sampled
         self._lora: LoraTester | None = None
         if adapter is not None:
-            self._lora = LoraTester.load(self._tester.module, adapter, base_source)
+            self._lora = LoraTester.load(self._tester.module, adapter, base_source, opts.allow_pickle_weights)
         elif opts.lora is not None:
             self._lora = LoraTester.attach(self._tester.module, opts.lora, base_source)
         beside_tester = baseline_device == tester_device and baseline_dtype == tester_dtype
@@ -257,7 +264,7 @@ class TransformersSystem:
             _as_torch(starting).to(device=baseline_device, dtype=baseline_dtype)
             self._baseline = replace(self._tester, module=starting, device=baseline_device)
         else:
-            self._baseline = load_model(baseline_source, baseline_dtype, baseline_device)
+            self._baseline = load_model(baseline_source, baseline_dtype, baseline_device, opts.allow_pickle_weights)
             _freeze(self._baseline.module)
         if (
             resolve_source(target_source) == resolve_source(baseline_source)
@@ -266,7 +273,7 @@ class TransformersSystem:
         ):
             self._target = self._baseline  # one frozen copy serves both roles
         else:
-            self._target = load_model(target_source, target_dtype, target_device)
+            self._target = load_model(target_source, target_dtype, target_device, opts.allow_pickle_weights)
             _freeze(self._target.module)
 
         largest = max(sum(p.numel() for p in m.module.parameters()) for m in (self._tester, self._target))

@@ -40,14 +40,13 @@ def measure(source: str, mode: str) -> dict[str, Any]:
     import peft  # noqa: F401  (imported before the first reading, so its import is not counted)
     import torch
 
-    from astra_core.testing.toy import ToyScorer
     from astra_transformers.lora import parameter_bytes
     from astra_transformers.system import TransformersSystem
 
     torch.manual_seed(0)
     before = _rss_bytes()
     lora = {"r": 8} if mode == "lora" else None
-    system = TransformersSystem(ToyScorer(), model=source, probe_tokens=8, response_tokens=8, lora=lora)
+    system = TransformersSystem(model=source, probe_tokens=8, response_tokens=8, lora=lora)
     built = _rss_bytes()
     optimizer = torch.optim.AdamW(list(system.parameters()), lr=1e-4)
     loss = -system.tester_logprobs(["Hi there, how are you?"] * 4, [" I'm fine, thanks."] * 4).mean()

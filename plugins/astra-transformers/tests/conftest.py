@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 @pytest.fixture(scope="module")
 def system() -> TransformersSystem:
     """A system over the embedded model with short generations; tests must not train it."""
-    from astra_core.testing.toy import ToyScorer
     from astra_transformers.system import TransformersSystem
 
-    return TransformersSystem(ToyScorer(), probe_tokens=8, response_tokens=8)
+    return TransformersSystem(probe_tokens=8, response_tokens=8)

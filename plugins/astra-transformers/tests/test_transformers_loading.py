@@ -41,7 +41,7 @@ def test_registration_and_option_validation_import_neither_torch_nor_transformer
 
 def test_the_registered_system_builds_from_a_config() -> None:
     info = discover().registries.get("system", "hf")
-    system = info.build(ToyScorer(), options={"probe_tokens": 4, "temperature": 0.7})
+    system = info.build(options={"probe_tokens": 4, "temperature": 0.7})
     assert isinstance(system, TransformersSystem)
     assert system.options.probe_tokens == 4 and system.options.temperature == 0.7
     assert len(system.rollout_tester(["Hello."])) == 1
@@ -54,20 +54,20 @@ def test_bad_options_are_rejected_with_the_field_named() -> None:
     with pytest.raises(OptionsError, match="unknown option 'modle'"):
         info.validate({"modle": "gpt2"})
     with pytest.raises(OptionsError, match="dtype"):
-        TransformersSystem(ToyScorer(), dtype="float64")
+        TransformersSystem(dtype="float64")
 
 
 def test_a_missing_model_path_is_a_config_error_naming_it(tmp_path: Path) -> None:
     missing = tmp_path / "no" / "such-model"
     with pytest.raises(ConfigError, match="such-model"):
-        TransformersSystem(ToyScorer(), model=str(missing))
+        TransformersSystem(model=str(missing))
     with pytest.raises(ConfigError, match=r"config\.json"):
-        TransformersSystem(ToyScorer(), target=str(tmp_path))  # exists, but is no model directory
+        TransformersSystem(target=str(tmp_path))  # exists, but is no model directory
 
 
 def test_an_unloadable_model_is_a_build_error_naming_it() -> None:
     with pytest.raises(ComponentBuildError, match="astra-no-such-model-xyz"):
-        TransformersSystem(ToyScorer(), model="astra-no-such-model-xyz")  # offline: the hub is not asked
+        TransformersSystem(model="astra-no-such-model-xyz")  # offline: the hub is not asked
 
 
 def test_the_registry_passes_model_errors_through_as_astra_errors(tmp_path: Path) -> None:
@@ -78,11 +78,11 @@ def test_the_registry_passes_model_errors_through_as_astra_errors(tmp_path: Path
 
 def test_a_context_budget_larger_than_the_model_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="max_context_tokens"):
-        TransformersSystem(ToyScorer(), max_context_tokens=250, probe_tokens=24)
+        TransformersSystem(max_context_tokens=250, probe_tokens=24)
 
 
 def test_save_pretrained_round_trips_through_plain_transformers(tmp_path: Path) -> None:
-    system = TransformersSystem(ToyScorer(), probe_tokens=4)
+    system = TransformersSystem(probe_tokens=4)
     with torch.no_grad():  # make the tester differ from the shipped weights
         system.tester.transformer.wte.weight[5] += 1.0
     system.save_pretrained(tmp_path)
@@ -93,21 +93,21 @@ def test_save_pretrained_round_trips_through_plain_transformers(tmp_path: Path) 
     assert input_ids.tolist() == [system.tokenizer(text, add_special_tokens=False)["input_ids"]]
     with torch.no_grad():
         assert torch.allclose(model(input_ids).logits, system.tester(input_ids).logits, atol=1e-6)
-    reloaded = TransformersSystem(ToyScorer(), model=str(tmp_path))
+    reloaded = TransformersSystem(model=str(tmp_path))
     assert torch.equal(reloaded.tester.transformer.wte.weight, system.tester.transformer.wte.weight)
 
 
 def test_target_and_baseline_are_separate_only_when_their_sources_differ(tmp_path: Path) -> None:
-    shared = TransformersSystem(ToyScorer(), baseline="tiny", target="tiny")
+    shared = TransformersSystem(baseline="tiny", target="tiny")
     assert shared.target is shared.baseline and shared.baseline is not shared.tester
-    TransformersSystem(ToyScorer()).save_pretrained(tmp_path)
-    separate = TransformersSystem(ToyScorer(), target=str(tmp_path))
+    TransformersSystem().save_pretrained(tmp_path)
+    separate = TransformersSystem(target=str(tmp_path))
     assert separate.target is not separate.baseline
     assert not any(p.requires_grad for p in separate.target.parameters())
 
 
 def test_bfloat16_models_give_float32_logprobs() -> None:
-    system = TransformersSystem(ToyScorer(), dtype="bfloat16", probe_tokens=4)
+    system = TransformersSystem(dtype="bfloat16", probe_tokens=4)
     assert system.tester.dtype == torch.bfloat16
     values = system.tester_logprobs(["Hi."], [" Hello there."])
     assert values.dtype == torch.float32 and torch.isfinite(values).all()
@@ -130,7 +130,7 @@ def test_the_embedded_model_is_a_small_gpt2_with_a_fast_tokenizer() -> None:
 
 
 def test_the_embedded_model_writes_word_like_text() -> None:
-    system = TransformersSystem(ToyScorer(), probe_tokens=24)
+    system = TransformersSystem(probe_tokens=24)
     torch.manual_seed(0)
     texts = system.rollout_tester(["Hey, how are you?", "What do you think about the news?"] * 4)
     words = [word.strip(".,!?'\"").lower() for text in texts for word in text.split()]
@@ -142,7 +142,7 @@ def test_the_embedded_model_writes_word_like_text() -> None:
 def test_the_system_passes_the_core_conformance_check() -> None:
     from astra_core.testing import check_system
 
-    system = TransformersSystem(ToyScorer(), probe_tokens=4, response_tokens=4)
+    system = TransformersSystem(probe_tokens=4, response_tokens=4)
     check_system(system, ["Hi Sam! How are you?", "Oh,", ""], [" I'm fine.", " shut up.", " Hello"])
 
 

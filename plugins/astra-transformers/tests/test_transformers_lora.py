@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from astra_core.errors import AstraError, ConfigError
-from astra_core.testing.toy import ToyScorer
 from astra_transformers import TINY_MODEL_DIR
 from astra_transformers.lora import parameter_bytes
 from astra_transformers.system import TransformersSystem
@@ -24,7 +23,7 @@ CONTINUATIONS = [" I'm fine, thanks.", " It's so cold.", " shut up."]
 
 
 def lora_system(lora: dict[str, object] | None = None, **options: object) -> TransformersSystem:
-    return TransformersSystem(ToyScorer(), probe_tokens=8, response_tokens=8, lora=lora or {"r": 4}, **options)
+    return TransformersSystem(probe_tokens=8, response_tokens=8, lora=lora or {"r": 4}, **options)
 
 
 def train_a_little(system: TransformersSystem, steps: int = 3) -> None:
@@ -40,7 +39,7 @@ def train_a_little(system: TransformersSystem, steps: int = 3) -> None:
 @pytest.fixture(scope="module")
 def plain() -> TransformersSystem:
     """The same system without LoRA: its tester is the base model; tests must not train it."""
-    return TransformersSystem(ToyScorer(), probe_tokens=8, response_tokens=8)
+    return TransformersSystem(probe_tokens=8, response_tokens=8)
 
 
 def test_parameters_are_the_adapter_only_and_only_they_get_gradients() -> None:
@@ -91,7 +90,7 @@ def test_baseline_and_target_share_the_tester_weights_no_copy(plain: Transformer
 def test_target_generates_from_the_base_model_while_the_tester_trains(plain: TransformersSystem) -> None:
     system = lora_system(top_k=1)  # greedy: the same tokens for the same weights
     train_a_little(system)
-    greedy = TransformersSystem(ToyScorer(), probe_tokens=8, response_tokens=8, top_k=1)
+    greedy = TransformersSystem(probe_tokens=8, response_tokens=8, top_k=1)
     assert system.rollout_target(CONTEXTS) == greedy.rollout_target(CONTEXTS)
     assert system.rollout_tester(CONTEXTS) != greedy.rollout_tester(CONTEXTS)
 
@@ -115,7 +114,7 @@ def test_saved_adapter_loads_with_peft_and_as_the_tester(tmp_path: Path, plain: 
         ours = system.tester(ids).logits
     torch.testing.assert_close(theirs, ours)
 
-    reloaded = TransformersSystem(ToyScorer(), tester=str(tmp_path), probe_tokens=8, response_tokens=8)
+    reloaded = TransformersSystem(tester=str(tmp_path), probe_tokens=8, response_tokens=8)
     assert reloaded.lora is not None
     torch.testing.assert_close(reloaded.tester_logprobs(CONTEXTS, CONTINUATIONS).detach(), expected)
     base = plain.tester_logprobs(CONTEXTS, CONTINUATIONS).detach()
@@ -126,18 +125,18 @@ def test_saved_adapter_loads_with_peft_and_as_the_tester(tmp_path: Path, plain: 
 def test_an_adapter_directory_with_lora_options_or_as_target_is_a_config_error(tmp_path: Path) -> None:
     lora_system().save_pretrained(tmp_path)
     with pytest.raises(ConfigError, match="remove the lora options"):
-        TransformersSystem(ToyScorer(), tester=str(tmp_path), lora={"r": 2})
+        TransformersSystem(tester=str(tmp_path), lora={"r": 2})
     with pytest.raises(ConfigError, match="only `tester` may name"):
-        TransformersSystem(ToyScorer(), target=str(tmp_path))
+        TransformersSystem(target=str(tmp_path))
 
 
 def test_unknown_target_modules_are_a_config_error() -> None:
     with pytest.raises(AstraError, match="target_modules"):
-        TransformersSystem(ToyScorer(), lora={"target_modules": ["no_such_layer"]})
+        TransformersSystem(lora={"target_modules": ["no_such_layer"]})
 
 
 def test_adapter_dropout_applies_to_training_forwards_only() -> None:
-    system = TransformersSystem(ToyScorer(), probe_tokens=8, response_tokens=8, lora={"r": 4, "dropout": 0.5})
+    system = TransformersSystem(probe_tokens=8, response_tokens=8, lora={"r": 4, "dropout": 0.5})
     with torch.no_grad():
         for p in system.parameters():
             p.normal_(std=0.5)  # a non-zero adapter, so dropping its input changes the output

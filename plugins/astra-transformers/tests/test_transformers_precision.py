@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from astra_core.errors import ConfigError
-from astra_core.testing.toy import ToyScorer
 from astra_transformers.precision import DevicePlacementError, check_autocast, placement_guard
 from astra_transformers.system import TransformersSystem
 
@@ -17,7 +16,7 @@ CONTINUATIONS = [" I'm fine, thanks.", " It's so cold.", " shut up."]
 
 
 def build(**options: object) -> TransformersSystem:
-    return TransformersSystem(ToyScorer(), probe_tokens=8, response_tokens=8, **options)
+    return TransformersSystem(probe_tokens=8, response_tokens=8, **options)
 
 
 def block(model: nn.Module, index: int) -> nn.Module:

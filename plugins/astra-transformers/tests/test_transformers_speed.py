@@ -42,7 +42,7 @@ def generate_greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
 
 @pytest.fixture(scope="module")
 def greedy() -> TransformersSystem:
-    return TransformersSystem(ToyScorer(), probe_tokens=6, response_tokens=6, top_k=1)
+    return TransformersSystem(probe_tokens=6, response_tokens=6, top_k=1)
 
 
 def test_lean_loop_greedy_writes_what_generate_writes(greedy: TransformersSystem) -> None:
@@ -98,7 +98,7 @@ def test_warpers_match_generate_s_processors(sampling: Sampling) -> None:
 
 
 def test_generation_with_top_p_temperature_and_top_k_repeats_under_the_seed() -> None:
-    warped = TransformersSystem(ToyScorer(), probe_tokens=5, temperature=0.8, top_k=20, top_p=0.9)
+    warped = TransformersSystem(probe_tokens=5, temperature=0.8, top_k=20, top_p=0.9)
     torch.manual_seed(5)
     first = warped.rollout_tester(CONTEXTS)
     torch.manual_seed(5)
@@ -119,7 +119,7 @@ def fresh(
 
 
 def test_the_target_s_prefill_serves_target_and_baseline_logprobs_exactly() -> None:
-    system = TransformersSystem(ToyScorer(), probe_tokens=8, response_tokens=8)
+    system = TransformersSystem(probe_tokens=8, response_tokens=8)
     # A context longer than the model and an empty one are cut and started differently when
     # answered and when scored: they miss the memo and are computed fresh.
     long_context = "word " * 400
@@ -146,7 +146,7 @@ def test_the_target_s_prefill_serves_target_and_baseline_logprobs_exactly() -> N
 
 
 def test_a_memo_entry_serves_only_the_exact_token_ids_it_was_recorded_with() -> None:
-    system = TransformersSystem(ToyScorer(), probe_tokens=4, response_tokens=4)
+    system = TransformersSystem(probe_tokens=4, response_tokens=4)
     context, probe = "The movie was", " great"
     system.rollout_target([system.join(context, probe)])
     memo = system._memos[id(system._target)]
@@ -194,8 +194,8 @@ def test_bucketed_logprobs_equal_one_padded_batch(system: TransformersSystem) ->
 
 def test_an_experience_costs_two_generation_calls_per_level_and_no_extra_target_forward() -> None:
     ast = pytest.importorskip("astra_ast.sampler")
-    system = TransformersSystem(ToyScorer(), probe_tokens=6, response_tokens=6)
-    sampler = ast.ASTSampler(system, tree_width=2, tree_depth=3, prompts="builtin:train")
+    system = TransformersSystem(probe_tokens=6, response_tokens=6)
+    sampler = ast.ASTSampler(system, ToyScorer(), tree_width=2, tree_depth=3, prompts="builtin:train")
     memo = system._memos[id(system._target)]
     before, misses = system.generate_calls, memo.misses
     graphs = sampler.rollouts(3)

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from astra_core.protocols import Reduction
-from astra_core.testing.toy import ToyScorer
 from astra_transformers.system import TransformersSystem
 
 CONTEXTS = ["Hi Sam! How are you?", "What do you think about the weather?", "", "I left my keys at the park. " * 3]
@@ -128,7 +127,7 @@ def _turns(system: TransformersSystem, contexts: list[str], turns: int) -> list[
 
 
 def test_caches_carried_across_turns_give_what_full_prefills_give() -> None:
-    carried = TransformersSystem(ToyScorer(), probe_tokens=6, response_tokens=6, top_k=1)
+    carried = TransformersSystem(probe_tokens=6, response_tokens=6, top_k=1)
     contexts = [CONTEXTS[0], CONTEXTS[0], CONTEXTS[1], "A"]
     prefill_positions: list[int] = []
 
@@ -142,7 +141,7 @@ def test_caches_carried_across_turns_give_what_full_prefills_give() -> None:
     finally:
         hook.remove()
     assert len(carried._prefix_stores[id(carried._target)]) > 0
-    fresh = TransformersSystem(ToyScorer(), probe_tokens=6, response_tokens=6, top_k=1)
+    fresh = TransformersSystem(probe_tokens=6, response_tokens=6, top_k=1)
     fresh._prefix_stores.clear()  # no store: every turn prefills its whole context
     hook = fresh.target.base_model.register_forward_pre_hook(count, with_kwargs=True)
     full_positions = len(prefill_positions)
@@ -155,7 +154,7 @@ def test_caches_carried_across_turns_give_what_full_prefills_give() -> None:
 
 
 def test_memo_values_from_a_carried_cache_equal_fresh_forwards() -> None:
-    system = TransformersSystem(ToyScorer(), probe_tokens=6, response_tokens=6)
+    system = TransformersSystem(probe_tokens=6, response_tokens=6)
     contexts = [CONTEXTS[0], CONTEXTS[1], CONTEXTS[3]]
     for _ in range(3):
         probes = system.rollout_tester(contexts)
@@ -175,7 +174,7 @@ def test_memo_values_from_a_carried_cache_equal_fresh_forwards() -> None:
 
 
 def test_the_stores_are_cleared_when_the_tester_weights_change() -> None:
-    system = TransformersSystem(ToyScorer(), probe_tokens=4, response_tokens=4)
+    system = TransformersSystem(probe_tokens=4, response_tokens=4)
     probes = system.rollout_tester(["Hello there."])
     system.rollout_target(["Hello there." + probes[0]])
     stores = [system._prefix_stores[id(system._tester)], system._prefix_stores[id(system._target)]]
@@ -190,11 +189,11 @@ def test_the_stores_are_cleared_when_the_tester_weights_change() -> None:
 def test_num_threads_option_sets_torch_threads() -> None:
     before = torch.get_num_threads()
     try:
-        system = TransformersSystem(ToyScorer(), probe_tokens=4, response_tokens=4, num_threads=2)
+        system = TransformersSystem(probe_tokens=4, response_tokens=4, num_threads=2)
         assert system.num_threads == torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
     from astra_core.errors import OptionsError
 
     with pytest.raises(OptionsError, match="num_threads"):
-        TransformersSystem(ToyScorer(), num_threads=0)
+        TransformersSystem(num_threads=0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from astra_core.testing.toy import ToyScorer
 from astra_transformers.system import TransformersSystem
 
 CONTEXTS = ["Hi Sam! How are you?", "What do you think about the weather?", "Oh,", "I left my keys at the park."]
@@ -76,7 +75,7 @@ def test_continuation_is_the_decoded_ids_after_the_prompt(system: TransformersSy
 
 
 def test_left_padded_batch_generates_what_each_context_alone_does() -> None:
-    greedy = TransformersSystem(ToyScorer(), probe_tokens=6, top_k=1)  # top_k=1: deterministic sampling
+    greedy = TransformersSystem(probe_tokens=6, top_k=1)  # top_k=1: deterministic sampling
     batched = greedy.rollout_tester(CONTEXTS)
     alone = [greedy.rollout_tester([context])[0] for context in CONTEXTS]
     assert batched == alone
@@ -162,7 +161,7 @@ def test_frozen_logprobs_can_be_saved_for_backward(system: TransformersSystem) -
 
 
 def test_baseline_keeps_the_starting_weights_when_the_tester_trains() -> None:
-    trained = TransformersSystem(ToyScorer(), probe_tokens=4, response_tokens=4)
+    trained = TransformersSystem(probe_tokens=4, response_tokens=4)
     baseline_before = trained.baseline_logprobs(CONTEXTS, CONTINUATIONS)
     tester_before = trained.tester_logprobs(CONTEXTS, CONTINUATIONS).detach()
     assert torch.allclose(baseline_before, tester_before, atol=1e-5)

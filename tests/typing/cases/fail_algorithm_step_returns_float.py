@@ -1,6 +1,6 @@
 # expect: arg-type
 # expect-message: Argument 3 to "Trainer" has incompatible type "FloatLoss"
-"""An algorithm whose step returns a bare float (no logs, no tensor) is not an Algorithm."""
+"""An algorithm whose loss returns a bare float (no logs, no tensor) is not an Algorithm."""
 
 from collections.abc import Iterator, Sequence
 
@@ -10,13 +10,13 @@ from astra_core import Graph, Node, Sampler, Trainer, TrainingConfiguration
 
 
 class FloatLoss:
-    def flatten(self, graph: Graph[str, str]) -> list[Node[str, str]]:
-        return list(graph.nodes())
+    def flatten(self, graphs: Sequence[Graph[str, str]]) -> list[Node[str, str]]:
+        return [node for graph in graphs for node in graph.nodes()]
 
-    def collate_fn(self, steps: Sequence[Node[str, str]]) -> list[Node[str, str]]:
-        return list(steps)
+    def collate_fn(self, examples: Sequence[Node[str, str]]) -> list[Node[str, str]]:
+        return list(examples)
 
-    def step(self, batch: list[Node[str, str]]) -> float:
+    def loss(self, batch: list[Node[str, str]]) -> float:
         return 0.0
 
     def parameters(self) -> Iterator[torch.nn.Parameter]:

@@ -4,12 +4,14 @@
 
 from collections.abc import Sequence
 
-from astra_core import Scorer
+from astra_core import Reads, Scorer, Turn
 
 
 class Labels:
-    def score(self, items: Sequence[str]) -> list[str]:
-        return ["toxic" for _ in items]
+    reads: Reads = "text"
+
+    def score(self, turns: Sequence[Turn[str, str]]) -> list[str]:
+        return ["toxic" for _ in turns]
 
 
 def use(scorer: Scorer[str, str]) -> None: ...

@@ -6,14 +6,11 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from astra_core import Scorer, System
+from astra_core import System
 from astra_core.protocols import Reduction
-from astra_core.testing.toy import ToyScorer
 
 
 class NoJoin:
-    scorer: Scorer[str, str] = ToyScorer()
-
     def tester_logprobs(
         self, contexts: Sequence[str], continuations: Sequence[str], reduction: Reduction = "sum"
     ) -> torch.Tensor:

@@ -10,13 +10,13 @@ from astra_core import Graph, Sampler, Trainer, TrainingConfiguration
 
 
 class IntAlgorithm:
-    def flatten(self, graph: Graph[int, int]) -> list[int]:
-        return [node.probe for node in graph.nodes()]
+    def flatten(self, graphs: Sequence[Graph[int, int]]) -> list[int]:
+        return [node.probe for graph in graphs for node in graph.nodes()]
 
-    def collate_fn(self, steps: Sequence[int]) -> list[int]:
-        return list(steps)
+    def collate_fn(self, examples: Sequence[int]) -> list[int]:
+        return list(examples)
 
-    def step(self, batch: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
         return torch.zeros(()), {}
 
     def parameters(self) -> Iterator[torch.nn.Parameter]:

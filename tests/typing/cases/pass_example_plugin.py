@@ -2,15 +2,14 @@
 
 import torch
 
-from astra_core import Algorithm, BatchedSampler, Sampler, Trainer, TrainingConfiguration
+from astra_core import Algorithm, Sampler, Trainer, TrainingConfiguration
 from astra_core.testing.toy import ToyScorer, ToySystem
 from astra_example_plugin.chain import ChainSampler
-from astra_example_plugin.reinforce import Reinforce, Turn, TurnBatch
+from astra_example_plugin.reinforce import Example, ExampleBatch, Reinforce
 from astra_example_plugin.signsgd import SignSGD
 
-system = ToySystem(ToyScorer())
-chain: Sampler[str, str] = ChainSampler(system, depth=2, openers=["hello there"])
-batched: BatchedSampler[str, str] = ChainSampler(system, openers=["hello there"])
-reinforce: Algorithm[str, str, Turn[str, str], TurnBatch[str, str]] = Reinforce(system, discount=0.9)
+system = ToySystem()
+chain: Sampler[str, str] = ChainSampler(system, ToyScorer(), depth=2, openers=["hello there"])
+reinforce: Algorithm[str, str, Example[str, str], ExampleBatch[str, str]] = Reinforce(system, discount=0.9)
 Trainer(TrainingConfiguration(training_steps=1), chain, reinforce)
 optimizer: torch.optim.Optimizer = SignSGD(system.parameters(), lr=0.01)

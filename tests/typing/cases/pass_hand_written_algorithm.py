@@ -9,7 +9,7 @@ from astra_core.harness import Harness
 from astra_core.testing.toy import ToyScorer, ToySystem
 
 scorer: Scorer[str, str] = ToyScorer()
-system: System[str, str] = ToySystem(scorer)
+system: System[str, str] = ToySystem()
 
 
 class Imitation:
@@ -18,13 +18,13 @@ class Imitation:
     def __init__(self, system: System[str, str]) -> None:
         self.system = system
 
-    def flatten(self, graph: Graph[str, str]) -> list[Node[str, str]]:
-        return list(graph.nodes())
+    def flatten(self, graphs: Sequence[Graph[str, str]]) -> list[Node[str, str]]:
+        return [node for graph in graphs for node in graph.nodes()]
 
-    def collate_fn(self, steps: Sequence[Node[str, str]]) -> list[Node[str, str]]:
-        return list(steps)
+    def collate_fn(self, examples: Sequence[Node[str, str]]) -> list[Node[str, str]]:
+        return list(examples)
 
-    def step(self, batch: list[Node[str, str]]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: list[Node[str, str]]) -> tuple[torch.Tensor, dict[str, float]]:
         logprobs = self.system.tester_logprobs([n.context for n in batch], [n.probe for n in batch])
         loss = -(torch.tensor([n.reward for n in batch]) * logprobs).mean()
         return loss, {"loss": float(loss.detach())}
@@ -38,5 +38,5 @@ algorithm: Algorithm[str, str, Node[str, str], list[Node[str, str]]] = Imitation
 
 def train(sampler: Sampler[str, str]) -> Trainer[str, str, Node[str, str], list[Node[str, str]]]:
     harness = Harness(sampler, Imitation(sampler.system))
-    loss, logs = harness.step([])
+    loss, logs = harness.loss([])
     return Trainer(TrainingConfiguration(training_steps=1), sampler, algorithm)

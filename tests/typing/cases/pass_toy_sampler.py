@@ -5,7 +5,7 @@ from astra_core.harness import Harness
 from astra_core.testing.toy import ToyScorer, ToySampler, ToySystem
 from astra_example_plugin.reinforce import Reinforce
 
-system = ToySystem(ToyScorer())
-sampler: Sampler[str, str] = ToySampler(system)
-Harness(ToySampler(system), Reinforce(system))
-Trainer(TrainingConfiguration(training_steps=1), ToySampler(system), Reinforce(system))
+system = ToySystem()
+sampler: Sampler[str, str] = ToySampler(system, ToyScorer())
+Harness(ToySampler(system, ToyScorer()), Reinforce(system))
+Trainer(TrainingConfiguration(training_steps=1), ToySampler(system, ToyScorer()), Reinforce(system))
