@@ -60,6 +60,7 @@ class Settings:
     seed: int = 0
     prompts: str | None = None
     config: str | None = None
+    warmup: int = WARMUP_STEPS
 
 
 def run_config(settings: Settings) -> Any:
@@ -70,7 +71,7 @@ def run_config(settings: Settings) -> Any:
     base = load_run_file(settings.config) if settings.config is not None else RunConfig()
     training: dict[str, Any] = {
         **base.training.model_dump(exclude_unset=True),
-        "training_steps": WARMUP_STEPS + settings.steps,
+        "training_steps": settings.warmup + settings.steps,
         "seed": settings.seed,
     }
     if settings.episodes is not None:
@@ -180,7 +181,7 @@ def measure(settings: Settings, mode: str) -> dict[str, Any]:
         recorder.watch_system(system, trainer.sampler.scorer)
         recorder.watch_optimizer(trainer.optimizer)
         recorder.watch_backward()
-        for index in range(WARMUP_STEPS + settings.steps):
+        for index in range(settings.warmup + settings.steps):
             calls_before = getattr(system, "generate_calls", None)
             recorder.reset()
             recorder.enabled = True
@@ -190,7 +191,7 @@ def measure(settings: Settings, mode: str) -> dict[str, Any]:
             recorder.enabled = False  # counting tokens below is the benchmark's work, not the step's
             counts = recorder.snapshot()
             calls_after = getattr(system, "generate_calls", None)
-            if index < WARMUP_STEPS:
+            if index < settings.warmup:
                 continue
             graphs = trainer.harness.last_graphs
             nodes = [node for graph in graphs for node in graph.nodes()]
@@ -366,7 +367,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, help="tree width (default 2)")
     parser.add_argument("--depth", type=int, help="tree depth (default 3)")
     parser.add_argument("--batch-size", type=int, help="training batch size (default 16)")
-    parser.add_argument("--steps", type=int, default=3, help="measured steps after one warm-up step (default 3)")
+    parser.add_argument("--steps", type=int, default=3, help="measured steps after the warm-up (default 3)")
+    parser.add_argument(
+        "--warmup", type=int, default=WARMUP_STEPS, help=f"unmeasured steps first (default {WARMUP_STEPS})"
+    )
     parser.add_argument("--config", help="a run file to start from (default: the default configuration)")
     parser.add_argument("--model", help="'tiny' (embedded) or a model directory (default: the run's)")
     parser.add_argument("--shape", choices=SHAPES, help="build a random-weight model of this shape and use it")
@@ -375,9 +379,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument(
         "--mode",
-        choices=("batched", "per-node", UNPACKED, "both", "all"),
+        choices=("batched", "per-node", UNPACKED, "both", "packing", "all"),
         default="both",
-        help="both: batched and per-node; all: also unpacked (packed log-prob passes off)",
+        help="both: batched and per-node; packing: batched and unpacked (packed log-prob passes off); all: the three",
     )
     parser.add_argument("--scaling", action="store_true", help="also time 8, 16, 32, 64 episodes (batched)")
     parser.add_argument("--seed", type=int, default=0)
@@ -442,8 +446,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             seed=args.seed,
             prompts=prompts,
             config=args.config,
+            warmup=args.warmup,
         )
-        modes = {"both": list(MODES), "all": [*MODES, UNPACKED]}.get(args.mode, [args.mode])
+        modes = {"both": list(MODES), "packing": ["batched", UNPACKED], "all": [*MODES, UNPACKED]}.get(
+            args.mode, [args.mode]
+        )
         result: dict[str, Any] = {
             "benchmark": "astra-step",
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -461,7 +468,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 **(prompt_counts or {}),
             },
             "parameters": _parameters(str(base.system.options.get("model", "tiny"))),
-            "warmup_steps": WARMUP_STEPS,
+            "warmup_steps": args.warmup,
             "modes": {mode: measure(settings, mode) for mode in modes},
         }
         if "batched" in modes and UNPACKED in modes:

@@ -11,7 +11,6 @@ import pytest
 import torch
 from transformers import GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
 
-from astra_core.testing.toy import ToyScorer
 from astra_transformers.system import TransformersSystem
 
 
@@ -44,7 +43,7 @@ MIXED = [text for pair in zip(SHORT, LONG, strict=True) for text in pair]
 
 @pytest.fixture(scope="module")
 def greedy() -> TransformersSystem:
-    return TransformersSystem(ToyScorer(), probe_tokens=6, response_tokens=6, top_k=1)
+    return TransformersSystem(probe_tokens=6, response_tokens=6, top_k=1)
 
 
 @contextmanager
@@ -78,7 +77,7 @@ def test_a_second_turn_on_carried_caches_still_writes_what_generate_writes(greed
 
 
 def test_packed_tester_logprobs_equal_the_unpacked_ones_in_values_and_gradients() -> None:
-    system = TransformersSystem(ToyScorer(), probe_tokens=6, response_tokens=6)
+    system = TransformersSystem(probe_tokens=6, response_tokens=6)
     assert system._tester.packs  # the embedded GPT-2 honours tree masks
     # A tree's rows: siblings share a context, the second turn extends the first.
     opener = LONG[0]
@@ -101,7 +100,7 @@ def test_packed_tester_logprobs_equal_the_unpacked_ones_in_values_and_gradients(
 
 
 def test_packed_pair_logprobs_equal_the_unpacked_ones() -> None:
-    system = TransformersSystem(ToyScorer(), probe_tokens=6, response_tokens=6)
+    system = TransformersSystem(probe_tokens=6, response_tokens=6)
     contexts = [LONG[1], LONG[1] + " Rain!", SHORT[0]]
     chosen, rejected = [" Rain!", " Sun.", " ah"], [" Wind", " Snow, I think", " eh?"]
     packed = system.tester_pair_logprobs(contexts, chosen, rejected, "mean")
