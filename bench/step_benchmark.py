@@ -30,13 +30,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.floor import floor_positions
 from bench.per_node import PerNodeSampler
 from bench.recorder import CATEGORIES, POSITION_KINDS, Recorder, StepCounts
 from bench.reference import preference_groups, reference_positions, total
 
 MODES = ("batched", "per-node")
+UNPACKED = "unpacked"
+"""The batched mode with the system's packed log-prob passes off (each row run on its own, bucketed)."""
 SCALING_EPISODES = (8, 16, 32, 64)
 SHAPES = ("gpt2-21m",)
+MAX_PROMPT_TOKENS = 512
+"""File prompts longer than this are left out: the reference toolbox does not truncate and fails on them."""
 WARMUP_STEPS = 1
 
 
@@ -49,36 +54,52 @@ class Settings:
     depth: int | None = None
     batch_size: int | None = None
     steps: int = 3
-    model: str = "tiny"
+    model: str | None = None
     probe_tokens: int | None = None
     response_tokens: int | None = None
     seed: int = 0
+    prompts: str | None = None
+    config: str | None = None
+    warmup: int = WARMUP_STEPS
 
 
 def run_config(settings: Settings) -> Any:
-    """The default `RunConfig` with the benchmark's overrides (no evaluator: it is not timed)."""
-    from astra_core.config import ComponentRef, RunConfig, TrainingConfiguration
+    """The run file's `RunConfig` (the default one without ``--config``) with the benchmark's
+    overrides; no evaluator (it is not timed)."""
+    from astra_core.config import ComponentRef, RunConfig, TrainingConfiguration, load_run_file
 
-    training: dict[str, Any] = {"training_steps": WARMUP_STEPS + settings.steps, "seed": settings.seed}
+    base = load_run_file(settings.config) if settings.config is not None else RunConfig()
+    training: dict[str, Any] = {
+        **base.training.model_dump(exclude_unset=True),
+        "training_steps": settings.warmup + settings.steps,
+        "seed": settings.seed,
+    }
     if settings.episodes is not None:
         training["num_episodes_per_experience"] = settings.episodes
     if settings.batch_size is not None:
         training["batch_size"] = settings.batch_size
-    system: dict[str, Any] = {"model": settings.model}
+    system: dict[str, Any] = dict(base.system.options)
+    if settings.model is not None:
+        system["model"] = settings.model
     if settings.probe_tokens is not None:
         system["probe_tokens"] = settings.probe_tokens
     if settings.response_tokens is not None:
         system["response_tokens"] = settings.response_tokens
-    sampler: dict[str, Any] = {}
+    sampler: dict[str, Any] = dict(base.sampler.options)
     if settings.width is not None:
         sampler["tree_width"] = settings.width
     if settings.depth is not None:
         sampler["tree_depth"] = settings.depth
-    return RunConfig(
-        training=TrainingConfiguration(**training),
-        system=ComponentRef(name="transformers", options=system),
-        sampler=ComponentRef(name="ast", options=sampler),
-        evaluator=None,
+    if settings.prompts is not None:
+        sampler["prompts"] = settings.prompts
+    return base.model_copy(
+        update={
+            "training": TrainingConfiguration(**training),
+            "system": ComponentRef(name=base.system.name, options=system),
+            "sampler": ComponentRef(name=base.sampler.name, options=sampler),
+            "evaluator": None,
+            "callbacks": [],
+        }
     )
 
 
@@ -92,20 +113,42 @@ def build_trainer(settings: Settings, mode: str) -> Any:
     def per_node(built: BuiltRun) -> PerNodeSampler:
         return PerNodeSampler(built.system, built.scorer, **resolved.components["sampler"].options.model_dump())
 
-    return assemble(resolved, sampler=per_node if mode == "per-node" else None)
+    def unpacked(built: BuiltRun) -> Any:
+        if hasattr(built.system, "_pack_logprobs"):
+            built.system._pack_logprobs = False
+        return built.sampler
+
+    replace = {"per-node": per_node, UNPACKED: unpacked}.get(mode)
+    return assemble(resolved, sampler=replace)
+
+
+def _token_ids(system: Any, attribute: str) -> Any:
+    tokenizer = getattr(system, attribute, None)
+    vocabulary: dict[str, int] = {}
+
+    def ids(texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        if tokenizer is None:  # a system without a tokenizer: words stand for tokens
+            return [[vocabulary.setdefault(word, len(vocabulary)) for word in text.split()] for text in texts]
+        return [list(row) for row in tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]]
+
+    return ids
 
 
 def _token_counter(system: Any, attribute: str) -> Any:
-    tokenizer = getattr(system, attribute, None)
+    ids = _token_ids(system, attribute)
 
     def count(texts: Sequence[str]) -> list[int]:
-        if not texts:
-            return []
-        if tokenizer is None:
-            return [len(text.split()) for text in texts]
-        return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+        return [len(row) for row in ids(texts)]
 
     return count
+
+
+def _trains_on_pairs(algorithm: Any) -> bool:
+    from astra_algorithms.preference import PreferenceAlgorithm
+
+    return isinstance(algorithm, PreferenceAlgorithm)
 
 
 def peak_rss_mib() -> float:
@@ -131,13 +174,16 @@ def measure(settings: Settings, mode: str) -> dict[str, Any]:
     system = unwrap(trainer.sampler.system)  # the recorder patches the system's own class and methods
     tester_tokens = _token_counter(system, "tokenizer")
     target_tokens = _token_counter(system, "target_tokenizer") if hasattr(system, "target_tokenizer") else tester_tokens
+    tester_ids = _token_ids(system, "tokenizer")
+    target_ids = _token_ids(system, "target_tokenizer") if hasattr(system, "target_tokenizer") else tester_ids
+    pairs = _trains_on_pairs(trainer.harness.algorithm)
     budgets = (getattr(system, "tester_context_tokens", None), getattr(system, "target_context_tokens", None))
     steps: list[dict[str, Any]] = []
     with Recorder() as recorder:
         recorder.watch_system(system, trainer.sampler.scorer)
         recorder.watch_optimizer(trainer.optimizer)
         recorder.watch_backward()
-        for index in range(WARMUP_STEPS + settings.steps):
+        for index in range(settings.warmup + settings.steps):
             calls_before = getattr(system, "generate_calls", None)
             recorder.reset()
             recorder.enabled = True
@@ -147,7 +193,7 @@ def measure(settings: Settings, mode: str) -> dict[str, Any]:
             recorder.enabled = False  # counting tokens below is the benchmark's work, not the step's
             counts = recorder.snapshot()
             calls_after = getattr(system, "generate_calls", None)
-            if index < WARMUP_STEPS:
+            if index < settings.warmup:
                 continue
             graphs = trainer.harness.last_graphs
             nodes = [node for graph in graphs for node in graph.nodes()]
@@ -164,6 +210,7 @@ def measure(settings: Settings, mode: str) -> dict[str, Any]:
                     "generated": generated,
                     "generate_calls": generate_calls,
                     "reference": reference_positions(graphs, tester_tokens, target_tokens, *budgets),
+                    "floor": floor_positions(graphs, tester_ids, target_ids, *budgets, pairs=pairs),
                     "pairs": sum(len(preference_groups(graph)) for graph in graphs),
                     "examples": logs.get("train_examples", 0.0),
                     "updates": logs.get("updates", 0.0),
@@ -197,6 +244,11 @@ def summarise(mode: str, settings: Settings, steps: list[dict[str, Any]], traine
         kinds["total"] = sum(kinds.values())
         reference[name] = kinds
     reference_total = _mean([float(total(step["reference"])) for step in steps])
+    floor = {
+        name: {kind: _mean([step["floor"][name][kind] for step in steps]) for kind in steps[0]["floor"][name]}
+        for name in steps[0]["floor"]
+    }
+    floor_total = _mean([float(total(step["floor"])) for step in steps])
     forwards = {name: _mean([c.forwards.get(name, 0) for c in counts]) for name in models}
     forwards["total"] = sum(forwards.values())
     episodes = _mean([step["episodes"] for step in steps])
@@ -224,6 +276,11 @@ def summarise(mode: str, settings: Settings, steps: list[dict[str, Any]], traine
         "reference_token_positions_per_step": reference,
         "reference_token_positions_total_per_step": reference_total,
         "token_positions_vs_reference": ours / reference_total if reference_total else None,
+        "floor_token_positions_per_step": floor,
+        "floor_token_positions_total_per_step": floor_total,
+        "floor_vs_reference": floor_total / reference_total if reference_total else None,
+        "token_positions_vs_floor": ours / floor_total if floor_total else None,
+        "microseconds_per_position": 1e6 * median / ours if ours else None,
         "dpo_pairs_per_step": _mean([step["pairs"] for step in steps]),
         "train_examples_per_step": _mean([step["examples"] for step in steps]),
         "optimizer_updates_per_step": _mean([step["updates"] for step in steps]),
@@ -263,12 +320,29 @@ def build_shape(shape: str, directory: Path, seed: int = 0) -> Path:
     return directory
 
 
-def _parameters(settings: Settings) -> int:
+def filter_prompts(source: str, model: str, max_tokens: int, directory: Path) -> tuple[str, dict[str, int]]:
+    """The prompts of file `source` that `model`'s tokenizer makes at most `max_tokens` tokens,
+    written to a JSON file in `directory`; its path and the counts kept and left out."""
+    from transformers import AutoTokenizer
+
+    from astra_ast.prompt_sets import load_prompts
+    from astra_transformers.system import resolve_source
+
+    prompts = load_prompts(source)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_source(model))
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False, verbose=False)["input_ids"]]
+    kept = [prompt for prompt, length in zip(prompts, lengths, strict=True) if length <= max_tokens]
+    path = directory / "prompts.json"
+    path.write_text(json.dumps(kept), encoding="utf-8")
+    return str(path), {"kept": len(kept), "left_out": len(prompts) - len(kept)}
+
+
+def _parameters(model_source: str) -> int:
     import torch
 
     from astra_transformers.system import load_model
 
-    model = load_model(settings.model, torch.float32, torch.device("cpu")).module
+    model = load_model(model_source, torch.float32, torch.device("cpu")).module
     return sum(p.numel() for p in model.parameters())
 
 
@@ -295,17 +369,50 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, help="tree width (default 2)")
     parser.add_argument("--depth", type=int, help="tree depth (default 3)")
     parser.add_argument("--batch-size", type=int, help="training batch size (default 16)")
-    parser.add_argument("--steps", type=int, default=3, help="measured steps after one warm-up step (default 3)")
-    parser.add_argument("--model", default="tiny", help="'tiny' (embedded) or a model directory")
+    parser.add_argument("--steps", type=int, default=3, help="measured steps after the warm-up (default 3)")
+    parser.add_argument(
+        "--warmup", type=int, default=WARMUP_STEPS, help=f"unmeasured steps first (default {WARMUP_STEPS})"
+    )
+    parser.add_argument("--config", help="a run file to start from (default: the default configuration)")
+    parser.add_argument("--model", help="'tiny' (embedded) or a model directory (default: the run's)")
     parser.add_argument("--shape", choices=SHAPES, help="build a random-weight model of this shape and use it")
     parser.add_argument("--probe-tokens", type=int, help="max tokens per probe (default 24)")
     parser.add_argument("--response-tokens", type=int, help="max tokens per response (default 24)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--mode", choices=("batched", "per-node", "both"), default="both")
+    parser.add_argument(
+        "--mode",
+        choices=("batched", "per-node", UNPACKED, "both", "packing", "all"),
+        default="both",
+        help="both: batched and per-node; packing: batched and unpacked (packed log-prob passes off); all: the three",
+    )
     parser.add_argument("--scaling", action="store_true", help="also time 8, 16, 32, 64 episodes (batched)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--prompts",
+        help="opening prompts: builtin:<split> or a prompt file, e.g. ../shared/bench-data/reddit_prompts_train.json",
+    )
+    parser.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=MAX_PROMPT_TOKENS,
+        help=f"leave out file prompts longer than this many tester tokens (default {MAX_PROMPT_TOKENS})",
+    )
     args = parser.parse_args(argv)
-    for flag in ("episodes", "width", "depth", "batch_size", "steps", "probe_tokens", "response_tokens", "threads"):
+    for flag in ("config", "prompts"):
+        value = getattr(args, flag)
+        if value is not None and not value.startswith("builtin:") and not Path(value).is_file():
+            parser.error(f"--{flag} {value}: no such file")
+    for flag in (
+        "episodes",
+        "width",
+        "depth",
+        "batch_size",
+        "steps",
+        "probe_tokens",
+        "response_tokens",
+        "threads",
+        "max_prompt_tokens",
+    ):
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
@@ -318,12 +425,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    temporary = None
+    temporary = Path(tempfile.mkdtemp(prefix="astra-bench-"))
     model = args.model
     try:
         if args.shape is not None:
-            temporary = Path(tempfile.mkdtemp(prefix=f"astra-bench-{args.shape}-"))
-            model = str(build_shape(args.shape, temporary, args.seed))
+            model = str(build_shape(args.shape, temporary / args.shape, args.seed))
+        base = run_config(Settings(model=model, config=args.config))
+        prompts, prompt_counts = args.prompts, None
+        if prompts is not None and not prompts.startswith("builtin:"):
+            prompts, prompt_counts = filter_prompts(
+                prompts, str(base.system.options.get("model", "tiny")), args.max_prompt_tokens, temporary
+            )
         settings = Settings(
             episodes=args.episodes,
             width=args.width,
@@ -334,8 +446,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             probe_tokens=args.probe_tokens,
             response_tokens=args.response_tokens,
             seed=args.seed,
+            prompts=prompts,
+            config=args.config,
+            warmup=args.warmup,
         )
-        modes = list(MODES) if args.mode == "both" else [args.mode]
+        modes = {"both": list(MODES), "packing": ["batched", UNPACKED], "all": [*MODES, UNPACKED]}.get(
+            args.mode, [args.mode]
+        )
         result: dict[str, Any] = {
             "benchmark": "astra-step",
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -346,12 +463,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
             },
-            "model": args.shape or args.model,
-            "parameters": _parameters(settings),
-            "warmup_steps": WARMUP_STEPS,
+            "model": args.shape or str(base.system.options.get("model", "tiny")),
+            "config": args.config,
+            "prompts": {
+                "source": args.prompts or str(base.sampler.options.get("prompts", "builtin:train")),
+                **(prompt_counts or {}),
+            },
+            "parameters": _parameters(str(base.system.options.get("model", "tiny"))),
+            "warmup_steps": args.warmup,
             "modes": {mode: measure(settings, mode) for mode in modes},
         }
-        if len(modes) == 2:
+        if "batched" in modes and UNPACKED in modes:
+            batched, unpacked = result["modes"]["batched"], result["modes"][UNPACKED]
+            result["packed_over_unpacked"] = {
+                "speedup": unpacked["seconds_per_step"] / batched["seconds_per_step"],
+                "token_positions": batched["token_positions_total_per_step"]
+                / unpacked["token_positions_total_per_step"],
+            }
+        if "batched" in modes and "per-node" in modes:
             batched, per_node = result["modes"]["batched"], result["modes"]["per-node"]
             result["batched_over_per_node"] = {
                 "seconds_per_step": batched["seconds_per_step"] / per_node["seconds_per_step"],
@@ -360,6 +489,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 / per_node["token_positions_total_per_step"],
                 "generate_calls": batched["generate_calls_per_step"] / per_node["generate_calls_per_step"],
             }
+        print_headline(result)
         if args.scaling:
             table = scaling(settings)
             result["scaling"] = table
@@ -371,8 +501,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
         return result
     finally:
-        if temporary is not None:
-            shutil.rmtree(temporary, ignore_errors=True)
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def print_headline(result: dict[str, Any]) -> None:
+    """The numbers to quote, one line per mode, on stderr (the JSON line stays alone on stdout)."""
+    for mode, record in result["modes"].items():
+        print(
+            f"{mode}: {record['seconds_per_step']:.2f} s/step, "
+            f"{record['token_positions_total_per_step']:,.0f} positions "
+            f"(floor {record['floor_token_positions_total_per_step']:,.0f}, "
+            f"reference-equivalent {record['reference_token_positions_total_per_step']:,.0f}; "
+            f"work ratio {record['token_positions_vs_reference'] or 0:.3f}, "
+            f"floor ratio {record['floor_vs_reference'] or 0:.3f}), "
+            f"{record['microseconds_per_position'] or 0:.1f} us/position",
+            file=sys.stderr,
+        )
+    ratio = result.get("batched_over_per_node")
+    if ratio is not None:
+        print(f"per-node / batched step time: {ratio['speedup']:.2f}x", file=sys.stderr)
+    packed = result.get("packed_over_unpacked")
+    if packed is not None:
+        print(
+            f"unpacked / batched step time: {packed['speedup']:.2f}x, positions {packed['token_positions']:.3f}",
+            file=sys.stderr,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

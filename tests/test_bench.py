@@ -172,3 +172,61 @@ def test_reference_work_counts_each_node_and_pair() -> None:
     assert work["tester"] == {"prefill": 6, "decode": 1, "train_forward": 9, "frozen_forward": 0, "backward": 9}
     assert work["target"] == {"prefill": 9, "decode": 2, "train_forward": 0, "frozen_forward": 9, "backward": 0}
     assert work["baseline"] == {"prefill": 0, "decode": 0, "train_forward": 0, "frozen_forward": 9, "backward": 9}
+
+
+_VOCABULARY: dict[str, int] = {}
+
+
+def _word_ids(texts: Any) -> list[list[int]]:
+    return [[_VOCABULARY.setdefault(word, len(_VOCABULARY)) for word in text.split()] for text in texts]
+
+
+def test_the_floor_counts_each_unique_token_once_per_model_and_pass() -> None:
+    from astra_core.graph import Graph, Node
+    from bench.floor import floor_positions
+
+    # Opener "a b c"; two siblings; the first has two children after "a b c p q r".
+    first = Node("a b c", " p q", " r", 0.9)
+    first.children = [Node("a b c p q r", " x", " y", 0.2), Node("a b c p q r", " z w", " y", 0.7)]
+    graph = Graph("a b c", [first, Node("a b c", " s", " t u v", 0.1)])
+    floor = floor_positions([graph], _word_ids, _word_ids)
+    # Tester rows: abc+pq, abc+s, abcpqr+x, abcpqr+zw -> a b c p q | s | r x | z w = 10 trie nodes.
+    assert floor["tester"] == {"generation": 10, "train_forward": 10, "backward": 10}
+    # Target rows: abcpq+r, abcs+tuv, abcpqrx+y, abcpqrzw+y -> a b c p q r | s t u v | x y | z w y = 15.
+    assert floor["target"] == {"generation": 15}
+    assert floor["baseline"] == {"frozen_forward": 10}
+    # A context budget cuts the oldest tokens: the second turn's rows ("p q r" + x, + z w) no longer
+    # share the opener's trie path.
+    assert floor_positions([graph], _word_ids, _word_ids, tester_budget=3)["tester"]["generation"] == 12
+
+
+def test_the_report_has_the_floor_and_the_cost_per_position(report: dict[str, Any]) -> None:
+    for record in report["modes"].values():
+        floor = record["floor_token_positions_total_per_step"]
+        assert 0 < floor < record["reference_token_positions_total_per_step"]
+        assert record["floor_vs_reference"] == pytest.approx(floor / record["reference_token_positions_total_per_step"])
+        assert record["microseconds_per_position"] > 0
+
+
+def test_file_prompts_longer_than_the_limit_are_left_out(tmp_path: Path) -> None:
+    source = tmp_path / "prompts.json"
+    source.write_text(json.dumps(["Hi there.", "word " * 50, "How are you?"]), encoding="utf-8")
+    path, counts = step_benchmark.filter_prompts(str(source), "tiny", 10, tmp_path)
+    assert counts == {"kept": 2, "left_out": 1}
+    assert json.loads(Path(path).read_text(encoding="utf-8")) == ["Hi there.", "How are you?"]
+
+
+def test_a_missing_prompt_file_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as raised:
+        step_benchmark.parse_args(["--prompts", "no/such/prompts.json"])
+    assert raised.value.code == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+REDDIT = ROOT.parent / "shared" / "bench-data" / "reddit_prompts_train.json"
+
+
+@pytest.mark.skipif(not REDDIT.is_file(), reason="the reference's prompts are not beside this checkout (../shared)")
+def test_the_headline_prompts_load_and_keep_most_openers(tmp_path: Path) -> None:
+    _, counts = step_benchmark.filter_prompts(str(REDDIT), "tiny", step_benchmark.MAX_PROMPT_TOKENS, tmp_path)
+    assert counts["kept"] > 0.9 * (counts["kept"] + counts["left_out"])

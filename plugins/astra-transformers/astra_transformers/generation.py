@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from astra_transformers.logprobs import length_buckets
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -241,37 +243,14 @@ def sample(
             # after the last turn), so the run covers it and one token more, within `tail`.
             must_run = min(tail, len(row) - 1, len(row) - common + 1) + 1
             reused[i] = max(0, min(common, len(row) - must_run))
-    cached = max(reused)
-    width = max(len(row) - k for row, k in zip(distinct, reused, strict=True))
-    # Left padding: every row's next token sits in the same column; a row's reused tokens sit in
-    # the cache columns just before its input.
-    input_ids = torch.full((count, width), decoder.pad_id, dtype=torch.long)
-    mask = torch.zeros((count, cached + width), dtype=torch.long)
-    for i, (row, k) in enumerate(zip(distinct, reused, strict=True)):
-        run = list(row[k:])
-        input_ids[i, width - len(run) :] = torch.tensor(run, dtype=torch.long)
-        mask[i, cached + width - len(run) :] = 1
-        mask[i, cached - k : cached] = 1
-    input_ids, mask = input_ids.to(device), mask.to(device)
-    input_mask = mask[:, cached:]
-    offsets = torch.tensor(reused, dtype=torch.long, device=device)[:, None]
-    positions = (input_mask.cumsum(-1) - 1 + offsets).masked_fill(input_mask == 0, 0)
+    # Prefill in batches of similar new-token counts: padding a batch of mixed lengths to its
+    # longest row computes positions nobody needs (on long, mixed contexts most of a batch).
+    buckets = length_buckets([len(row) - k for row, k in zip(distinct, reused, strict=True)])
+    last, mask, next_position, cache, tails = _prefill(
+        decoder, distinct, reused, distinct_prefix, tail, device, buckets
+    )
     padded = bool((mask == 0).any())
-    keep = min(tail, width - 1) + 1
-    start_cache = _stacked(distinct_prefix, reused, cached, device) if cached else None
-    logits, cache = decoder.forward(input_ids, mask if padded else None, positions, start_cache, keep)
-    prompt_tails: list[torch.Tensor] | None = None
-    if tail:
-        # Column c predicts the token in column c + 1: log-probs of the last keep - 1 prompt tokens.
-        targets = input_ids[:, width - keep + 1 :]
-        token_logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        per_row = [
-            token_logprobs[i, max(0, keep - (len(row) - k)) :].cpu()
-            for i, (row, k) in enumerate(zip(distinct, reused, strict=True))
-        ]
-        prompt_tails = [per_row[i] for i in expand]
-    last = logits[:, -1]
-    next_position = positions[:, -1:] + 1
+    prompt_tails = [tails[i] for i in expand] if tail else None
     if count < len(rows):
         copies = torch.tensor(expand, dtype=torch.long, device=device)
         last, mask, next_position = last[copies], mask[copies], next_position[copies]
@@ -331,6 +310,108 @@ def sample(
         next_position = next_position + 1
     new_ids = produced[:, :taken].tolist()
     return Decoded(new_ids, prompt_tails, caches if keep_caches else None)
+
+
+Prefilled = tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any, list[torch.Tensor]]
+"""A prefill's last logits (B, V), attention mask (B, columns), next positions (B, 1), KV cache,
+and per row the log-probs of its last prompt tokens."""
+
+
+def _prefill_batch(
+    decoder: Decoder,
+    distinct: Sequence[Sequence[int]],
+    reused: Sequence[int],
+    distinct_prefix: Sequence[Prefix | None],
+    tail: int,
+    device: torch.device,
+) -> Prefilled:
+    count = len(distinct)
+    cached = max(reused)
+    width = max(len(row) - k for row, k in zip(distinct, reused, strict=True))
+    # Left padding: every row's next token sits in the same column; a row's reused tokens sit in
+    # the cache columns just before its input.
+    input_ids = torch.full((count, width), decoder.pad_id, dtype=torch.long)
+    mask = torch.zeros((count, cached + width), dtype=torch.long)
+    for i, (row, k) in enumerate(zip(distinct, reused, strict=True)):
+        run = list(row[k:])
+        input_ids[i, width - len(run) :] = torch.tensor(run, dtype=torch.long)
+        mask[i, cached + width - len(run) :] = 1
+        mask[i, cached - k : cached] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    input_mask = mask[:, cached:]
+    offsets = torch.tensor(reused, dtype=torch.long, device=device)[:, None]
+    positions = (input_mask.cumsum(-1) - 1 + offsets).masked_fill(input_mask == 0, 0)
+    padded = bool((mask == 0).any())
+    keep = min(tail, width - 1) + 1
+    start_cache = _stacked(distinct_prefix, reused, cached, device) if cached else None
+    logits, cache = decoder.forward(input_ids, mask if padded else None, positions, start_cache, keep)
+    tails: list[torch.Tensor] = []
+    if tail:
+        # Column c predicts the token in column c + 1: log-probs of the last keep - 1 prompt tokens.
+        targets = input_ids[:, width - keep + 1 :]
+        token_logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        tails = [
+            token_logprobs[i, max(0, keep - (len(row) - k)) :].cpu()
+            for i, (row, k) in enumerate(zip(distinct, reused, strict=True))
+        ]
+    return logits[:, -1], mask, positions[:, -1:] + 1, cache, tails
+
+
+def _prefill(
+    decoder: Decoder,
+    distinct: Sequence[Sequence[int]],
+    reused: Sequence[int],
+    distinct_prefix: Sequence[Prefix | None],
+    tail: int,
+    device: torch.device,
+    buckets: Sequence[Sequence[int]],
+) -> Prefilled:
+    """`_prefill_batch` per bucket of rows, merged into one batch in row order: each bucket's
+    cache and mask columns right-aligned (the columns left of them are padding the mask hides)."""
+    if len(buckets) == 1:
+        return _prefill_batch(decoder, distinct, reused, distinct_prefix, tail, device)
+    parts = [
+        _prefill_batch(
+            decoder,
+            [distinct[i] for i in bucket],
+            [reused[i] for i in bucket],
+            [distinct_prefix[i] for i in bucket],
+            tail,
+            device,
+        )
+        for bucket in buckets
+    ]
+    from transformers import DynamicCache
+
+    count = len(distinct)
+    columns = max(part[1].shape[1] for part in parts)
+    first_last, first_mask, first_next, first_cache, _ = parts[0]
+    last = first_last.new_empty((count, first_last.shape[1]))
+    mask = first_mask.new_zeros((count, columns))
+    next_position = first_next.new_empty((count, 1))
+    tails: list[torch.Tensor] = [torch.empty(0)] * count
+    merged: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for layer in first_cache.layers:
+        heads, dim = layer.keys.shape[1], layer.keys.shape[3]
+        value_heads, value_dim = layer.values.shape[1], layer.values.shape[3]
+        merged.append(
+            (
+                layer.keys.new_zeros((count, heads, columns, dim)),
+                layer.values.new_zeros((count, value_heads, columns, value_dim)),
+            )
+        )
+    for bucket, (part_last, part_mask, part_next, part_cache, part_tails) in zip(buckets, parts, strict=True):
+        index = torch.tensor(bucket, dtype=torch.long, device=device)
+        width = part_mask.shape[1]
+        last[index] = part_last
+        mask[index, columns - width :] = part_mask
+        next_position[index] = part_next
+        for (keys, values), layer in zip(merged, part_cache.layers, strict=True):
+            keys[index, :, columns - width :] = layer.keys
+            values[index, :, columns - width :] = layer.values
+        for i, row_tail in zip(bucket, part_tails, strict=False):  # no tails unless asked for
+            tails[i] = row_tail
+    return last, mask, next_position, DynamicCache(ddp_cache_data=merged), tails
 
 
 def _stacked(prefixes: Sequence[Prefix | None], reused: Sequence[int], width: int, device: torch.device) -> Any:

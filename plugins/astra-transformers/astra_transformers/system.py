@@ -53,6 +53,7 @@ from astra_transformers.large import (
 from astra_transformers.logprobs import LogprobMemo, length_buckets
 from astra_transformers.lora import ADAPTER_CONFIG, LoraTester, adapter_base, adapter_directory
 from astra_transformers.options import TransformersOptions
+from astra_transformers.packing import pack, packed_logprobs, packing_is_exact
 from astra_transformers.precision import autocast, check_autocast, placement_guard
 from astra_transformers.smollm2 import SMOLLM2_NAME
 from astra_transformers.views import (
@@ -95,6 +96,9 @@ class LoadedModel:
     """End-of-sequence ids: the tokenizer's and the generation config's (a list for Llama 3)."""
     sliced_head: bool
     """Whether logits are exactly ``lm_head(base_model(...))``, so they can be computed only where needed."""
+    packs: bool = False
+    """Whether the model honours a tree attention mask and position ids (`astra_transformers.packing`),
+    so log-prob passes run rows that share prefixes as one packed sequence."""
 
 
 def resolve_source(source: str) -> str:
@@ -219,6 +223,7 @@ def load_model(
     loaded = LoadedModel(source, module, tokenizer, device, n_positions, pad_id, eos, start_id, stops, False)
     # A model spread over devices takes the full forward, whose outputs accelerate brings back.
     loaded.sliced_head = not spans_devices(module) and _head_is_linear_readout(loaded)
+    loaded.packs = packing_is_exact(module, output_head(module) if loaded.sliced_head else None, start_id)
     return loaded
 
 
@@ -370,6 +375,7 @@ class _ModelsSystem(Generic[S]):
         # KV caches carried across turns: a turn's context starts with the last turn's text.
         self._prefix_stores: dict[int, PrefixStore] = {id(m): PrefixStore() for m in (self._tester, self._target)}
         self._bucket_logprobs = True
+        self._pack_logprobs = True
         self.tester_context_tokens = self._budget(self._tester, opts.probe_tokens, "tester", "probe_tokens")
         self.target_context_tokens = self._budget(self._target, opts.response_tokens, "target", "response_tokens")
         self._tester_view, self._target_view = self._views()
@@ -565,10 +571,21 @@ class _ModelsSystem(Generic[S]):
             totals = totals / torch.tensor(counts, device=device).clamp(min=1)
         return totals
 
+    def _packs(self, model: LoadedModel) -> bool:
+        return self._pack_logprobs and model.packs
+
     def _bucketed_logprobs(
         self, model: LoadedModel, rows: Sequence[list[int]], starts: Sequence[int], tails: Sequence[int]
     ) -> torch.Tensor:
-        """`_forward_logprobs` over batches of similar length (padding is expensive on CPU)."""
+        """Summed continuation log-probs of `rows` (each continuation ends `tails` tokens before its
+        row's end): one packed pass where the model allows it (each shared prefix runs once, nothing
+        padded but the last sequence's tail), else `_forward_logprobs` over batches of similar
+        length (padding is expensive on CPU)."""
+        if self._packs(model):
+            head = output_head(model.module) if model.sliced_head else None
+            # A causal model's continuation log-probs do not depend on the tokens after it.
+            cut = [row[: len(row) - tail] for row, tail in zip(rows, tails, strict=True)]
+            return packed_logprobs(model.module, head, pack(cut, starts, model.pad_id))
         if not self._bucket_logprobs:
             return self._forward_logprobs(model, rows, starts, tails)
         buckets = length_buckets([len(row) for row in rows])
@@ -613,9 +630,11 @@ class _ModelsSystem(Generic[S]):
         reduction: Reduction = "sum",
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The tester's log-probs of `chosen` and of `rejected` after each context, with gradients:
-        the same values as two `tester_logprobs` calls, but each context runs once and both
-        continuations run on its KV cache (a DPO pair's shared work). Pairs whose context would be
-        truncated differently for the two continuations take the plain path."""
+        the same values as two `tester_logprobs` calls, but each context runs once. With a model
+        that packs (`astra_transformers.packing`) all rows run as one packed pass, so contexts
+        shared across pairs (a tree's opener and earlier turns) run once too; otherwise both
+        continuations run on the context's KV cache, and pairs whose context would be truncated
+        differently for the two continuations take the plain path."""
         if not len(contexts) == len(chosen) == len(rejected):
             raise ValueError(f"{len(contexts)} contexts, {len(chosen)} chosen and {len(rejected)} rejected")
         if reduction not in ("sum", "mean"):
@@ -632,10 +651,35 @@ class _ModelsSystem(Generic[S]):
         shared = [
             sw == sl and rw[:sw] == rl[:sl] for rw, sw, rl, sl in zip(rows_w, starts_w, rows_l, starts_l, strict=True)
         ]
+        if self._packs(model):
+            with self._running(model):
+                both = self._bucketed_logprobs(
+                    model, rows_w + rows_l, starts_w + starts_l, [0] * (len(rows_w) + len(rows_l))
+                )
+            totals_w, totals_l = both[:n], both[n:]
         # Checkpointed blocks keep no KV cache in a gradient forward: the pair path needs one.
-        if not all(shared) or checkpointing(model.module):
+        elif not all(shared) or checkpointing(model.module):
             both = self.tester_logprobs(list(contexts) * 2, list(chosen) + list(rejected), reduction)
             return both[:n], both[n:]
+        else:
+            totals_w, totals_l = self._context_once(model, rows_w, starts_w, rows_l, starts_l)
+        if reduction == "mean":
+            count_w = torch.tensor([len(r) - s for r, s in zip(rows_w, starts_w, strict=True)], device=model.device)
+            count_l = torch.tensor([len(r) - s for r, s in zip(rows_l, starts_l, strict=True)], device=model.device)
+            totals_w = totals_w / count_w.clamp(min=1)
+            totals_l = totals_l / count_l.clamp(min=1)
+        return totals_w, totals_l
+
+    def _context_once(
+        self,
+        model: LoadedModel,
+        rows_w: list[list[int]],
+        starts_w: list[int],
+        rows_l: list[list[int]],
+        starts_l: list[int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed (chosen, rejected) log-probs: each context runs once, both continuations on its cache."""
+        n = len(rows_w)
         with self._running(model):
             parts: list[torch.Tensor] = []
             order: list[int] = []
@@ -657,11 +701,6 @@ class _ModelsSystem(Generic[S]):
             index = torch.tensor(order, dtype=torch.long, device=model.device)
             totals_w = torch.empty_like(chosen_part).index_copy(0, index, chosen_part)
             totals_l = torch.empty_like(rejected_part).index_copy(0, index, rejected_part)
-        if reduction == "mean":
-            count_w = torch.tensor([len(r) - s for r, s in zip(rows_w, starts_w, strict=True)], device=model.device)
-            count_l = torch.tensor([len(r) - s for r, s in zip(rows_l, starts_l, strict=True)], device=model.device)
-            totals_w = totals_w / count_w.clamp(min=1)
-            totals_l = totals_l / count_l.clamp(min=1)
         return totals_w, totals_l
 
     def baseline_logprobs(
