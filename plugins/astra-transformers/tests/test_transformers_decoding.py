@@ -22,8 +22,8 @@ GREEDY = Sampling(top_k=1)
 
 
 def stops_of(model: Any) -> list[int]:
-    """The stop tokens the system's lean loop uses for `model` (its eos)."""
-    return [model.eos_id] if model.eos_id is not None else []
+    """The stop tokens the system's lean loop uses for `model`."""
+    return sorted(model.stop_ids)
 
 
 def build(**options: object) -> TransformersSystem:
@@ -36,8 +36,8 @@ def system() -> TransformersSystem:
 
 
 def _rows(system: TransformersSystem) -> list[list[int]]:
-    model = system._tester
-    return [system._truncate(model, ids, 200) for ids in system._ids(model, TEXTS)]
+    _, rows = system._tester_view.contexts(TEXTS, 200)
+    return rows
 
 
 def test_static_decoding_gives_the_lean_loops_greedy_tokens_and_prompt_tails(system: TransformersSystem) -> None:
@@ -45,7 +45,7 @@ def test_static_decoding_gives_the_lean_loops_greedy_tokens_and_prompt_tails(sys
     decoder = system._decoder(model)
     rows = _rows(system)
     with torch.inference_mode():
-        lean = sample(decoder, rows, 24, GREEDY, model.device, tail=6)
+        lean = sample(decoder, rows, 24, GREEDY, model.device, tail=6, stop_ids=stops_of(model))
         static = sample_static(decoder, rows, 24, GREEDY, model.device, tail=6, stop_ids=stops_of(model))
     assert static.new_ids == lean.new_ids
     # Some rows finished early (eos, then pad): the finished-row handling was exercised.
@@ -59,7 +59,7 @@ def test_generate_with_a_static_cache_gives_the_lean_loops_greedy_tokens(system:
     model = system._tester
     rows = _rows(system)
     with torch.inference_mode():
-        lean = sample(system._decoder(model), rows, 24, GREEDY, model.device)
+        lean = sample(system._decoder(model), rows, 24, GREEDY, model.device, stop_ids=stops_of(model))
         generated = sample_generate(model.module, rows, 24, GREEDY, model.device, model.pad_id, stops_of(model))
     assert generated.new_ids == lean.new_ids
 
