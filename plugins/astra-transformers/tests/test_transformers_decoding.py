@@ -29,8 +29,7 @@ def system() -> TransformersSystem:
 
 
 def _rows(system: TransformersSystem) -> list[list[int]]:
-    model = system._tester
-    return [system._truncate(model, ids, 200) for ids in system._ids(model, TEXTS)]
+    return system._tester_view.contexts(TEXTS, 200)[1]
 
 
 def test_static_decoding_gives_the_lean_loops_greedy_tokens_and_prompt_tails(system: TransformersSystem) -> None:
