@@ -313,6 +313,46 @@ def test_validate_suggests_the_closest_name_for_a_typo(toy_run: Path, capsys: py
     assert str(toy_run) in err and "unknown algorithm 'test-pgg'" in err and "did you mean 'test-pg'" in err
 
 
+class UnbatchedLoss(PolicyGradient):
+    """Returns one loss per example instead of their mean: the loss contract's scalar is broken."""
+
+    def loss(self, batch: list[tuple[str, str, float]]) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, logs = super().loss(batch)
+        return loss.expand(len(batch)), logs
+
+
+class BrokenPlugin:
+    __test__ = False
+
+    @hookimpl
+    def astra_register(self, registrar: Registrar) -> None:
+        registrar.algorithm("test-unbatched", UnbatchedLoss, options=_NoOptions, summary="a broken loss")
+
+
+def test_validate_check_holds_every_component_to_its_contract(
+    toy_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli("validate", "--check", toy_run) == 0
+    err = capsys.readouterr().err
+    for kind, name in [("sampler", "toy"), ("scorer", "toy"), ("system", "toy"), ("algorithm", "test-pg")]:
+        assert f"check: {kind} {name!r}" in err and "holds its contract" in err
+    assert "check: optimizer 'adamw'" in err and "valid" in err
+
+
+def test_validate_check_names_the_plugin_of_a_broken_component(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install_test_plugin(monkeypatch.setattr, extra=[("broken-plugin", BrokenPlugin())])
+    run_file = tmp_path / "broken.toml"
+    run_file.write_text(TOY_RUN.replace('"test-pg"', '"test-unbatched"'), encoding="utf-8")
+    assert cli("validate", run_file) == 0  # names and options resolve: only --check builds and runs it
+    capsys.readouterr()
+    assert cli("validate", "--check", run_file) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "algorithm 'test-unbatched' (plugin broken-plugin" in err and "contract" in err
+
+
 # --- astra train -----------------------------------------------------------------------------
 
 
