@@ -751,9 +751,10 @@ class _ModelsSystem(Generic[S]):
         # Fixed-shape decoding (astra_transformers.decoding) keeps no caches across turns.
         store = self._prefix_store(model) if decoding == "loop" else None
         prefixes = [store.find(key) for key in keys] if store is not None else None
+        stops = sorted(view.stop_ids)
         with torch.inference_mode(), self._running(model):
             if model is self._target and self._vllm is not None:
-                decoded = Decoded(self._vllm.generate(rows, new_tokens, sorted(view.stop_ids)), None, None)
+                decoded = Decoded(self._vllm.generate(rows, new_tokens, stops), None, None)
             elif decoding != "loop":
                 compile_step = self.options.compile_decoding and model.device.type == "cuda"
                 decoded = fast_sample(
@@ -765,7 +766,7 @@ class _ModelsSystem(Generic[S]):
                     model.device,
                     tail=tail,
                     compile=compile_step,
-                    stop_ids=sorted(view.stop_ids),
+                    stop_ids=stops,
                 )
             else:
                 decoded = sample(
@@ -777,7 +778,7 @@ class _ModelsSystem(Generic[S]):
                     tail=tail,
                     prefixes=prefixes,
                     keep_caches=store is not None,
-                    stop_ids=sorted(view.stop_ids),
+                    stop_ids=stops,
                 )
         self.generated_tokens += sum(len(ids) for ids in decoded.new_ids)
         if memo is not None and decoded.prompt_tails is not None:
