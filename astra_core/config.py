@@ -27,7 +27,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -178,6 +178,10 @@ class TrainingConfiguration(BaseModel):
     )
     warmup_steps: Count = Field(default=0, ge=0, description="linear warmup steps for the scheduler")
     shuffle: StrictBool = Field(default=True, description="shuffle each experience with a seeded generator")
+    shuffle_by: Literal["example", "episode"] = Field(
+        default="example",
+        description="what shuffle permutes: single examples, or whole episodes whose examples stay together",
+    )
     checkpoint_every: Count | None = Field(
         default=None, ge=1, description="checkpoint every N steps (needs output_dir)"
     )
