@@ -355,7 +355,7 @@ def _parameters(model_source: str) -> int:
 
 
 def scaling(settings: Settings) -> list[dict[str, float]]:
-    """Batched step time for 8, 16, 32 and 64 episodes, and the time per episode."""
+    """Batched step time for 8, 16, 32 and 64 episodes, the time and positions per episode."""
     rows = []
     for episodes in SCALING_EPISODES:
         record = measure(Settings(**{**settings.__dict__, "episodes": episodes}), "batched")
@@ -364,7 +364,10 @@ def scaling(settings: Settings) -> list[dict[str, float]]:
                 "episodes": float(episodes),
                 "seconds_per_step": record["seconds_per_step"],
                 "seconds_per_episode": record["seconds_per_step"] / episodes,
+                "token_positions_per_episode": record["token_positions_total_per_step"] / episodes,
                 "token_positions_vs_reference": record["token_positions_vs_reference"] or 0.0,
+                "floor_vs_reference": record["floor_vs_reference"] or 0.0,
+                "microseconds_per_position": record["microseconds_per_position"] or 0.0,
             }
         )
     return rows
@@ -514,10 +517,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.scaling:
             table = scaling(settings)
             result["scaling"] = table
-            print("episodes  s/step  s/episode", file=sys.stderr)
+            print("episodes  s/step  s/episode  positions/episode  work ratio  us/position", file=sys.stderr)
             for row in table:
                 print(
-                    f"{int(row['episodes']):8d}  {row['seconds_per_step']:6.2f}  {row['seconds_per_episode']:9.3f}",
+                    f"{int(row['episodes']):8d}  {row['seconds_per_step']:6.2f}  {row['seconds_per_episode']:9.3f}  "
+                    f"{row['token_positions_per_episode']:17,.0f}  {row['token_positions_vs_reference']:10.3f}  "
+                    f"{row['microseconds_per_position']:11.1f}",
                     file=sys.stderr,
                 )
         return result

@@ -260,3 +260,16 @@ def test_batches_of_whole_episodes_are_noisier_when_an_episodes_examples_agree()
         independent, [4] * 4, 4, "example", 200
     )
     assert 0.5 < ratio < 2.0
+
+
+def test_the_scaling_table_reports_time_and_work_per_episode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(step_benchmark, "SCALING_EPISODES", (1, 2))
+    settings = step_benchmark.Settings(
+        width=2, depth=1, batch_size=4, steps=1, warmup=0, probe_tokens=3, response_tokens=3
+    )
+    rows = step_benchmark.scaling(settings)
+    assert [row["episodes"] for row in rows] == [1.0, 2.0]
+    for row in rows:
+        assert row["seconds_per_episode"] == pytest.approx(row["seconds_per_step"] / row["episodes"])
+        assert row["token_positions_per_episode"] > 0 and row["microseconds_per_position"] > 0
+        assert row["floor_vs_reference"] > 0 and row["token_positions_vs_reference"] > 0
