@@ -3,10 +3,12 @@
 `experience()` rolls out `num_episodes_per_experience` episodes in one `sampler.rollouts` call,
 flattens them with one `algorithm.flatten` call, and returns a DataLoader over the training
 examples that honours `batch_size` and shuffles with a generator seeded from the run's seed and
-the training step, so a resumed run sees the same order. Shuffled by example (the default), a
-batch draws from every episode; shuffled by episode (``shuffle_by="episode"``), the episodes are
-permuted before `flatten` and the batches cut in that order, so a batch holds whole trees (a
-system that packs shared prefixes then runs each tree's opener and earlier turns once per batch).
+the training step, so a resumed run sees the same order. Shuffled by episode (the default), the
+episodes are permuted before `flatten` and the batches cut in that order, so a batch holds whole
+trees (a system that packs shared prefixes then runs each tree's opener and earlier turns once
+per batch; on the reddit workload a batch's gradient is 2% noisier than with examples shuffled
+one by one, docs/performance.md); shuffled by example (``shuffle_by="example"``), a batch draws
+from every episode.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ class Harness(Generic[StateT, ActionT, ExampleT, BatchT]):
         *,
         seed: int = 0,
         shuffle: bool = True,
-        shuffle_by: Literal["example", "episode"] = "example",
+        shuffle_by: Literal["example", "episode"] = "episode",
     ) -> None:
         if num_episodes_per_experience < 1 or batch_size < 1:
             raise ConfigError(

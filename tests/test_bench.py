@@ -235,13 +235,13 @@ def test_the_headline_prompts_load_and_keep_most_openers(tmp_path: Path) -> None
 
 
 def test_the_batching_and_opener_flags_reach_the_run() -> None:
-    args = step_benchmark.parse_args(["--shuffle-by", "episode", "--opener-tokens", "64"])
+    args = step_benchmark.parse_args(["--shuffle-by", "example", "--opener-tokens", "64"])
     settings = step_benchmark.Settings(shuffle_by=args.shuffle_by, opener_tokens=args.opener_tokens)
     config = step_benchmark.run_config(settings)
-    assert config.training.shuffle_by == "episode"
+    assert config.training.shuffle_by == "example"
     assert config.system.options["opener_tokens"] == 64
     default = step_benchmark.run_config(step_benchmark.Settings())
-    assert default.training.shuffle_by == "example" and "opener_tokens" not in default.system.options
+    assert default.training.shuffle_by == "episode" and "opener_tokens" not in default.system.options
 
 
 def test_batches_of_whole_episodes_are_noisier_when_an_episodes_examples_agree() -> None:

@@ -82,15 +82,15 @@ def test_a_sampler_returning_the_wrong_count_is_reported(kit: Kit) -> None:
         harness.experience(0)
 
 
-def test_shuffle_is_seeded_by_run_seed_and_step(kit: Kit) -> None:
+def test_shuffle_by_example_is_seeded_by_run_seed_and_step(kit: Kit) -> None:
     parts = exact(kit)
     torch.manual_seed(0)
-    harness = Harness(parts.sampler, parts.algorithm, num_episodes_per_experience=4, batch_size=5, seed=3)
+    harness = Harness(parts.sampler, parts.algorithm, 4, 5, seed=3, shuffle_by="example")
     loader = harness.experience(7)
     examples = list(loader.dataset)  # type: ignore[call-overload]
 
     def seen(seed: int, step: int) -> list[Any]:
-        again = Harness(parts.sampler, parts.algorithm, 4, 5, seed=seed)
+        again = Harness(parts.sampler, parts.algorithm, 4, 5, seed=seed, shuffle_by="example")
         again.rollouts = lambda: harness.last_graphs  # type: ignore[method-assign]
         return [pair for batch in again.experience(step) for pair in batch]
 
@@ -145,7 +145,7 @@ def test_shuffle_by_episode_keeps_each_episode_together_in_a_seeded_order(kit: K
 
 def test_shuffle_by_example_mixes_episodes(kit: Kit) -> None:
     parts = exact(kit)
-    harness = Harness(parts.sampler, parts.algorithm, 6, 5, seed=3)
+    harness = Harness(parts.sampler, parts.algorithm, 6, 5, seed=3, shuffle_by="example")
     seen = [pair for batch in harness.experience(7) for pair in batch]
     with pytest.raises(AssertionError, match="not one episode's"):
         episode_order(harness, seen)
