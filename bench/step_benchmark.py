@@ -38,6 +38,8 @@ from bench.reference import preference_groups, reference_positions, total
 MODES = ("batched", "per-node")
 UNPACKED = "unpacked"
 """The batched mode with the system's packed log-prob passes off (each row run on its own, bucketed)."""
+BY_EXAMPLE = "by-example"
+"""The batched mode with ``training.shuffle_by = "example"``: batches mix the examples of every episode."""
 SCALING_EPISODES = (8, 16, 32, 64)
 SHAPES = ("gpt2-21m",)
 MAX_PROMPT_TOKENS = 512
@@ -174,7 +176,9 @@ def _mean(values: Sequence[float]) -> float:
 
 def measure(settings: Settings, mode: str) -> dict[str, Any]:
     """Build, warm up, and time `settings.steps` training steps in `mode`; the mode's record."""
-    trainer = build_trainer(settings, mode)
+    if mode == BY_EXAMPLE:
+        settings = Settings(**{**settings.__dict__, "shuffle_by": "example"})
+    trainer = build_trainer(settings, "batched" if mode == BY_EXAMPLE else mode)
     from astra_core.contracts import unwrap
 
     system = unwrap(trainer.sampler.system)  # the recorder patches the system's own class and methods
@@ -402,9 +406,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--mode",
-        choices=("batched", "per-node", UNPACKED, "both", "packing", "all"),
+        choices=("batched", "per-node", UNPACKED, BY_EXAMPLE, "both", "packing", "batching", "all"),
         default="both",
-        help="both: batched and per-node; packing: batched and unpacked (packed log-prob passes off); all: the three",
+        help="both: batched and per-node; packing: batched and unpacked (packed log-prob passes off); batching: "
+        "batched and by-example (batches mixing every episode's examples); all: batched, per-node and unpacked",
     )
     parser.add_argument("--scaling", action="store_true", help="also time 8, 16, 32, 64 episodes (batched)")
     parser.add_argument("--seed", type=int, default=0)
@@ -474,9 +479,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             shuffle_by=args.shuffle_by,
             opener_tokens=args.opener_tokens,
         )
-        modes = {"both": list(MODES), "packing": ["batched", UNPACKED], "all": [*MODES, UNPACKED]}.get(
-            args.mode, [args.mode]
-        )
+        modes = {
+            "both": list(MODES),
+            "packing": ["batched", UNPACKED],
+            "batching": ["batched", BY_EXAMPLE],
+            "all": [*MODES, UNPACKED],
+        }.get(args.mode, [args.mode])
         result: dict[str, Any] = {
             "benchmark": "astra-step",
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -504,6 +512,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "token_positions": batched["token_positions_total_per_step"]
                 / unpacked["token_positions_total_per_step"],
             }
+        if "batched" in modes and BY_EXAMPLE in modes:
+            batched, mixed = result["modes"]["batched"], result["modes"][BY_EXAMPLE]
+            result["batched_over_by_example"] = {
+                "speedup": mixed["seconds_per_step"] / batched["seconds_per_step"],
+                "update_speedup": _update_seconds(mixed) / _update_seconds(batched),
+                "token_positions": batched["token_positions_total_per_step"] / mixed["token_positions_total_per_step"],
+            }
         if "batched" in modes and "per-node" in modes:
             batched, per_node = result["modes"]["batched"], result["modes"]["per-node"]
             result["batched_over_per_node"] = {
@@ -530,6 +545,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(temporary, ignore_errors=True)
 
 
+def _update_seconds(record: dict[str, Any]) -> float:
+    """A mode's update time per step: its log-prob forwards and backward."""
+    seconds = record["breakdown_seconds"]
+    return float(seconds["logprob_forwards"] + seconds["backward"])
+
+
 def print_headline(result: dict[str, Any]) -> None:
     """The numbers to quote, one line per mode, on stderr (the JSON line stays alone on stdout)."""
     for mode, record in result["modes"].items():
@@ -546,6 +567,13 @@ def print_headline(result: dict[str, Any]) -> None:
     ratio = result.get("batched_over_per_node")
     if ratio is not None:
         print(f"per-node / batched step time: {ratio['speedup']:.2f}x", file=sys.stderr)
+    batching = result.get("batched_over_by_example")
+    if batching is not None:
+        print(
+            f"by-example / batched step time: {batching['speedup']:.2f}x, update {batching['update_speedup']:.2f}x, "
+            f"positions {batching['token_positions']:.3f}",
+            file=sys.stderr,
+        )
     packed = result.get("packed_over_unpacked")
     if packed is not None:
         print(

@@ -273,3 +273,19 @@ def test_the_scaling_table_reports_time_and_work_per_episode(monkeypatch: pytest
         assert row["seconds_per_episode"] == pytest.approx(row["seconds_per_step"] / row["episodes"])
         assert row["token_positions_per_episode"] > 0 and row["microseconds_per_position"] > 0
         assert row["floor_vs_reference"] > 0 and row["token_positions_vs_reference"] > 0
+
+
+def test_the_batching_mode_compares_both_shuffles_on_the_same_trees() -> None:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    run = [*TINY_RUN[: TINY_RUN.index("--mode")], "--mode", "batching"]
+    with contextlib.redirect_stdout(out):
+        assert step_benchmark.main(run) == 0
+    report = json.loads(out.getvalue())
+    batched, mixed = report["modes"]["batched"], report["modes"]["by-example"]
+    assert (batched["shuffle_by"], mixed["shuffle_by"]) == ("episode", "example")
+    for kind in ("prefill", "decode"):  # the same trees: generation did the same work
+        assert batched["token_positions_per_step"]["tester"][kind] == mixed["token_positions_per_step"]["tester"][kind]
+    assert set(report["batched_over_by_example"]) == {"speedup", "update_speedup", "token_positions"}
