@@ -253,6 +253,12 @@ class Collectives(Protocol):
         enters it together."""
         ...
 
+    def tester_state(self) -> dict[str, torch.Tensor] | None:
+        """The sharded tester module's full state dict (by its own names; rank 0's is the one to
+        save, other ranks get an empty one), or None where the tester is whole on every rank
+        (save the module as it is). Every rank calls it."""
+        ...
+
     def full_state(
         self, parameters: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer
     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -300,6 +306,9 @@ class SingleProcess:
 
     def gathered(self) -> AbstractContextManager[object]:
         return nullcontext()
+
+    def tester_state(self) -> dict[str, torch.Tensor] | None:
+        return None
 
     def full_state(
         self, parameters: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer
@@ -370,6 +379,9 @@ class DataParallel:
 
     def gathered(self) -> AbstractContextManager[object]:
         return nullcontext()  # every rank holds the whole model
+
+    def tester_state(self) -> dict[str, torch.Tensor] | None:
+        return None
 
     def full_state(
         self, parameters: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer
@@ -603,6 +615,14 @@ class FullyShard:
                     parameter.grad.mul_(self.world_size / contributors)
         return True
 
+    def tester_state(self) -> dict[str, torch.Tensor] | None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        tester = self._root().held[0]
+        # FSDP2's state_dict() is sharded by contract; this gathers it, to the CPU of rank 0 only.
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return dict(get_model_state_dict(tester, options=options))
+
     def full_state(
         self, parameters: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer
     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -610,15 +630,15 @@ class FullyShard:
         # device never holds more than one full tensor beyond its shards.
         weights = {name: t for name, t in ((n, self._full(p)) for n, p in parameters.items()) if t is not None}
         state = optimizer.state_dict()
-        for values in state["state"].values():
-            for key, value in list(values.items()):
-                if isinstance(value, torch.Tensor):
-                    full = self._full(value)
-                    if full is None:
-                        del values[key]
-                    else:
-                        values[key] = full
-        return weights, state
+        # state_dict() shares each parameter's state dict with the optimizer: build new ones.
+        gathered: dict[Any, dict[str, Any]] = {}
+        for index, values in state["state"].items():
+            gathered[index] = {}
+            for key, value in values.items():
+                full = self._full(value) if isinstance(value, torch.Tensor) else value
+                if full is not None:
+                    gathered[index][key] = full
+        return weights, {**state, "state": gathered}
 
     def _full(self, tensor: torch.Tensor) -> torch.Tensor | None:
         from torch.distributed.tensor import DTensor

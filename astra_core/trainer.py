@@ -254,9 +254,7 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
                 raise TrainingInterrupted(abandoned.signum, last, abandoned=True) from None
             if self.run_dir is not None:
                 self.save_checkpoint()
-                with self.collectives.gathered():
-                    if self.is_main:
-                        self.save_tester(Path(self.run_dir) / "tester")
+                self.save_tester(Path(self.run_dir) / "tester")
                 self._barrier()
         finally:
             self._call("on_train_end", self)
@@ -513,14 +511,20 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
         return dict(zip(names, self.parameters, strict=True))
 
     def save_tester(self, directory: Path) -> Path | None:
-        """Save the tester in its native format when the system can (for example HF's), atomically."""
+        """Save the tester in its native format when the system can (for example HF's), atomically.
+
+        Distributed, every rank calls it (FSDP gathers the tester's full weights) and rank 0 writes.
+        """
         save = getattr(self.harness.sampler.system, "save_pretrained", None)
         if save is None:
+            return None
+        full = self.collectives.tester_state()
+        if not self.is_main:
             return None
         # Saved beside the destination and renamed into place: a crash or a full disk while
         # saving leaves the previous folder (or none), never a folder without weights.
         with staged_directory(Path(directory)) as staging:
-            save(str(staging))
+            save(str(staging)) if full is None else save(str(staging), state_dict=full)
         return Path(directory)
 
     # --- helpers ------------------------------------------------------------------------------
