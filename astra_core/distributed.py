@@ -621,7 +621,8 @@ class FullyShard:
         tester = self._root().held[0]
         # FSDP2's state_dict() is sharded by contract; this gathers it, to the CPU of rank 0 only.
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return dict(get_model_state_dict(tester, options=options))
+        full = get_model_state_dict(tester, options=options)
+        return {name: value for name, value in full.items() if isinstance(value, torch.Tensor)}
 
     def full_state(
         self, parameters: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -122,7 +122,7 @@ def _worker(out: Path) -> None:
     fixed = fixed_run(GLOBAL_EPISODES // WORLD, parallelism="fsdp", **SGD)
     report["engine"] = type(fixed.collectives).__name__
     report["sharded"] = type(fixed.parameters[0]).__name__
-    report["local_rows"] = int(fixed.parameters[0].to_local().shape[0])
+    report["local_rows"] = int(cast(Any, fixed.parameters[0]).to_local().shape[0])
     report["global_rows"] = int(fixed.parameters[0].shape[0])
     started = time.perf_counter()
     fixed.train()

@@ -460,7 +460,8 @@ class _ModelsSystem(Generic[S]):
             if self._lora is not None:
                 self._lora.save(directory)
             else:
-                self._tester.module.save_pretrained(directory, state_dict=state_dict)
+                full = dict(state_dict) if state_dict is not None else None
+                self._tester.module.save_pretrained(directory, state_dict=full)
             self._tester.tokenizer.save_pretrained(directory)
 
     @contextmanager
