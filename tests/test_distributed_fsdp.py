@@ -85,9 +85,7 @@ def tiny_system() -> TransformersSystem:
     return TransformersSystem(probe_tokens=4, response_tokens=4, num_threads=1)
 
 
-def fixed_run(
-    batch_size: int, global_episodes: int = GLOBAL_EPISODES, **training: Any
-) -> Trainer[Any, Any, Any, Any]:
+def fixed_run(batch_size: int, global_episodes: int = GLOBAL_EPISODES, **training: Any) -> Trainer[Any, Any, Any, Any]:
     """Fixed episodes, AdamW (its state is sharded too), no shuffling, on the tiny real tester."""
     system = tiny_system()
     values: dict[str, Any] = {
@@ -290,6 +288,17 @@ def test_an_fsdp_checkpoint_holds_full_weights_by_name_and_loads_in_one_process(
     assert state["world_size"] == 2
 
 
+def test_an_fsdp_checkpoint_resumes_in_one_process_without_sharding(two_ranks: Path) -> None:
+    checkpoint = ckpt.latest_checkpoint(two_ranks / "straight")
+    assert checkpoint is not None
+    alone = fixed_run(1)  # parallelism "ddp" in one process: a resume may change it
+    alone.resume(checkpoint)
+    assert alone.global_step == 2
+    for mine, saved in zip(alone.parameters, _params(two_ranks, "straight"), strict=True):
+        assert torch.equal(mine.detach(), saved)
+    assert len(alone.optimizer.state) == len(alone.parameters)  # AdamW's moments came back whole
+
+
 def test_an_fsdp_run_saves_the_whole_tester_in_its_native_format(two_ranks: Path) -> None:
     model = transformers.AutoModelForCausalLM.from_pretrained(str(two_ranks / "uneven" / "tester"))
     saved = dict(model.named_parameters())
@@ -319,6 +328,25 @@ def test_fsdp_refuses_a_lora_tester_with_the_option_and_the_fix(no_process_group
     message = str(error.value)
     assert 'training.parallelism = "fsdp"' in message and "LoRA" in message and '"ddp"' in message
     assert "\n" not in message
+
+
+def test_astra_train_refuses_fsdp_with_a_lora_tester_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_process_group: None
+) -> None:
+    from astra_core.cli import main
+
+    run = tmp_path / "run.toml"
+    run.write_text(
+        'scorer = "profanity"\nsampler = "ast"\nalgorithm = "dpo"\nevaluator = "none"\n'
+        '[training]\ntraining_steps = 1\nnum_episodes_per_experience = 2\nparallelism = "fsdp"\n'
+        '[system]\nname = "transformers"\n[system.lora]\nr = 2\n',
+        encoding="utf-8",
+    )
+    assert main(["train", str(run), "--output", str(tmp_path / "out")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and 'parallelism = "fsdp"' in lines[0] and "LoRA" in lines[0], lines
+    assert not distributed.is_initialized()  # the group of one was left on the way out
+    assert not (tmp_path / "out").exists()  # refused before the run directory was made
 
 
 def test_fsdp_refuses_a_system_without_a_tester_module() -> None:
