@@ -541,19 +541,15 @@ class FullyShard:
                 fully_shard(block, reshard_after_forward=False)
         fully_shard(root, reshard_after_forward=False)
         self._units = [m for m in root.modules() if isinstance(m, FSDPModule)]
+        sharded_root: Any = root  # FSDP2 swaps its class in place: its methods are not nn.Module's
         # Every unit takes part in every reduce-scatter, used or not, so ranks always agree.
-        cast_root = self._fsdp(root)
-        cast_root.set_reduce_scatter_unused_params(True)
+        sharded_root.set_reduce_scatter_unused_params(True)
         root(lambda _: None, None)  # the first forward makes the wrapper FSDP's root
-        cast_root.reshard()
+        sharded_root.reshard()
         self.root = root
         sharded = dict(root.named_parameters())
         self._parameters = [sharded[name] for name in order]
         return self._parameters
-
-    @staticmethod
-    def _fsdp(module: torch.nn.Module) -> Any:
-        return module  # FSDP2 swaps the class in place; its methods are not in nn.Module's type
 
     def _root(self) -> Any:
         if self.root is None:

@@ -399,7 +399,11 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
             )
 
     def evaluate(self) -> EvaluationReport:
-        """Run the evaluator without disturbing the training RNG streams; record its report."""
+        """Run the evaluator without disturbing the training RNG streams; record its report.
+
+        With a sharded tester (FSDP) over several processes, call it on rank 0 inside
+        ``with trainer.collectives.gathered():`` entered by every rank, as the training loop does.
+        """
         if self.evaluator is None:
             raise ConfigError("no evaluator configured; add an [evaluator] table to the run file")
         with _preserved_rng():

@@ -137,13 +137,15 @@ def _worker(out: Path) -> None:
     def uneven_run(**training: Any) -> Trainer[Any, Any, Any, Any]:
         return fixed_run(1, global_episodes=5, gradient_accumulation_steps=2, **SGD, **training)
 
-    uneven = uneven_run(parallelism="fsdp", output_dir=str(out / "uneven"), checkpoint_every=1)
+    # No clipping here: the unclipped gradient norm is summed over the shards too.
+    uneven = uneven_run(parallelism="fsdp", output_dir=str(out / "uneven"), checkpoint_every=1, max_grad_norm=None)
     uneven.train()
     params["uneven"] = full(uneven)
     report["uneven_history"] = uneven.history
-    uneven_ddp = uneven_run()
+    uneven_ddp = uneven_run(max_grad_norm=None)
     uneven_ddp.train()
     params["uneven_ddp"] = full(uneven_ddp)
+    report["uneven_ddp_history"] = uneven_ddp.history
 
     # 3. Resume: 1 step, stop, resume to 2 must end where 2 straight steps end.
     straight = fixed_run(1, parallelism="fsdp", output_dir=str(out / "straight"), checkpoint_every=1)
@@ -266,6 +268,9 @@ def test_uneven_shares_make_the_same_updates_as_ddp_with_a_zero_weighted_pass_on
     assert all(h["skipped_updates"] == 0.0 for h in history)
     for sharded, replicated in zip(_params(two_ranks, "uneven"), _params(two_ranks, "uneven_ddp"), strict=True):
         torch.testing.assert_close(sharded, replicated, rtol=1e-5, atol=1e-6)
+    # The gradient norm is the whole gradient's, not one shard's.
+    norms = [h["grad_norm"] for h in history]
+    assert norms == pytest.approx([h["grad_norm"] for h in _report(two_ranks, 0)["uneven_ddp_history"]], rel=1e-5)
 
 
 def test_a_resumed_fsdp_run_ends_where_the_uninterrupted_one_does(two_ranks: Path) -> None:
