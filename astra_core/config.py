@@ -27,7 +27,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -192,6 +192,10 @@ class TrainingConfiguration(BaseModel):
     samples_per_step: Count = Field(default=2, ge=1, description="rollouts of a sampled step written to samples.jsonl")
     max_nonfinite_in_a_row: Count = Field(
         default=10, ge=1, description="stop after this many non-finite losses in a row"
+    )
+    parallelism: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description='over several processes: "ddp" replicates the tester, "fsdp" shards it (FSDP2)',
     )
 
     @field_validator("lr", "max_grad_norm", mode="before")
