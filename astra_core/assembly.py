@@ -2,9 +2,10 @@
 
 `assemble` is the only path from a validated run config to a Trainer: it joins the process
 group and seeds (`prepare`, once per run, before anything random is built), builds the
-components in dependency order (`astra_core.build`), builds the optimizer over the algorithm's
-trainable parameters and the scheduler over the optimizer, and hands all of it, with the
-process's `Collectives`, to the Trainer. ``astra train``, the benchmark and the soak script call
+components in dependency order (`astra_core.build`), attaches the algorithm's trainable
+parameters to the process's `Collectives` (which may shard them: FSDP), builds the optimizer
+over the parameters that hands back and the scheduler over the optimizer, and hands all of it
+to the Trainer. ``astra train``, the benchmark and the soak script call
 it; a Trainer wired by hand in Python (``Trainer(config, sampler, algorithm)``) asks
 `prepare` and `optimizer_and_scheduler` itself, so the two paths build the same run.
 
@@ -49,15 +50,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare(seed: int) -> distributed.Collectives:
+def prepare(seed: int, parallelism: distributed.Parallelism = "ddp") -> distributed.Collectives:
     """Join torchrun's process group (a no-op alone) and seed every generator with `seed`.
 
     Call it once per run, before building anything that initialises at random (value heads, toy
-    policies), so those repeat; on GPUs it also selects this rank's device first.
+    policies), so those repeat; on GPUs it also selects this rank's device first. With
+    `parallelism` ``"fsdp"`` a process started alone joins a group of one, so its tester is
+    sharded (over one rank) by the same code as under torchrun.
     """
     distributed.init_from_env()
+    if parallelism == "fsdp":
+        distributed.init_single_process()
     seed_everything(seed)
-    return distributed.collectives()
+    return distributed.collectives(parallelism)
 
 
 def trainable_parameters(parameters: Iterable[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
@@ -125,13 +130,15 @@ def assemble(
     from astra_core.trainer import Trainer
 
     training = run.config.training
-    collectives = prepare(training.seed)
+    collectives = prepare(training.seed, training.parallelism)
     if with_evaluator is None:
         with_evaluator = training.eval_every is not None
     built = build(run, with_evaluator=with_evaluator)
     parameters = trainable_parameters(built.algorithm.parameters())
     optimizer, scheduler = None, None
     if parameters:  # none: the Trainer says so in its own words
+        # FSDP replaces the parameters with shards: the optimizer must hold those.
+        parameters = collectives.attach(parameters, (built.sampler.system, built.algorithm))
         resolved = (run.components["optimizer"], run.components["lr_scheduler"])
         optimizer, scheduler = optimizer_and_scheduler(training, parameters, resolved=resolved)
     return Trainer(

@@ -178,9 +178,11 @@ def set_rng_state(tensors: Mapping[str, torch.Tensor], data: Mapping[str, Any]) 
 # --- optimizer state ------------------------------------------------------------------------------
 
 
-def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer's state dict into tensors and JSON."""
-    state = optimizer.state_dict()
+def optimizer_state(
+    optimizer: torch.optim.Optimizer | Mapping[str, Any],
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer's state dict (or the optimizer's own) into tensors and JSON."""
+    state = optimizer.state_dict() if isinstance(optimizer, torch.optim.Optimizer) else optimizer
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for index, values in state["state"].items():
@@ -195,10 +197,13 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.T
 def load_optimizer_state(
     optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], data: Mapping[str, Any]
 ) -> None:
-    """Inverse of `optimizer_state`."""
+    """Inverse of `optimizer_state`. State of a sharded (FSDP) parameter is loaded as its shards."""
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         index, name = key.split(".", 1)
+        if int(index) < len(parameters) and value.dim() > 0:
+            value = _like(parameters[int(index)], value)
         state.setdefault(int(index), {})[name] = value
     for index, values in data["scalars"].items():
         state.setdefault(int(index), {}).update(values)
@@ -283,7 +288,7 @@ def save_checkpoint(
     run_dir: str | Path,
     step: int,
     parameters: Mapping[str, torch.Tensor] | Iterable[torch.Tensor],
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | Mapping[str, Any],
     scheduler: Any,
     state: Mapping[str, Any],
     config: Mapping[str, Any],
@@ -292,7 +297,8 @@ def save_checkpoint(
     """Write checkpoint `step` atomically under `run_dir/checkpoints`; keep the newest `keep`.
 
     `parameters` maps names to tensors (see `parameter_names`); a plain sequence is saved by
-    position. Files are written and fsynced in a hidden staging directory that is renamed into
+    position. `optimizer` is the optimizer or its state dict (`Collectives.full_state` gathers
+    a sharded one's). Files are written and fsynced in a hidden staging directory that is renamed into
     place, so a crash at any moment leaves only complete checkpoints under ``step-*`` names.
     Staging and pruning directories left by an earlier crash are removed first. An `OSError`
     while writing (a full disk, a read-only directory) becomes `CheckpointWriteError`, after the
@@ -327,7 +333,7 @@ def _write_checkpoint(
     root: Path,
     final: Path,
     parameters: Mapping[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | Mapping[str, Any],
     scheduler: Any,
     state: Mapping[str, Any],
     config: Mapping[str, Any],
@@ -519,7 +525,21 @@ def load_weights(checkpoint: str | Path, parameters: Mapping[str, torch.Tensor] 
             )
     with torch.no_grad():
         for _, name, parameter in pairs:
-            parameter.copy_(weights[name])
+            parameter.copy_(_like(parameter, weights[name]))
+
+
+def _like(parameter: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    """`full` laid out as `parameter` is: this rank's shard of it when `parameter` is an FSDP
+    ``DTensor`` (cut locally from the full tensor every rank read: no communication)."""
+    if not torch.distributed.is_available():
+        return full
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(parameter, DTensor):
+        return full
+    return distribute_tensor(
+        full.detach().to(parameter.device), parameter.device_mesh, parameter.placements, src_data_rank=None
+    )
 
 
 def load_tester(checkpoint: str | Path, system: object, trainer_parameters: Any = None) -> int:
@@ -756,6 +776,7 @@ RESUMABLE_CHANGES = frozenset(
         "samples_per_step",
         "keep_checkpoints",
         "max_nonfinite_in_a_row",
+        "parallelism",  # the same checkpoint format and updates either way
     }
 )
 

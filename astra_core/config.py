@@ -198,6 +198,10 @@ class TrainingConfiguration(BaseModel):
     max_nonfinite_in_a_row: Count = Field(
         default=10, ge=1, description="stop after this many non-finite losses in a row"
     )
+    parallelism: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description='over several processes: "ddp" replicates the tester, "fsdp" shards it (FSDP2)',
+    )
 
     @field_validator("lr", "max_grad_norm", mode="before")
     @classmethod

@@ -7,8 +7,10 @@ function here is a cheap no-op for a single process (rank 0 of 1). Importing thi
 not initialise anything.
 
 The Trainer does no collective itself: it is handed a `Collectives` (by `astra_core.assembly`,
-which joins the group once), `SingleProcess` alone or `DataParallel` under torchrun (the
-trainable parameters wrapped by torch's DistributedDataParallel), and calls it unconditionally.
+which joins the group once), `SingleProcess` alone, `DataParallel` under torchrun (the
+trainable parameters wrapped by torch's DistributedDataParallel) or `FullyShard` with
+``training.parallelism = "fsdp"`` (the tester sharded by torch's FSDP2 ``fully_shard``), and
+calls it unconditionally.
 
 >>> rank(), world_size(), is_main()
 (0, 1, True)
@@ -21,15 +23,19 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from astra_core.errors import ConfigError, TrainingError
+
+Parameter = torch.nn.Parameter
 log = logging.getLogger(__name__)
+Parallelism = Literal["ddp", "fsdp"]
 _In = TypeVar("_In")
 _Out = TypeVar("_Out")
 
@@ -68,8 +74,6 @@ def init_from_env(backend: str | None = None) -> bool:
     if not launched_by_torchrun():
         return False
     if not dist.is_available():
-        from astra_core.errors import ConfigError
-
         raise ConfigError("RANK and WORLD_SIZE are set but this torch has no torch.distributed; install a full torch")
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -77,6 +81,15 @@ def init_from_env(backend: str | None = None) -> bool:
     dist.init_process_group(backend=chosen)
     log.info("joined process group: rank %d of %d (%s)", rank(), world_size(), chosen)
     return True
+
+
+def init_single_process() -> None:
+    """A process group of this process alone (an in-memory store, no port): what FSDP needs to
+    shard over one rank when torchrun did not start the process."""
+    if not is_initialized():
+        from torch._C._distributed_c10d import HashStore  # torch.distributed re-exports it untyped
+
+        dist.init_process_group(backend=default_backend(), store=HashStore(), rank=0, world_size=1)
 
 
 def destroy() -> None:
@@ -210,9 +223,11 @@ def merge_metrics(ranks: Sequence[Mapping[str, float]]) -> dict[str, float]:
 class Collectives(Protocol):
     """What the Trainer asks of the processes it runs in (see `SingleProcess`, `DataParallel`).
 
-    The Trainer's update over a group of batches is: `attach` the trainable parameters once;
-    per batch, ``with accumulating(not last):`` run the loss through `forward` and backward it
-    (every rank, a non-finite loss too); then `average_gradients` before clipping and stepping.
+    The Trainer `attach`es the trainable parameters once and optimises what `attach` hands
+    back (FSDP replaces them with shards). Its update over a group of batches is: per batch,
+    ``with accumulating(not last):`` run the loss through `forward` and backward it (every
+    rank, a non-finite loss too); then `average_gradients` before clipping and stepping. Rollouts,
+    evaluations and the saved tester run inside `gathered`; checkpoints read `full_state`.
     """
 
     @property
@@ -225,8 +240,31 @@ class Collectives(Protocol):
         """The number of processes (1 alone)."""
         ...
 
-    def attach(self, parameters: Sequence[torch.nn.Parameter]) -> None:
-        """Take charge of the trainable `parameters`: every rank starts from rank 0's values."""
+    def attach(self, parameters: Sequence[Parameter], owners: Sequence[object] = ()) -> list[Parameter]:
+        """Take charge of the trainable `parameters` (every rank starts from rank 0's values) and
+        return the parameters to optimise in their place: the same ones, or FSDP's shards of
+        them. `owners` (the system, then the algorithm) hold the modules FSDP shards. Attaching
+        the returned list again returns it unchanged."""
+        ...
+
+    def gathered(self) -> AbstractContextManager[object]:
+        """A context in which the model runs on this rank alone with its full weights (rollouts,
+        evaluation, saving the tester): no forward inside needs the other ranks. Every rank
+        enters it together."""
+        ...
+
+    def tester_state(self) -> dict[str, torch.Tensor] | None:
+        """The sharded tester module's full state dict (by its own names; rank 0's is the one to
+        save, other ranks get an empty one), or None where the tester is whole on every rank
+        (save the module as it is). Every rank calls it."""
+        ...
+
+    def full_state(
+        self, parameters: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The full weights of `parameters` by name and the optimizer's state dict with full
+        tensors, as a checkpoint stores them (every rank calls it; rank 0's answer is the one
+        to write, other ranks may get empty tensors' places left out)."""
         ...
 
     def forward(self, compute: Callable[[_In], _Out], batch: _In) -> _Out:
@@ -263,8 +301,19 @@ class SingleProcess:
     rank = 0
     world_size = 1
 
-    def attach(self, parameters: Sequence[torch.nn.Parameter]) -> None:
+    def attach(self, parameters: Sequence[Parameter], owners: Sequence[object] = ()) -> list[Parameter]:
+        return list(parameters)
+
+    def gathered(self) -> AbstractContextManager[object]:
+        return nullcontext()
+
+    def tester_state(self) -> dict[str, torch.Tensor] | None:
         return None
+
+    def full_state(
+        self, parameters: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return dict(parameters), optimizer.state_dict()
 
     def forward(self, compute: Callable[[_In], _Out], batch: _In) -> _Out:
         return compute(batch)
@@ -317,13 +366,27 @@ class DataParallel:
         self.engine: torch.nn.parallel.DistributedDataParallel | None = None
         self._parameters: list[torch.nn.Parameter] = []
 
-    def attach(self, parameters: Sequence[torch.nn.Parameter]) -> None:
+    def attach(self, parameters: Sequence[Parameter], owners: Sequence[object] = ()) -> list[Parameter]:
+        if self.engine is not None:
+            return _same_as_attached(self._parameters, parameters)
         self._parameters = list(parameters)
         # device_ids=None: the parameters may span devices (or be on the CPU) and inputs are the
         # loss function's own business; DDP broadcasts rank 0's parameters here.
         self.engine = torch.nn.parallel.DistributedDataParallel(
             _Held(self._parameters), device_ids=None, find_unused_parameters=True, broadcast_buffers=False
         )
+        return self._parameters
+
+    def gathered(self) -> AbstractContextManager[object]:
+        return nullcontext()  # every rank holds the whole model
+
+    def tester_state(self) -> dict[str, torch.Tensor] | None:
+        return None
+
+    def full_state(
+        self, parameters: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return dict(parameters), optimizer.state_dict()
 
     def _engine(self) -> torch.nn.parallel.DistributedDataParallel:
         if self.engine is None:
@@ -366,14 +429,243 @@ class DataParallel:
         barrier()
 
 
-def collectives() -> Collectives:
-    """`DataParallel` when this process is one of several in an initialised group, else `SingleProcess`."""
+def _same_as_attached(attached: list[Parameter], given: Sequence[Parameter]) -> list[Parameter]:
+    if [id(p) for p in given] != [id(p) for p in attached]:
+        raise RuntimeError("these collectives are already attached to other parameters; use one Collectives per run")
+    return attached
+
+
+def _fsdp_error(problem: str, fix: str) -> ConfigError:
+    return ConfigError(f'training.parallelism = "fsdp" {problem}; {fix}')
+
+
+def shardable_modules(parameters: Sequence[torch.nn.Parameter], owners: Sequence[object]) -> list[torch.nn.Module]:
+    """The modules `FullyShard` shards for the trainable `parameters`: the tester model (the
+    ``tester`` of the first of `owners`, the system) and any module attribute of the other
+    owners (the algorithm's value head) that holds the rest. Raises `ConfigError` when FSDP
+    cannot take the run as it is: no ``tester`` module, a tester with frozen weights (a LoRA
+    adapter over a frozen base), or a trainable parameter no module owns.
+    """
+    system = owners[0] if owners else None
+    tester = getattr(system, "tester", None)
+    if not isinstance(tester, torch.nn.Module):
+        raise _fsdp_error(
+            f"shards the tester model, but the system ({type(system).__name__}) has no torch.nn.Module `tester`",
+            'set training.parallelism = "ddp" (the default) for this system',
+        )
+    frozen = [name for name, p in tester.named_parameters() if not p.requires_grad]
+    if frozen:
+        total = sum(1 for _ in tester.parameters())
+        raise _fsdp_error(
+            f"shards a tester whose weights all train, but {len(frozen)} of its {total} parameter tensors are "
+            f"frozen ({frozen[0]}, ...: a LoRA adapter over a frozen base model)",
+            'set training.parallelism = "ddp" (an adapter is small enough to replicate), or train the whole tester',
+        )
+    modules: list[torch.nn.Module] = [tester]
+    owned = {id(p) for p in tester.parameters()}
+    for owner in owners[1:]:
+        for value in vars(owner).values() if hasattr(owner, "__dict__") else ():
+            if isinstance(value, torch.nn.Module) and value is not tester:
+                held = {id(p) for p in value.parameters()}
+                if any(id(p) in held and id(p) not in owned for p in parameters):
+                    modules.append(value)
+                    owned |= held
+    stray = sum(1 for p in parameters if id(p) not in owned)
+    if stray:
+        raise _fsdp_error(
+            f"shards modules, but {stray} trainable parameter(s) belong to neither the tester nor a module "
+            f"attribute of the algorithm",
+            'set training.parallelism = "ddp", or hold those parameters in a torch.nn.Module attribute',
+        )
+    return modules
+
+
+def _blocks(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """A model's repeated blocks, each its own FSDP unit: the classes a Hugging Face model names
+    in ``_no_split_modules`` (its transformer blocks); none for other modules (one unit)."""
+    kinds: set[str] = set()
+    for sub in module.modules():
+        kinds.update(getattr(sub, "_no_split_modules", None) or ())
+    return [sub for sub in module.modules() if sub is not module and type(sub).__name__ in kinds]
+
+
+class _Sharded(torch.nn.Module):
+    """The root FSDP unit: the sharded modules as children, and a forward that runs the loss
+    computation it is given, so the root's hooks gather its own weights (embeddings, LM head)
+    and reduce their gradients around whatever pieces of the models the loss calls."""
+
+    def __init__(self, modules: Sequence[torch.nn.Module]) -> None:
+        super().__init__()
+        self.held = torch.nn.ModuleList(modules)
+
+    def forward(self, compute: Callable[[Any], Any], batch: Any) -> Any:
+        return compute(batch)
+
+
+class FullyShard:
+    """`Collectives` that shard the tester with torch's FSDP2 (``fully_shard``): each of its
+    blocks is one unit, the rest of it (and an algorithm's own module) the root unit. Parameters,
+    gradients and optimizer state are ``DTensor`` shards between updates, so the optimizer
+    holds 1/N of its state on each of N ranks.
+
+    Ranks roll out different episodes, with different numbers of decoding steps and batches,
+    while a sharded forward is a collective every rank must join. So the weights are gathered
+    whole for rollouts and evaluation (`gathered`) and, during an update, by its first forward
+    and kept until its last backward reduce-scatters the gradients (``reshard_after_forward``
+    off): one all-gather and one reduce-scatter per unit and update, however many batches each
+    rank runs. A rank out of data joins an update with a zero-weighted pass over its last batch.
+    """
+
+    def __init__(self) -> None:
+        if not is_initialized():
+            raise RuntimeError("FullyShard needs an initialised torch.distributed group (call init_from_env)")
+        self.rank, self.world_size = rank(), world_size()
+        self.root: torch.nn.Module | None = None
+        self._units: list[Any] = []
+        self._parameters: list[torch.nn.Parameter] = []
+        self._last: tuple[Callable[[Any], Any], Any] | None = None
+
+    def attach(self, parameters: Sequence[Parameter], owners: Sequence[object] = ()) -> list[Parameter]:
+        if self.root is not None:
+            return _same_as_attached(self._parameters, parameters)
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        modules = shardable_modules(parameters, owners)
+        root = _Sharded(modules)
+        for module in modules:  # every rank starts from rank 0's weights, as with DDP
+            broadcast_parameters([*module.parameters(), *module.buffers()])
+        by_id = {id(p): name for name, p in root.named_parameters()}
+        order = [by_id[id(p)] for p in parameters]
+        for module in modules:
+            for block in _blocks(module):
+                fully_shard(block, reshard_after_forward=False)
+        fully_shard(root, reshard_after_forward=False)
+        self._units = [m for m in root.modules() if isinstance(m, FSDPModule)]
+        sharded_root: Any = root  # FSDP2 swaps its class in place: its methods are not nn.Module's
+        # Every unit takes part in every reduce-scatter, used or not, so ranks always agree.
+        sharded_root.set_reduce_scatter_unused_params(True)
+        root(lambda _: None, None)  # the first forward makes the wrapper FSDP's root
+        sharded_root.reshard()
+        self.root = root
+        sharded = dict(root.named_parameters())
+        self._parameters = [sharded[name] for name in order]
+        return self._parameters
+
+    def _root(self) -> Any:
+        if self.root is None:
+            raise RuntimeError("FullyShard.attach(parameters, owners) must come first")
+        return self.root
+
+    def forward(self, compute: Callable[[_In], _Out], batch: _In) -> _Out:
+        self._last = (compute, batch)
+        result: _Out = self._root()(compute, batch)
+        return result
+
+    @contextmanager
+    def _accumulating(self, local: bool) -> Iterator[None]:
+        root = self._root()
+        # A local backward neither reduces nor frees the gathered weights (the next batch reuses them).
+        root.set_requires_gradient_sync(not local)
+        root.set_reshard_after_backward(not local)
+        try:
+            yield
+        finally:
+            root.set_requires_gradient_sync(True)
+            root.set_reshard_after_backward(True)
+
+    def accumulating(self, local: bool) -> AbstractContextManager[object]:
+        return self._accumulating(local)
+
+    @contextmanager
+    def _gathered(self) -> Iterator[None]:
+        for unit in self._units:
+            unit.unshard()
+        try:
+            yield
+        finally:
+            for unit in self._units:
+                unit.reshard()
+
+    def gathered(self) -> AbstractContextManager[object]:
+        return self._gathered() if self._units else nullcontext()
+
+    def average_gradients(self, parameters: Sequence[torch.Tensor], finite: bool, contributed: bool) -> bool:
+        if not contributed:
+            # The reduce-scatter happens in backward: join it with a zero-weighted pass.
+            if self._last is None:
+                raise TrainingError("a rank had no training batch to join an FSDP update with; use more episodes")
+            compute, batch = self._last
+            with self.accumulating(False):
+                out = self.forward(compute, batch)
+                loss = out[0] if isinstance(out, tuple) else out
+                torch.autograd.backward(loss * 0.0)
+        device = parameters[0].device
+        control = torch.tensor([float(contributed), float(not finite)], dtype=torch.float32, device=device)
+        all_reduce_sum_([control])
+        contributors, nonfinite = control.tolist()
+        if nonfinite > 0:
+            return False
+        if 0 < contributors < self.world_size:
+            for parameter in parameters:
+                if parameter.grad is not None:
+                    parameter.grad.mul_(self.world_size / contributors)
+        return True
+
+    def tester_state(self) -> dict[str, torch.Tensor] | None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        tester = self._root().held[0]
+        # FSDP2's state_dict() is sharded by contract; this gathers it, to the CPU of rank 0 only.
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        full = get_model_state_dict(tester, options=options)
+        return {name: value for name, value in full.items() if isinstance(value, torch.Tensor)}
+
+    def full_state(
+        self, parameters: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        # One tensor gathered at a time, moved to the CPU on rank 0 and dropped elsewhere: a
+        # device never holds more than one full tensor beyond its shards.
+        weights = {name: t for name, t in ((n, self._full(p)) for n, p in parameters.items()) if t is not None}
+        state = optimizer.state_dict()
+        # state_dict() shares each parameter's state dict with the optimizer: build new ones.
+        gathered: dict[Any, dict[str, Any]] = {}
+        for index, values in state["state"].items():
+            gathered[index] = {}
+            for key, value in values.items():
+                full = self._full(value) if isinstance(value, torch.Tensor) else value
+                if full is not None:
+                    gathered[index][key] = full
+        return weights, {**state, "state": gathered}
+
+    def _full(self, tensor: torch.Tensor) -> torch.Tensor | None:
+        from torch.distributed.tensor import DTensor
+
+        full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+        return full.detach().cpu() if self.rank == 0 else None
+
+    def max(self, values: Sequence[float], device: torch.device | str = "cpu") -> list[float]:
+        return all_reduce_max(values, device)
+
+    def reduce_metrics(self, logs: Mapping[str, float]) -> dict[str, float]:
+        return reduce_metrics(logs)
+
+    def barrier(self) -> None:
+        barrier()
+
+
+def collectives(parallelism: Parallelism = "ddp") -> Collectives:
+    """`FullyShard` for ``"fsdp"`` in an initialised group (of one process too); else
+    `DataParallel` when this process is one of several, else `SingleProcess`."""
+    if parallelism == "fsdp" and is_initialized():
+        return FullyShard()
     return DataParallel() if world_size() > 1 else SingleProcess()
 
 
 __all__ = [
     "Collectives",
     "DataParallel",
+    "FullyShard",
+    "Parallelism",
     "SingleProcess",
     "all_reduce_max",
     "all_reduce_mean",
@@ -384,12 +676,14 @@ __all__ = [
     "default_backend",
     "destroy",
     "init_from_env",
+    "init_single_process",
     "is_initialized",
     "is_main",
     "launched_by_torchrun",
     "merge_metrics",
     "rank",
     "reduce_metrics",
+    "shardable_modules",
     "share",
     "step_seed",
     "world_size",

@@ -140,8 +140,9 @@ class PairLogprobSystem(Protocol):
 class SavableSystem(Protocol):
     """A system that can save its tester in a native format (the Trainer saves it after training)."""
 
-    def save_pretrained(self, directory: str) -> None:
-        """Write the tester to `directory`."""
+    def save_pretrained(self, directory: str, state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Write the tester to `directory`; with `state_dict`, these full weights (by the tester
+        module's own names) rather than the module's, which hold only shards under FSDP."""
         ...
 
 

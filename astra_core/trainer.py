@@ -145,7 +145,7 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
             )
         self.config = config
         # Wired by hand: join the process group and seed here (assembled runs did it before building).
-        self.collectives = collectives if collectives is not None else assembly.prepare(config.seed)
+        self.collectives = collectives if collectives is not None else assembly.prepare(config.seed, config.parallelism)
         self.rank, self.world_size = self.collectives.rank, self.collectives.world_size
         if config.num_episodes_per_experience < self.world_size:
             raise ConfigError(
@@ -170,10 +170,12 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
             shuffle_by=config.shuffle_by,
         )
         _check_accumulation_fits(config, sampler, algorithm, episodes)
-        self.parameters = trainable_parameters(algorithm.parameters())
-        if not self.parameters:
+        parameters = trainable_parameters(algorithm.parameters())
+        if not parameters:
             raise ConfigError("the algorithm has no trainable parameters (parameters() yielded none)")
-        self.collectives.attach(self.parameters)  # rank 0's initial weights everywhere
+        # Rank 0's initial weights everywhere; FSDP hands back its shards (assembled runs attached
+        # before building the optimizer, and get the same list back).
+        self.parameters = self.collectives.attach(parameters, (sampler.system, algorithm))
         if optimizer is None:
             optimizer, scheduler = assembly.optimizer_and_scheduler(config, self.parameters, registries)
         elif scheduler is None:
@@ -237,8 +239,10 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
                         if self._due(self.config.samples_every) and self.run_dir is not None and self.is_main:
                             self._write_samples()
                         self._call("on_step_end", self, self.global_step, logs)
-                        if self._due(self.config.eval_every) and self.is_main:
-                            self.evaluate()
+                        if self._due(self.config.eval_every):
+                            with self.collectives.gathered():
+                                if self.is_main:
+                                    self.evaluate()
                         if self._due(self.config.checkpoint_every):
                             self._checkpoint_on_main()
                         stop = self._agreed_stop_signal()
@@ -250,9 +254,8 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
                 last = ckpt.latest_checkpoint(self.run_dir) if self.run_dir is not None and self.is_main else None
                 raise TrainingInterrupted(abandoned.signum, last, abandoned=True) from None
             if self.run_dir is not None:
-                if self.is_main:
-                    self.save_checkpoint()
-                    self.save_tester(Path(self.run_dir) / "tester")
+                self.save_checkpoint()
+                self.save_tester(Path(self.run_dir) / "tester")
                 self._barrier()
         finally:
             self._call("on_train_end", self)
@@ -269,7 +272,8 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
             # Distinct per rank, and a function of the step alone, so a resumed run repeats exactly.
             seed_everything(step_seed(self.config.seed, self.rank, self.global_step))
         started = time.perf_counter()
-        loader = self.harness.experience(self.global_step)
+        with self.collectives.gathered():  # a sharded tester rolls out with its full weights
+            loader = self.harness.experience(self.global_step)
         rollout_seconds = time.perf_counter() - started
         logs: dict[str, float] = dict(self.harness.last_metrics)
         lr = float(self.optimizer.param_groups[0]["lr"])  # the rate this step's updates use
@@ -396,7 +400,11 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
             )
 
     def evaluate(self) -> EvaluationReport:
-        """Run the evaluator without disturbing the training RNG streams; record its report."""
+        """Run the evaluator without disturbing the training RNG streams; record its report.
+
+        With a sharded tester (FSDP) over several processes, call it on rank 0 inside
+        ``with trainer.collectives.gathered():`` entered by every rank, as the training loop does.
+        """
         if self.evaluator is None:
             raise ConfigError("no evaluator configured; add an [evaluator] table to the run file")
         with _preserved_rng():
@@ -418,12 +426,13 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
     def save_checkpoint(self) -> Path:
         """Write an atomic checkpoint of everything needed to resume exactly.
 
-        Distributed, only rank 0 writes (every rank holds the same weights and optimizer state,
-        and per-rank randomness is derived from the seed and the step); other ranks return the
-        path rank 0 writes to without touching the disk.
+        Distributed, every rank calls it (FSDP gathers the full weights and optimizer state from
+        the shards) and only rank 0 writes (per-rank randomness is derived from the seed and the
+        step); other ranks return the path rank 0 writes to without touching the disk.
         """
         if self.run_dir is None:
             raise ConfigError("set training.output_dir to save checkpoints")
+        weights, optimizer_state = self.collectives.full_state(self._named_parameters(), self.optimizer)
         if not self.is_main:
             return Path(self.run_dir) / ckpt.CHECKPOINTS / f"step-{self.global_step:08d}"
         key = (self.global_step, self.run_dir)
@@ -442,8 +451,8 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
         path = ckpt.save_checkpoint(
             self.run_dir,
             self.global_step,
-            self._named_parameters(),
-            self.optimizer,
+            weights,
+            optimizer_state,
             self.scheduler,
             state,
             self.resolved_config,
@@ -507,14 +516,20 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
         return dict(zip(names, self.parameters, strict=True))
 
     def save_tester(self, directory: Path) -> Path | None:
-        """Save the tester in its native format when the system can (for example HF's), atomically."""
+        """Save the tester in its native format when the system can (for example HF's), atomically.
+
+        Distributed, every rank calls it (FSDP gathers the tester's full weights) and rank 0 writes.
+        """
         save = getattr(self.harness.sampler.system, "save_pretrained", None)
         if save is None:
+            return None
+        full = self.collectives.tester_state()
+        if not self.is_main:
             return None
         # Saved beside the destination and renamed into place: a crash or a full disk while
         # saving leaves the previous folder (or none), never a folder without weights.
         with staged_directory(Path(directory)) as staging:
-            save(str(staging))
+            save(str(staging)) if full is None else save(str(staging), state_dict=full)
         return Path(directory)
 
     # --- helpers ------------------------------------------------------------------------------

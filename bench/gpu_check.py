@@ -25,6 +25,9 @@ missing):
   gives the same log-probs as the target on one device.
 - ``ddp_2``: two processes under torchrun (NCCL), one per GPU, end a step with identical
   weights (skipped with fewer than two GPUs).
+- ``fsdp_2``: the same with ``training.parallelism = "fsdp"``: the tester's blocks sharded by
+  FSDP2 over the two GPUs (its parameters are DTensor shards), two steps train, and the full
+  weights gathered for a checkpoint moved and are finite (skipped with fewer than two GPUs).
 
 The JSON line: ``{"device", "torch", "step_time_s", "tokens_per_s", "peak_memory_gib",
 "decode_tokens_per_s": {loop, static, generate}, "checks": {name: "pass" | "fail: ..." |
@@ -58,7 +61,7 @@ class Skip(Exception):
     """A check that cannot run here (a package or a device is missing)."""
 
 
-def run_config(device: str, steps: int, **system: Any) -> Any:
+def run_config(device: str, steps: int, parallelism: str = "ddp", **system: Any) -> Any:
     """The default run on `device` for `steps` steps, its system options overridden by `system`."""
     import tomllib
 
@@ -68,18 +71,19 @@ def run_config(device: str, steps: int, **system: Any) -> Any:
     data["system"] = {"name": "transformers", "device": device, **system}
     data["evaluator"] = "none"
     data["training"] = {**data["training"], "training_steps": steps, "checkpoint_every": None}
+    data["training"]["parallelism"] = parallelism
     data["training"].pop("keep_checkpoints", None)
     return parse_run_config(data, "gpu_check")
 
 
-def train(device: str, steps: int, **system: Any) -> dict[str, Any]:
+def train(device: str, steps: int, parallelism: str = "ddp", **system: Any) -> dict[str, Any]:
     """Assemble the run (joining torchrun's group first, if any) and train `steps` steps."""
     import torch
 
     from astra_core.assembly import assemble
     from astra_core.build import resolve
 
-    trainer: Any = assemble(resolve(run_config(device, steps, **system)), with_evaluator=False)
+    trainer: Any = assemble(resolve(run_config(device, steps, parallelism, **system)), with_evaluator=False)
     before = [p.detach().clone() for p in trainer.parameters]
     history = trainer.train()
     moved = any(not torch.equal(a, p.detach()) for a, p in zip(before, trainer.parameters, strict=True))
@@ -243,19 +247,26 @@ def check_device_map(device: str, report: dict[str, Any]) -> None:
     )
 
 
-def check_ddp(device: str, report: dict[str, Any]) -> None:
+def _torchrun_ranks(device: str, parallelism: str) -> None:
     import torch
 
     count = torch.cuda.device_count() if device == "cuda" else 2
     if count < 2:
-        raise Skip(f"DDP needs 2 GPUs, found {count}")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__, "--rank"]
-    result = subprocess.run(
-        command + (["--cpu"] if device == "cpu" else []), capture_output=True, text=True, timeout=240, check=False
-    )
+        raise Skip(f"{parallelism.upper()} needs 2 GPUs, found {count}")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__]
+    command += ["--rank", parallelism] + (["--cpu"] if device == "cpu" else [])
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
     if result.returncode != 0:
         tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise AssertionError(f"torchrun exited {result.returncode}: {tail}")
+
+
+def check_ddp(device: str, report: dict[str, Any]) -> None:
+    _torchrun_ranks(device, "ddp")
+
+
+def check_fsdp(device: str, report: dict[str, Any]) -> None:
+    _torchrun_ranks(device, "fsdp")
 
 
 def ddp_rank(device: str) -> None:
@@ -275,6 +286,26 @@ def ddp_rank(device: str) -> None:
         sys.exit(1)
 
 
+def fsdp_rank(device: str) -> None:
+    """Under torchrun: train two steps with the tester sharded, then gather its full weights."""
+    from astra_core import distributed
+
+    run = train(device, 2, parallelism="fsdp")
+    trainer = run["trainer"]
+    sharded = type(trainer.parameters[0]).__name__
+    weights, _ = trainer.collectives.full_state(trainer._named_parameters(), trainer.optimizer)
+    rank = distributed.rank()
+    distributed.destroy()
+    problems = [] if sharded == "DTensor" else [f"parameters are {sharded}, not DTensor shards"]
+    if not run["moved"] or not run["finite"]:
+        problems.append(f"weights moved: {run['moved']}, finite: {run['finite']}")
+    if rank == 0 and len(weights) != len(trainer.parameters):
+        problems.append(f"gathered {len(weights)} full weights for {len(trainer.parameters)} parameters")
+    if problems:
+        print(f"rank {rank}: " + "; ".join(problems), file=sys.stderr)
+        sys.exit(1)
+
+
 CHECKS: dict[str, Callable[[str, dict[str, Any]], None]] = {
     "default_bf16": check_default,
     "lora": check_lora,
@@ -286,6 +317,7 @@ CHECKS: dict[str, Callable[[str, dict[str, Any]], None]] = {
     "qlora_4bit": check_qlora,
     "target_device_map": check_device_map,
     "ddp_2": check_ddp,
+    "fsdp_2": check_fsdp,
 }
 
 
@@ -293,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="run the checks on the CPU (a dry run of this script)")
     parser.add_argument("--only", nargs="+", choices=sorted(CHECKS), help="run only these checks")
-    parser.add_argument("--rank", action="store_true", help=argparse.SUPPRESS)  # a torchrun rank of ddp_2
+    # A torchrun rank of ddp_2 or fsdp_2.
+    parser.add_argument("--rank", choices=("ddp", "fsdp"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -303,8 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         print(NO_CUDA_MESSAGE, file=sys.stderr)
         return 2
-    if args.rank:
-        ddp_rank(device)
+    if args.rank is not None:
+        (fsdp_rank if args.rank == "fsdp" else ddp_rank)(device)
         return 0
     report: dict[str, Any] = {
         "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",

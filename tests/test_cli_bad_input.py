@@ -122,6 +122,12 @@ CASES = [
         {RUN: _replace("training_steps = 6", "training_step = 6")},
     ),
     Case("training-not-a-table", ["validate", RUN], ("run.toml", "training"), {RUN: "training = 5\n"}),
+    Case(
+        "training-parallelism-unknown",
+        ["train", RUN],
+        ("run.toml", "parallelism", "'ddp' or 'fsdp'"),
+        {RUN: _training('parallelism = "zero3"')},
+    ),
     # --- unknown component names, never import paths
     Case(
         "unknown-algorithm-typo",

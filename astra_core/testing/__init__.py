@@ -338,8 +338,10 @@ def check_sampler(sampler: Any, episodes: int = 2) -> list[Graph[Any, Any]]:
         opened = sampler.system.opening(prompt)
         if chain.context != opened:
             raise ConformanceError(
-                component, "graph", f"eval_rollouts: the episode of {prompt!r} starts from {chain.context!r}, "
-                f"not from system.opening(prompt) = {opened!r}"
+                component,
+                "graph",
+                f"eval_rollouts: the episode of {prompt!r} starts from {chain.context!r}, "
+                f"not from system.opening(prompt) = {opened!r}",
             )
         widths = [len(level) for level in chain.levels()]
         if any(width != 1 for width in widths):

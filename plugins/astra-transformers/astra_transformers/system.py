@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -468,16 +468,20 @@ class _ModelsSystem(Generic[S]):
         the tester's weights by name and loads them into a system built alone."""
         return ((name, p) for name, p in self._tester.module.named_parameters(prefix="tester") if p.requires_grad)
 
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+    def save_pretrained(
+        self, directory: str | os.PathLike[str], state_dict: Mapping[str, torch.Tensor] | None = None
+    ) -> None:
         """Write the tester and its tokenizer so ``AutoModelForCausalLM.from_pretrained(directory)``
         (and this system's ``model=directory``) load it. A LoRA tester writes only its adapter
         (``adapter_config.json``, ``adapter_model.safetensors``), which ``tester=directory`` and
-        ``peft.PeftModel.from_pretrained(base_model, directory)`` load."""
+        ``peft.PeftModel.from_pretrained(base_model, directory)`` load. `state_dict`: the tester's
+        full weights, when its module holds only FSDP shards (``training.parallelism = "fsdp"``)."""
         with _no_hf_progress_bars():
             if self._lora is not None:
                 self._lora.save(directory)
             else:
-                self._tester.module.save_pretrained(directory)
+                full = dict(state_dict) if state_dict is not None else None
+                self._tester.module.save_pretrained(directory, state_dict=full)
             self._tester.tokenizer.save_pretrained(directory)
 
     @contextmanager
