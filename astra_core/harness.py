@@ -5,10 +5,10 @@ flattens them with one `algorithm.flatten` call, and returns a DataLoader over t
 examples that honours `batch_size` and shuffles with a generator seeded from the run's seed and
 the training step, so a resumed run sees the same order. Shuffled by episode (the default), the
 episodes are permuted before `flatten` and the batches cut in that order, so a batch holds whole
-trees (a system that packs shared prefixes then runs each tree's opener and earlier turns once
-per batch; on the reddit workload a batch's gradient is 2% noisier than with examples shuffled
-one by one, docs/performance.md); shuffled by example (``shuffle_by="example"``), a batch draws
-from every episode.
+trees: a system that packs shared prefixes then runs each tree's opener and earlier turns once
+per batch (on the reddit workload a batch's gradient measured within 2% as noisy as with
+examples shuffled one by one, docs/performance.md). Shuffled by example
+(``shuffle_by="example"``), a batch draws from every episode.
 """
 
 from __future__ import annotations
