@@ -325,6 +325,14 @@ def test_fsdp_alone_shards_over_a_group_of_one_and_trains_like_one_process(no_pr
         torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
 
 
+def test_a_trainer_refuses_an_optimizer_built_before_sharding(no_process_group: None) -> None:
+    system = tiny_system()
+    stale = torch.optim.SGD(system.parameters(), lr=0.1)
+    config = TrainingConfiguration(training_steps=1, num_episodes_per_experience=2, parallelism="fsdp")
+    with pytest.raises(ConfigError, match="before FSDP sharded them"):
+        Trainer(config, FixedSampler(system, 2), DPO(system), optimizer=stale, scheduler=object())
+
+
 def test_fsdp_refuses_a_lora_tester_with_the_option_and_the_fix(no_process_group: None) -> None:
     system = TransformersSystem(probe_tokens=4, response_tokens=4, num_threads=1, lora={"r": 2})
     config = TrainingConfiguration(training_steps=1, num_episodes_per_experience=2, parallelism="fsdp")
