@@ -178,6 +178,11 @@ class TrainingConfiguration(BaseModel):
     )
     warmup_steps: Count = Field(default=0, ge=0, description="linear warmup steps for the scheduler")
     shuffle: StrictBool = Field(default=True, description="shuffle each experience with a seeded generator")
+    shuffle_by: Literal["example", "episode"] = Field(
+        default="episode",
+        description="what shuffle permutes: whole episodes, whose examples stay together in batch order, or "
+        "single examples",
+    )
     checkpoint_every: Count | None = Field(
         default=None, ge=1, description="checkpoint every N steps (needs output_dir)"
     )

@@ -219,7 +219,9 @@ class Algorithm(Protocol[StateT, ActionT, ExampleT, BatchT]):
         and so on; within an episode, in an order the algorithm fixes (the same trees always
         give the same examples in the same order). The harness may shuffle them afterwards
         (``training.shuffle``) with a generator seeded from the run's seed and the step, so a
-        run repeats exactly only if `flatten` is deterministic.
+        run repeats exactly only if `flatten` is deterministic; with ``shuffle_by = "episode"``
+        it permutes `graphs` before this call and relies on this order to keep each episode's
+        examples together.
         """
         ...
 

@@ -173,6 +173,7 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
             config.batch_size,
             seed=config.seed + self.rank * _RANK_SEED_STRIDE,  # each rank shuffles its share its own way
             shuffle=config.shuffle,
+            shuffle_by=config.shuffle_by,
         )
         _check_accumulation_fits(config, sampler, algorithm, episodes)
         parameters = trainable_parameters(algorithm.parameters())

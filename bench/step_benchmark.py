@@ -61,6 +61,8 @@ class Settings:
     prompts: str | None = None
     config: str | None = None
     warmup: int = WARMUP_STEPS
+    shuffle_by: str | None = None
+    opener_tokens: int | None = None
 
 
 def run_config(settings: Settings) -> Any:
@@ -78,6 +80,8 @@ def run_config(settings: Settings) -> Any:
         training["num_episodes_per_experience"] = settings.episodes
     if settings.batch_size is not None:
         training["batch_size"] = settings.batch_size
+    if settings.shuffle_by is not None:
+        training["shuffle_by"] = settings.shuffle_by
     system: dict[str, Any] = dict(base.system.options)
     if settings.model is not None:
         system["model"] = settings.model
@@ -85,6 +89,8 @@ def run_config(settings: Settings) -> Any:
         system["probe_tokens"] = settings.probe_tokens
     if settings.response_tokens is not None:
         system["response_tokens"] = settings.response_tokens
+    if settings.opener_tokens is not None:
+        system["opener_tokens"] = settings.opener_tokens
     sampler: dict[str, Any] = dict(base.sampler.options)
     if settings.width is not None:
         sampler["tree_width"] = settings.width
@@ -260,6 +266,8 @@ def summarise(mode: str, settings: Settings, steps: list[dict[str, Any]], traine
         "width": getattr(options, "tree_width", None),
         "depth": getattr(options, "tree_depth", None),
         "batch_size": trainer.config.batch_size,
+        "shuffle_by": trainer.config.shuffle_by if trainer.config.shuffle else None,
+        "opener_tokens": getattr(getattr(trainer.sampler.system, "options", None), "opener_tokens", None),
         "steps": len(steps),
         "seconds_per_step": median,
         "step_seconds": [round(s, 4) for s in seconds],
@@ -347,7 +355,7 @@ def _parameters(model_source: str) -> int:
 
 
 def scaling(settings: Settings) -> list[dict[str, float]]:
-    """Batched step time for 8, 16, 32 and 64 episodes, and the time per episode."""
+    """Batched step time for 8, 16, 32 and 64 episodes, the time and positions per episode."""
     rows = []
     for episodes in SCALING_EPISODES:
         record = measure(Settings(**{**settings.__dict__, "episodes": episodes}), "batched")
@@ -356,7 +364,10 @@ def scaling(settings: Settings) -> list[dict[str, float]]:
                 "episodes": float(episodes),
                 "seconds_per_step": record["seconds_per_step"],
                 "seconds_per_episode": record["seconds_per_step"] / episodes,
+                "token_positions_per_episode": record["token_positions_total_per_step"] / episodes,
                 "token_positions_vs_reference": record["token_positions_vs_reference"] or 0.0,
+                "floor_vs_reference": record["floor_vs_reference"] or 0.0,
+                "microseconds_per_position": record["microseconds_per_position"] or 0.0,
             }
         )
     return rows
@@ -379,6 +390,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--probe-tokens", type=int, help="max tokens per probe (default 24)")
     parser.add_argument("--response-tokens", type=int, help="max tokens per response (default 24)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--shuffle-by",
+        choices=("example", "episode"),
+        help="training.shuffle_by: batches mix examples of every episode, or hold whole episodes (default: the run's)",
+    )
+    parser.add_argument(
+        "--opener-tokens",
+        type=int,
+        help="the system's opener_tokens: cut each opener once to fit its tree (default: the run's, none)",
+    )
     parser.add_argument(
         "--mode",
         choices=("batched", "per-node", UNPACKED, "both", "packing", "all"),
@@ -412,6 +433,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "response_tokens",
         "threads",
         "max_prompt_tokens",
+        "opener_tokens",
     ):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -449,6 +471,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             prompts=prompts,
             config=args.config,
             warmup=args.warmup,
+            shuffle_by=args.shuffle_by,
+            opener_tokens=args.opener_tokens,
         )
         modes = {"both": list(MODES), "packing": ["batched", UNPACKED], "all": [*MODES, UNPACKED]}.get(
             args.mode, [args.mode]
@@ -493,10 +517,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.scaling:
             table = scaling(settings)
             result["scaling"] = table
-            print("episodes  s/step  s/episode", file=sys.stderr)
+            print("episodes  s/step  s/episode  positions/episode  work ratio  us/position", file=sys.stderr)
             for row in table:
                 print(
-                    f"{int(row['episodes']):8d}  {row['seconds_per_step']:6.2f}  {row['seconds_per_episode']:9.3f}",
+                    f"{int(row['episodes']):8d}  {row['seconds_per_step']:6.2f}  {row['seconds_per_episode']:9.3f}  "
+                    f"{row['token_positions_per_episode']:17,.0f}  {row['token_positions_vs_reference']:10.3f}  "
+                    f"{row['microseconds_per_position']:11.1f}",
                     file=sys.stderr,
                 )
         return result

@@ -88,6 +88,8 @@ def test_the_json_line_has_every_field(report: dict[str, Any]) -> None:
             "reference_token_positions_per_step",
             "token_positions_vs_reference",
             "dpo_pairs_per_step",
+            "shuffle_by",
+            "opener_tokens",
         ):
             assert key in record, key
         assert set(record["breakdown_seconds"]) == {*CATEGORIES, "other"}
@@ -230,3 +232,44 @@ REDDIT = ROOT.parent / "shared" / "bench-data" / "reddit_prompts_train.json"
 def test_the_headline_prompts_load_and_keep_most_openers(tmp_path: Path) -> None:
     _, counts = step_benchmark.filter_prompts(str(REDDIT), "tiny", step_benchmark.MAX_PROMPT_TOKENS, tmp_path)
     assert counts["kept"] > 0.9 * (counts["kept"] + counts["left_out"])
+
+
+def test_the_batching_and_opener_flags_reach_the_run() -> None:
+    args = step_benchmark.parse_args(["--shuffle-by", "example", "--opener-tokens", "64"])
+    settings = step_benchmark.Settings(shuffle_by=args.shuffle_by, opener_tokens=args.opener_tokens)
+    config = step_benchmark.run_config(settings)
+    assert config.training.shuffle_by == "example"
+    assert config.system.options["opener_tokens"] == 64
+    default = step_benchmark.run_config(step_benchmark.Settings())
+    assert default.training.shuffle_by == "episode" and "opener_tokens" not in default.system.options
+
+
+def test_batches_of_whole_episodes_are_noisier_when_an_episodes_examples_agree() -> None:
+    from bench.batch_variance import batch_variance
+
+    generator = torch.Generator().manual_seed(0)
+    # Four episodes of four examples; each episode's gradients sit around its own direction.
+    centres = torch.randn(4, 1, 32, generator=generator)
+    gradients = (centres + 0.1 * torch.randn(4, 4, 32, generator=generator)).reshape(16, 32) + 1.0
+    by_example = batch_variance(gradients, [4, 4, 4, 4], 4, "example", 50)
+    by_episode = batch_variance(gradients, [4, 4, 4, 4], 4, "episode", 50)
+    assert by_episode > 2 * by_example > 0
+    # Independent examples: the two ways of batching cost about the same.
+    independent = torch.randn(16, 32, generator=generator) + 1.0
+    ratio = batch_variance(independent, [4] * 4, 4, "episode", 200) / batch_variance(
+        independent, [4] * 4, 4, "example", 200
+    )
+    assert 0.5 < ratio < 2.0
+
+
+def test_the_scaling_table_reports_time_and_work_per_episode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(step_benchmark, "SCALING_EPISODES", (1, 2))
+    settings = step_benchmark.Settings(
+        width=2, depth=1, batch_size=4, steps=1, warmup=0, probe_tokens=3, response_tokens=3
+    )
+    rows = step_benchmark.scaling(settings)
+    assert [row["episodes"] for row in rows] == [1.0, 2.0]
+    for row in rows:
+        assert row["seconds_per_episode"] == pytest.approx(row["seconds_per_step"] / row["episodes"])
+        assert row["token_positions_per_episode"] > 0 and row["microseconds_per_position"] > 0
+        assert row["floor_vs_reference"] > 0 and row["token_positions_vs_reference"] > 0

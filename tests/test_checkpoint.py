@@ -52,6 +52,7 @@ RESUME_CASES = {
         "max_grad_norm": 0.5,
         "shuffle": False,
     },
+    "shuffle-by-example": {"shuffle_by": "example", "batch_size": 2},
 }
 
 

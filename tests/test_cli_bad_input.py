@@ -270,6 +270,12 @@ CASES = [
     ),
     Case("shuffle-not-bool", ["train", RUN], ("training.shuffle", "boolean"), {RUN: _training("shuffle = [1]")}),
     Case(
+        "shuffle-by-unknown",
+        ["train", RUN],
+        ("training.shuffle_by", "'example' or 'episode'"),
+        {RUN: _training('shuffle_by = "tree"')},
+    ),
+    Case(
         "eval-every-without-evaluator",
         ["train", RUN],
         ("run.toml", "eval_every", 'evaluator = "none"'),

@@ -82,15 +82,15 @@ def test_a_sampler_returning_the_wrong_count_is_reported(kit: Kit) -> None:
         harness.experience(0)
 
 
-def test_shuffle_is_seeded_by_run_seed_and_step(kit: Kit) -> None:
+def test_shuffle_by_example_is_seeded_by_run_seed_and_step(kit: Kit) -> None:
     parts = exact(kit)
     torch.manual_seed(0)
-    harness = Harness(parts.sampler, parts.algorithm, num_episodes_per_experience=4, batch_size=5, seed=3)
+    harness = Harness(parts.sampler, parts.algorithm, 4, 5, seed=3, shuffle_by="example")
     loader = harness.experience(7)
     examples = list(loader.dataset)  # type: ignore[call-overload]
 
     def seen(seed: int, step: int) -> list[Any]:
-        again = Harness(parts.sampler, parts.algorithm, 4, 5, seed=seed)
+        again = Harness(parts.sampler, parts.algorithm, 4, 5, seed=seed, shuffle_by="example")
         again.rollouts = lambda: harness.last_graphs  # type: ignore[method-assign]
         return [pair for batch in again.experience(step) for pair in batch]
 
@@ -108,6 +108,75 @@ def test_shuffle_false_keeps_flatten_order(kit: Kit) -> None:
     loader = harness.experience(0)
     expected = list(parts.algorithm.flatten(harness.last_graphs))
     assert [pair for batch in loader for pair in batch] == expected
+
+
+def episode_order(harness: Harness[Any, Any, Any, Any], seen: list[Any]) -> list[int]:
+    """Which episode each stretch of `seen` came from, asserting every episode's examples arrive
+    together and in flatten order (the check fails on an example-level shuffle)."""
+    per_episode = [list(harness.algorithm.flatten([graph])) for graph in harness.last_graphs]
+    order: list[int] = []
+    at = 0
+    while at < len(seen):
+        matches = [i for i, examples in enumerate(per_episode) if seen[at : at + len(examples)] == examples]
+        assert matches, f"examples from {at} on are not one episode's, in order"
+        order.append(next(i for i in matches if i not in order))
+        at += len(per_episode[order[-1]])
+    return order
+
+
+def test_shuffle_by_episode_keeps_each_episode_together_in_a_seeded_order(kit: Kit) -> None:
+    parts = exact(kit)
+    harness = Harness(parts.sampler, parts.algorithm, 6, 5, seed=3, shuffle_by="episode")
+    loader = harness.experience(7)
+    seen = [pair for batch in loader for pair in batch]
+    order = episode_order(harness, seen)
+    assert sorted(order) == list(range(6)) and order != list(range(6))  # every episode, shuffled
+
+    def again(seed: int, step: int) -> list[int]:
+        other = Harness(parts.sampler, parts.algorithm, 6, 5, seed=seed, shuffle_by="episode")
+        other.rollouts = lambda: harness.last_graphs  # type: ignore[method-assign]
+        return episode_order(other, [pair for batch in other.experience(step) for pair in batch])
+
+    assert again(3, 7) == order  # same run seed and step: same order
+    assert again(3, 8) != order
+    assert again(4, 7) != order
+    assert harness.last_graphs is not None and len(harness.last_graphs) == 6
+
+
+def test_shuffle_by_example_mixes_episodes(kit: Kit) -> None:
+    parts = exact(kit)
+    harness = Harness(parts.sampler, parts.algorithm, 6, 5, seed=3, shuffle_by="example")
+    seen = [pair for batch in harness.experience(7) for pair in batch]
+    with pytest.raises(AssertionError, match="not one episode's"):
+        episode_order(harness, seen)
+
+
+def test_shuffle_by_episode_cuts_batches_of_batch_size(kit: Kit) -> None:
+    parts = exact(kit)
+    harness = Harness(parts.sampler, parts.algorithm, 3, 4, shuffle_by="episode")
+    assert [len(batch) for batch in harness.experience(0)] == [4, 4, 1]  # 9 pairs
+
+
+def test_shuffle_by_episode_revisits_the_same_batches_in_a_new_order_each_pass(kit: Kit) -> None:
+    parts = exact(kit)
+    harness = Harness(parts.sampler, parts.algorithm, 8, 2, seed=1, shuffle_by="episode")
+    loader = harness.experience(0)
+    passes = [[tuple(map(repr, batch)) for batch in loader] for _ in range(3)]
+    assert sorted(passes[0]) == sorted(passes[1]) == sorted(passes[2])  # the same batches
+    assert passes[1] != passes[0] or passes[2] != passes[0]  # in a new order
+
+
+def test_shuffle_false_ignores_shuffle_by(kit: Kit) -> None:
+    parts = exact(kit)
+    harness = Harness(parts.sampler, parts.algorithm, 4, 5, shuffle=False, shuffle_by="episode")
+    loader = harness.experience(0)
+    assert [pair for batch in loader for pair in batch] == list(parts.algorithm.flatten(harness.last_graphs))
+
+
+def test_unknown_shuffle_by_is_a_config_error(kit: Kit) -> None:
+    parts = kit.parts()
+    with pytest.raises(ConfigError, match="shuffle_by must be 'example' or 'episode'"):
+        Harness(parts.sampler, parts.algorithm, 2, 2, shuffle_by="tree")  # type: ignore[arg-type]
 
 
 def test_an_empty_experience_yields_no_batches_and_warns(kit: Kit, caplog: pytest.LogCaptureFixture) -> None:

@@ -99,6 +99,12 @@ class TransformersOptions(LargeModelOptions):
         description="longest context a model sees, oldest tokens (chat: whole turns) cut first "
         "(None: n_positions - new tokens)",
     )
+    opener_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="an episode's opening prompt keeps at most its last N tokens, cut once when the episode "
+        "opens (None: whole; contexts past max_context_tokens then lose their oldest tokens turn by turn)",
+    )
     target_chat: bool = Field(
         False, description="chat mode: the target reads the conversation through its chat template"
     )

@@ -404,6 +404,26 @@ class _ModelsSystem(Generic[S]):
             )
         return wanted
 
+    def _cut_opener(self, prompt: str) -> str:
+        """`prompt`'s last `opener_tokens` tokens (of the tester's and the target's tokenizer), cut
+        at a token boundary of the original text; the whole prompt when the option is unset.
+
+        Cut once per episode, the opener is a prefix of every context in its tree: with
+        ``opener_tokens <= n_positions - tree_depth * (probe_tokens + response_tokens)`` no later
+        context is cut, so each turn's tokens extend its parent's and packed passes share them.
+        """
+        keep = self.options.opener_tokens
+        if keep is None:
+            return prompt
+        tokenizers = [self._tester.tokenizer, self._target.tokenizer]
+        text = prompt
+        while max(len(ids) for ids in (t(text, add_special_tokens=False)["input_ids"] for t in tokenizers)) > keep:
+            ids = self._tester.tokenizer(text, add_special_tokens=False)["input_ids"]
+            # Character offsets keep the original text (decoding ids could alter spacing);
+            # re-tokenised, the cut text can differ at its first token, hence the loop.
+            text = text[max(_offset_of(self._tester.tokenizer, text, max(len(ids) - keep, 1)), 1) :]
+        return text
+
     # -- the models ------------------------------------------------------------------------
 
     @property
@@ -869,8 +889,8 @@ class TransformersSystem(_ModelsSystem[str]):
         return self._text_view(self._tester), self._text_view(self._target)
 
     def opening(self, prompt: str) -> str:
-        """The state an episode opens with: the prompt's text itself."""
-        return prompt
+        """The state an episode opens with: the prompt's text (its last `opener_tokens` tokens)."""
+        return self._cut_opener(prompt)
 
     def join(self, context: str, probe: str) -> str:
         """The text the target continues: the context, then the probe, as they are."""
@@ -914,8 +934,9 @@ class ChatTransformersSystem(_ModelsSystem[Conversation]):
         return tester_view, target_view
 
     def opening(self, prompt: str) -> Conversation:
-        """The state an episode opens with: a conversation the user opened with `prompt`."""
-        return Conversation.opening(prompt)
+        """The state an episode opens with: a conversation the user opened with `prompt` (its
+        last `opener_tokens` tokens)."""
+        return Conversation.opening(self._cut_opener(prompt))
 
     def join(self, context: Conversation, probe: str) -> Conversation:
         """The conversation the target answers: the context, then the probe as the user's message."""
@@ -924,6 +945,16 @@ class ChatTransformersSystem(_ModelsSystem[Conversation]):
     def advance(self, context: Conversation, probe: str, response: str) -> Conversation:
         """The conversation after a turn: the probe as the user's message, the response as the assistant's."""
         return as_conversation(context).then("user", probe).then("assistant", response)
+
+
+def _offset_of(tokenizer: PreTrainedTokenizerBase, text: str, index: int) -> int:
+    """The character offset in `text` where its token `index` starts."""
+    try:
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        return int(offsets[index][0])
+    except NotImplementedError:  # a slow tokenizer has no offsets: measure the decoded head instead
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return len(tokenizer.decode(ids[:index]))
 
 
 def _pair_forward(
