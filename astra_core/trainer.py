@@ -181,7 +181,8 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
             raise ConfigError("the algorithm has no trainable parameters (parameters() yielded none)")
         # Rank 0's initial weights everywhere; FSDP hands back its shards (assembled runs attached
         # before building the optimizer, and get the same list back).
-        self.parameters = self.collectives.attach(parameters, (sampler.system, algorithm))
+        owners = (contracts.unwrap(sampler.system), contracts.unwrap(algorithm))  # the modules FSDP shards
+        self.parameters = self.collectives.attach(parameters, owners)
         if optimizer is not None and _holds_stale(optimizer, parameters, self.parameters):
             raise ConfigError(
                 "the optimizer holds the parameters as they were before FSDP sharded them; build it over "

@@ -326,6 +326,34 @@ def test_fsdp_alone_shards_over_a_group_of_one_and_trains_like_one_process(no_pr
         torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
 
 
+def test_fsdp_shards_an_algorithms_own_module_with_the_tester(no_process_group: None) -> None:
+    from astra_algorithms.ppo import PPO
+
+    def ppo_run(parallelism: str) -> list[torch.Tensor]:
+        system = tiny_system()
+        config = TrainingConfiguration(
+            training_steps=2,
+            num_episodes_per_experience=4,
+            batch_size=4,
+            optimizer="sgd",
+            lr=0.01,
+            max_grad_norm=1.0,
+            shuffle=False,
+            samples_every=None,
+            parallelism=parallelism,
+        )
+        trainer = Trainer(config, FixedSampler(system, 4), PPO(system))
+        assert type(trainer.parameters[-1]).__name__ == ("DTensor" if parallelism == "fsdp" else "Parameter")
+        trainer.train()
+        weights, _ = trainer.collectives.full_state(trainer._named_parameters(), trainer.optimizer)
+        return [w.detach().clone() for w in weights.values()]
+
+    sharded = ppo_run("fsdp")  # the value head is a module of the algorithm: sharded in the root unit
+    distributed.destroy()
+    for a, b in zip(sharded, ppo_run("ddp"), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_a_trainer_refuses_an_optimizer_built_before_sharding(no_process_group: None) -> None:
     system = tiny_system()
     stale = torch.optim.SGD(system.parameters(), lr=0.1)
