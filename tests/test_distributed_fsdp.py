@@ -326,6 +326,32 @@ def test_fsdp_alone_shards_over_a_group_of_one_and_trains_like_one_process(no_pr
         torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
 
 
+def test_fsdp_composes_with_gradient_checkpointing(no_process_group: None) -> None:
+    def run(parallelism: str, checkpointing: bool) -> list[torch.Tensor]:
+        system = TransformersSystem(
+            probe_tokens=4, response_tokens=4, num_threads=1, gradient_checkpointing=checkpointing
+        )
+        config = TrainingConfiguration(
+            training_steps=2,
+            num_episodes_per_experience=4,
+            batch_size=4,
+            shuffle=False,
+            samples_every=None,
+            parallelism=parallelism,
+            **SGD,
+        )
+        trainer = Trainer(config, FixedSampler(system, 4), DPO(system))
+        trainer.train()
+        weights, _ = trainer.collectives.full_state(trainer._named_parameters(), trainer.optimizer)
+        return [w.detach().clone() for w in weights.values()]
+
+    # Each sharded block recomputes its forward in backward with its weights still gathered.
+    sharded = run("fsdp", True)
+    distributed.destroy()
+    for a, b in zip(sharded, run("ddp", False), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_fsdp_shards_an_algorithms_own_module_with_the_tester(no_process_group: None) -> None:
     from astra_algorithms.ppo import PPO
 
