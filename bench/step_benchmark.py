@@ -110,7 +110,7 @@ def build_trainer(settings: Settings, mode: str) -> Any:
 
     resolved = resolve(run_config(settings))
 
-    def per_node(built: BuiltRun) -> PerNodeSampler:
+    def per_node(built: BuiltRun) -> PerNodeSampler[Any]:
         return PerNodeSampler(built.system, built.scorer, **resolved.components["sampler"].options.model_dump())
 
     def unpacked(built: BuiltRun) -> Any:

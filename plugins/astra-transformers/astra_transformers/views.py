@@ -63,12 +63,6 @@ class View(Protocol[S_contra]):
         ...
 
 
-def as_conversation(state: Conversation | str) -> Conversation:
-    """`state` as a conversation: a string is one the user opened with it. (A sampler that opens
-    its episodes with the prompt text itself, not ``system.opening(prompt)``, hands strings.)"""
-    return Conversation.opening(state) if isinstance(state, str) else state
-
-
 def _encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
     if not texts:
         return []
@@ -225,7 +219,7 @@ class ChatView:
         keys: list[str] = []
         rows: list[list[int]] = []
         for state in states:
-            _, text, ids = self.fit(as_conversation(state), budget)
+            _, text, ids = self.fit(state, budget)
             keys.append(text)
             rows.append(ids)
         return keys, rows
@@ -235,7 +229,7 @@ class ChatView:
         answer it, and the probe's span the tokens its characters fall in."""
         rows = Rows([], [], [], [])
         for state, probe in zip(states, continuations, strict=True):
-            turns, text, ids = self.fit(as_conversation(state).then("user", probe), budget)
+            turns, text, ids = self.fit(state.then("user", probe), budget)
             start, end = self._span(turns, text, probe)
             rows.keys.append(text)
             rows.ids.append(ids)
@@ -298,7 +292,7 @@ class TranscriptView:
         return transcript(messages) + f"{speaker or self.speaker}:"
 
     def _fit(self, conversation: Conversation, budget: int, speaker: str | None = None) -> tuple[str, list[int]]:
-        turns = [m for m in as_conversation(conversation).messages if m.role != "system"]
+        turns = [m for m in conversation.messages if m.role != "system"]
         while True:
             text = self.render(turns, speaker)
             ids = _encode(self.text.tokenizer, [text])[0]
@@ -343,7 +337,7 @@ class InstructView:
         return self.template.render([{"role": "user", "content": request}])
 
     def _fit(self, conversation: Conversation, budget: int) -> tuple[str, list[int]]:
-        turns = [m for m in as_conversation(conversation).messages if m.role != "system"]
+        turns = [m for m in conversation.messages if m.role != "system"]
         while True:
             text = self.render(turns)
             ids = self.template.encode(text)
