@@ -64,6 +64,7 @@ from astra_transformers.views import (
     TextView,
     TranscriptView,
     View,
+    checked_conversation,
     eos_ids,
     newline_ids,
 )
@@ -918,11 +919,11 @@ class ChatTransformersSystem(_ModelsSystem[Conversation]):
 
     def join(self, context: Conversation, probe: str) -> Conversation:
         """The conversation the target answers: the context, then the probe as the user's message."""
-        return context.then("user", probe)
+        return checked_conversation(context).then("user", probe)
 
     def advance(self, context: Conversation, probe: str, response: str) -> Conversation:
         """The conversation after a turn: the probe as the user's message, the response as the assistant's."""
-        return context.then("user", probe).then("assistant", response)
+        return checked_conversation(context).then("user", probe).then("assistant", response)
 
     def turn_text(self, probe: str, response: str) -> str:
         """The probe and the response as one text: two messages, one per line."""

@@ -255,3 +255,19 @@ def test_the_ast_sampler_grows_conversations_through_the_chat_system(chat: ChatT
     # The combined term reads the system's text of each turn: probe and response on two lines.
     assert {f"{n.probe}\n{n.response}" for n in nodes} <= set(scorer.texts)
     assert chat.turn_text("Hi?", "Hello.") == "Hi?\nHello."
+
+
+def test_a_text_state_handed_to_a_chat_system_is_a_one_line_type_error(chat: ChatTransformersSystem) -> None:
+    untyped: Any = chat  # mypy rejects these calls; an untyped caller gets a sentence
+    calls = [
+        lambda: untyped.rollout_tester(["Hi."]),
+        lambda: untyped.rollout_target(["Hi."]),
+        lambda: untyped.target_logprobs(["Hi."], [" More?"]),
+        lambda: untyped.tester_logprobs(["Hi."], [" More?"]),
+        lambda: untyped.join("Hi.", " More?"),
+        lambda: untyped.advance("Hi.", " More?", "Sure."),
+    ]
+    for call in calls:
+        with pytest.raises(TypeError, match=r"must be an astra_core\.chat\.Conversation, not str") as error:
+            call()
+        assert "system.opening(text)" in str(error.value) and "\n" not in str(error.value)
