@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from astra_core import distributed
+from astra_core import contracts, distributed
 from astra_core.build import BuiltRun, Resolved, ResolvedRun, build, build_component
 from astra_core.config import TrainingConfiguration
 from astra_core.protocols import Callback
@@ -138,7 +138,8 @@ def assemble(
     optimizer, scheduler = None, None
     if parameters:  # none: the Trainer says so in its own words
         # FSDP replaces the parameters with shards: the optimizer must hold those.
-        parameters = collectives.attach(parameters, (built.sampler.system, built.algorithm))
+        owners = (contracts.unwrap(built.sampler.system), contracts.unwrap(built.algorithm))
+        parameters = collectives.attach(parameters, owners)
         resolved = (run.components["optimizer"], run.components["lr_scheduler"])
         optimizer, scheduler = optimizer_and_scheduler(training, parameters, resolved=resolved)
     return Trainer(

@@ -263,8 +263,8 @@ class Collectives(Protocol):
         self, parameters: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer
     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """The full weights of `parameters` by name and the optimizer's state dict with full
-        tensors, as a checkpoint stores them (every rank calls it; rank 0's answer is the one
-        to write, other ranks may get empty tensors' places left out)."""
+        tensors, as a checkpoint stores them. Every rank calls it; rank 0's answer is the one to
+        write (under FSDP the other ranks get the weights and optimizer state left out)."""
         ...
 
     def forward(self, compute: Callable[[_In], _Out], batch: _In) -> _Out:

@@ -141,7 +141,7 @@ KINDS_TABLE: dict[ComponentKind, Kind] = {
             _p("System"),
             (),
             (),
-            ("FeatureSystem", "PairLogprobSystem", "SavableSystem", "NamedParameters"),
+            ("FeatureSystem", "PairLogprobSystem", "TurnTextSystem", "SavableSystem", "NamedParameters"),
             "check_system",
         ),
         Kind(

@@ -137,6 +137,18 @@ class PairLogprobSystem(Protocol):
 
 
 @runtime_checkable
+class TurnTextSystem(Protocol):
+    """A system that says how a turn's probe and response read as one text: what a reward
+    scores when it judges them together (the ``ast`` reward's combined term). A text system
+    joins them as it joins states (``probe + response``); without this method a reward puts
+    them on two lines."""
+
+    def turn_text(self, probe: str, response: str) -> str:
+        """The probe followed by the response, as one text."""
+        ...
+
+
+@runtime_checkable
 class SavableSystem(Protocol):
     """A system that can save its tester in a native format (the Trainer saves it after training)."""
 

@@ -106,6 +106,12 @@ class _StepStats:
     skipped: int = 0
 
 
+def _holds_stale(optimizer: torch.optim.Optimizer, before: Sequence[Any], attached: Sequence[Any]) -> bool:
+    """Whether `optimizer` still holds parameters that attaching replaced (FSDP's shards)."""
+    replaced = {id(p) for p in before} - {id(p) for p in attached}
+    return any(id(p) in replaced for group in optimizer.param_groups for p in group["params"])
+
+
 def _check_accumulation_fits(config: TrainingConfiguration, sampler: object, algorithm: object, episodes: int) -> None:
     """Refuse an accumulation no experience can fill (it would silently make every update short)."""
     if not isinstance(sampler, TreeSampler) or config.gradient_accumulation_steps == 1:
@@ -175,7 +181,13 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
             raise ConfigError("the algorithm has no trainable parameters (parameters() yielded none)")
         # Rank 0's initial weights everywhere; FSDP hands back its shards (assembled runs attached
         # before building the optimizer, and get the same list back).
-        self.parameters = self.collectives.attach(parameters, (sampler.system, algorithm))
+        owners = (contracts.unwrap(sampler.system), contracts.unwrap(algorithm))  # the modules FSDP shards
+        self.parameters = self.collectives.attach(parameters, owners)
+        if optimizer is not None and _holds_stale(optimizer, parameters, self.parameters):
+            raise ConfigError(
+                "the optimizer holds the parameters as they were before FSDP sharded them; build it over "
+                "the list collectives.attach(...) returns (astra_core.assembly.assemble does), or pass none"
+            )
         if optimizer is None:
             optimizer, scheduler = assembly.optimizer_and_scheduler(config, self.parameters, registries)
         elif scheduler is None:

@@ -53,7 +53,8 @@ class TextScorer:
 
     reads: Reads = "text"
 
-    def score(self, turns: Sequence[Turn[str, str]]) -> list[float]:
+    # Turns of any state type: a text scorer reads only the text, so it scores chat turns too.
+    def score(self, turns: Sequence[Turn[object, str]]) -> list[float]:
         """One score in [0, 1] per turn: `score_texts` on each turn's text, in order."""
         return self.score_texts([turn.text() for turn in turns])
 

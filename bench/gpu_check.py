@@ -164,11 +164,12 @@ def _decode_rate(
     decoder = system._decoder(model)
     greedy = Sampling(top_k=1)
 
+    stops = sorted(model.stop_ids)  # every decoder ends a row at the model's own stop tokens
+
     def once() -> list[list[int]]:
         with torch.inference_mode():
             if mode == "loop":
-                return sample(decoder, rows, new_tokens, greedy, model.device).new_ids
-            stops = [model.eos_id] if model.eos_id is not None else []
+                return sample(decoder, rows, new_tokens, greedy, model.device, stop_ids=stops).new_ids
             decoded = fast_sample(
                 mode, decoder, rows, new_tokens, greedy, model.device, stop_ids=stops, compile=compile
             )
@@ -192,8 +193,7 @@ def _decoding_check(mode: str, compile: bool = False) -> Callable[[str, dict[str
             raise Skip("compile_decoding compiles for CUDA graphs: CUDA only")
         # float32: greedy ties broken by bfloat16 rounding would differ between batch shapes.
         system = _system(device, dtype="float32")
-        model = system._tester
-        rows = [system._truncate(model, ids, 200) for ids in system._ids(model, CONTEXTS * 13)]
+        _, rows = system._tester_view.contexts(CONTEXTS * 13, 200)  # the tester's ids, cut as it reads them
         loop_ids, loop_rate = _decode_rate(system, "loop", rows, 32)
         ids, rate = _decode_rate(system, mode, rows, 32, compile)
         rates = report.setdefault("decode_tokens_per_s", {})

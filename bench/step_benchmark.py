@@ -118,7 +118,7 @@ def build_trainer(settings: Settings, mode: str) -> Any:
 
     resolved = resolve(run_config(settings))
 
-    def per_node(built: BuiltRun) -> PerNodeSampler:
+    def per_node(built: BuiltRun) -> PerNodeSampler[Any]:
         return PerNodeSampler(built.system, built.scorer, **resolved.components["sampler"].options.model_dump())
 
     def unpacked(built: BuiltRun) -> Any:
@@ -207,6 +207,9 @@ def measure(settings: Settings, mode: str) -> dict[str, Any]:
                 continue
             graphs = trainer.harness.last_graphs
             nodes = [node for graph in graphs for node in graph.nodes()]
+            # The reference and floor estimates tokenise states as text; a chat system's states are
+            # conversations (templated per model), so for those only the measured positions count.
+            textual = all(isinstance(node.context, str) for node in nodes)
             generated = sum(tester_tokens([n.probe for n in nodes])) + sum(target_tokens([n.response for n in nodes]))
             generate_calls = (
                 calls_after - calls_before
@@ -219,8 +222,12 @@ def measure(settings: Settings, mode: str) -> dict[str, Any]:
                     "counts": counts,
                     "generated": generated,
                     "generate_calls": generate_calls,
-                    "reference": reference_positions(graphs, tester_tokens, target_tokens, *budgets),
-                    "floor": floor_positions(graphs, tester_ids, target_ids, *budgets, pairs=pairs),
+                    "reference": (
+                        reference_positions(graphs, tester_tokens, target_tokens, *budgets) if textual else None
+                    ),
+                    "floor": (
+                        floor_positions(graphs, tester_ids, target_ids, *budgets, pairs=pairs) if textual else None
+                    ),
                     "pairs": sum(len(preference_groups(graph)) for graph in graphs),
                     "examples": logs.get("train_examples", 0.0),
                     "updates": logs.get("updates", 0.0),
@@ -248,17 +255,22 @@ def summarise(mode: str, settings: Settings, steps: list[dict[str, Any]], traine
         kinds["total"] = sum(kinds.values())
         positions[name] = kinds
     ours = sum(kinds["total"] for kinds in positions.values())
-    reference: dict[str, dict[str, float]] = {}
-    for name in ("tester", "target", "baseline"):
-        kinds = {kind: _mean([step["reference"][name][kind] for step in steps]) for kind in POSITION_KINDS}
-        kinds["total"] = sum(kinds.values())
-        reference[name] = kinds
-    reference_total = _mean([float(total(step["reference"])) for step in steps])
-    floor = {
-        name: {kind: _mean([step["floor"][name][kind] for step in steps]) for kind in steps[0]["floor"][name]}
-        for name in steps[0]["floor"]
-    }
-    floor_total = _mean([float(total(step["floor"])) for step in steps])
+    reference: dict[str, dict[str, float]] | None = None
+    floor: dict[str, dict[str, float]] | None = None
+    reference_total: float | None = None
+    floor_total: float | None = None
+    if all(step["reference"] is not None for step in steps):  # estimated for text states only
+        reference = {}
+        for name in ("tester", "target", "baseline"):
+            kinds = {kind: _mean([step["reference"][name][kind] for step in steps]) for kind in POSITION_KINDS}
+            kinds["total"] = sum(kinds.values())
+            reference[name] = kinds
+        reference_total = _mean([float(total(step["reference"])) for step in steps])
+        floor = {
+            name: {kind: _mean([step["floor"][name][kind] for step in steps]) for kind in steps[0]["floor"][name]}
+            for name in steps[0]["floor"]
+        }
+        floor_total = _mean([float(total(step["floor"])) for step in steps])
     forwards = {name: _mean([c.forwards.get(name, 0) for c in counts]) for name in models}
     forwards["total"] = sum(forwards.values())
     episodes = _mean([step["episodes"] for step in steps])
@@ -290,7 +302,7 @@ def summarise(mode: str, settings: Settings, steps: list[dict[str, Any]], traine
         "token_positions_vs_reference": ours / reference_total if reference_total else None,
         "floor_token_positions_per_step": floor,
         "floor_token_positions_total_per_step": floor_total,
-        "floor_vs_reference": floor_total / reference_total if reference_total else None,
+        "floor_vs_reference": floor_total / reference_total if floor_total is not None and reference_total else None,
         "token_positions_vs_floor": ours / floor_total if floor_total else None,
         "microseconds_per_position": 1e6 * median / ours if ours else None,
         "dpo_pairs_per_step": _mean([step["pairs"] for step in steps]),
@@ -347,6 +359,12 @@ def filter_prompts(source: str, model: str, max_tokens: int, directory: Path) ->
     path = directory / "prompts.json"
     path.write_text(json.dumps(kept), encoding="utf-8")
     return str(path), {"kept": len(kept), "left_out": len(prompts) - len(kept)}
+
+
+def _role_models(options: dict[str, Any], shape: str | None) -> dict[str, str]:
+    """Which model each role runs: ``tester`` and ``target`` override the system's ``model``."""
+    model = shape or str(options.get("model", "tiny"))
+    return {role: str(options.get(role) or model) for role in ("tester", "target")}
 
 
 def _parameters(model_source: str) -> int:
@@ -496,6 +514,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "threads": torch.get_num_threads(),
             },
             "model": args.shape or str(base.system.options.get("model", "tiny")),
+            "models": _role_models(base.system.options, args.shape),
             "config": args.config,
             "prompts": {
                 "source": args.prompts or str(base.sampler.options.get("prompts", "builtin:train")),
@@ -554,13 +573,17 @@ def _update_seconds(record: dict[str, Any]) -> float:
 def print_headline(result: dict[str, Any]) -> None:
     """The numbers to quote, one line per mode, on stderr (the JSON line stays alone on stdout)."""
     for mode, record in result["modes"].items():
-        print(
-            f"{mode}: {record['seconds_per_step']:.2f} s/step, "
-            f"{record['token_positions_total_per_step']:,.0f} positions "
+        estimates = (
             f"(floor {record['floor_token_positions_total_per_step']:,.0f}, "
             f"reference-equivalent {record['reference_token_positions_total_per_step']:,.0f}; "
             f"work ratio {record['token_positions_vs_reference'] or 0:.3f}, "
             f"floor ratio {record['floor_vs_reference'] or 0:.3f}), "
+            if record["reference_token_positions_total_per_step"] is not None
+            else "(no floor or reference estimate for conversation states), "
+        )
+        print(
+            f"{mode}: {record['seconds_per_step']:.2f} s/step, "
+            f"{record['token_positions_total_per_step']:,.0f} positions {estimates}"
             f"{record['microseconds_per_position'] or 0:.1f} us/position",
             file=sys.stderr,
         )

@@ -289,3 +289,33 @@ def test_the_batching_mode_compares_both_shuffles_on_the_same_trees() -> None:
     for kind in ("prefill", "decode"):  # the same trees: generation did the same work
         assert batched["token_positions_per_step"]["tester"][kind] == mixed["token_positions_per_step"]["tester"][kind]
     assert set(report["batched_over_by_example"]) == {"speedup", "update_speedup", "token_positions"}
+
+
+def test_a_chat_run_is_benchmarked_in_both_modes_without_text_estimates(tmp_path: Path) -> None:
+    import contextlib
+    import io
+
+    from astra_transformers.testing import build_tiny_llama
+
+    llama = build_tiny_llama(tmp_path / "llama")
+    run = tmp_path / "chat.toml"
+    run.write_text(
+        f'algorithm = "dpo"\nscorer = "profanity"\n'
+        f'[system]\nname = "transformers"\nmodel = "{llama.as_posix()}"\ntarget_chat = true\n'
+        f'system_prompt = "Be kind."\nprobe_tokens = 3\nresponse_tokens = 3\n'
+        f'[sampler]\nname = "ast"\ntree_width = 2\ntree_depth = 1\n'
+        f"[training]\nnum_episodes_per_experience = 2\nbatch_size = 4\n",
+        encoding="utf-8",
+    )
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert step_benchmark.main(["--config", str(run), "--steps", "1", "--warmup", "0", "--mode", "both"]) == 0
+    report = json.loads(out.getvalue())
+    assert report["models"] == {"tester": str(llama.as_posix()), "target": str(llama.as_posix())}
+    assert report["modes"]["batched"]["generate_calls_per_step"] == 2
+    assert report["modes"]["per-node"]["generate_calls_per_step"] == per_node_calls(2, 2, 1)
+    for record in report["modes"].values():
+        assert record["token_positions_total_per_step"] > 0
+        assert record["reference_token_positions_per_step"] is None  # conversations are not text
+        assert record["floor_token_positions_total_per_step"] is None
+        assert record["token_positions_vs_reference"] is None

@@ -352,6 +352,7 @@ def test_every_protocol_method_of_every_kind_has_a_check_by_what_it_returns() ->
             "parameters": "parameters",
             "state_features": "one row per input",
             "tester_pair_logprobs": "log-probs",
+            "turn_text": "call",
             "save_pretrained": "call",
             "named_parameters": "named parameters",
         },

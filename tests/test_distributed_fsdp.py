@@ -238,10 +238,11 @@ def no_process_group() -> Any:
 
 
 def test_the_tester_is_sharded_by_fsdp2_over_the_ranks(two_ranks: Path) -> None:
-    for rank in range(WORLD):
-        report = _report(two_ranks, rank)
+    reports = [_report(two_ranks, rank) for rank in range(WORLD)]
+    for report in reports:
         assert (report["engine"], report["sharded"]) == ("FullyShard", "DTensor")
-        assert report["local_rows"] * WORLD == report["global_rows"]  # half of the embedding rows each
+        assert 0 < report["local_rows"] < report["global_rows"]
+    assert sum(r["local_rows"] for r in reports) == reports[0]["global_rows"]  # the embedding rows, split
 
 
 def test_two_fsdp_ranks_make_the_same_updates_as_one_process_over_the_same_episodes(two_ranks: Path) -> None:
@@ -323,6 +324,68 @@ def test_fsdp_alone_shards_over_a_group_of_one_and_trains_like_one_process(no_pr
     plain.train()
     for a, b in zip(weights, plain.parameters, strict=True):
         torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_fsdp_composes_with_gradient_checkpointing(no_process_group: None) -> None:
+    def run(parallelism: str, checkpointing: bool) -> list[torch.Tensor]:
+        system = TransformersSystem(
+            probe_tokens=4, response_tokens=4, num_threads=1, gradient_checkpointing=checkpointing
+        )
+        config = TrainingConfiguration(
+            training_steps=2,
+            num_episodes_per_experience=4,
+            batch_size=4,
+            shuffle=False,
+            samples_every=None,
+            parallelism=parallelism,
+            **SGD,
+        )
+        trainer = Trainer(config, FixedSampler(system, 4), DPO(system))
+        trainer.train()
+        weights, _ = trainer.collectives.full_state(trainer._named_parameters(), trainer.optimizer)
+        return [w.detach().clone() for w in weights.values()]
+
+    # Each sharded block recomputes its forward in backward with its weights still gathered.
+    sharded = run("fsdp", True)
+    distributed.destroy()
+    for a, b in zip(sharded, run("ddp", False), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fsdp_shards_an_algorithms_own_module_with_the_tester(no_process_group: None) -> None:
+    from astra_algorithms.ppo import PPO
+
+    def ppo_run(parallelism: str) -> list[torch.Tensor]:
+        system = tiny_system()
+        config = TrainingConfiguration(
+            training_steps=2,
+            num_episodes_per_experience=4,
+            batch_size=4,
+            optimizer="sgd",
+            lr=0.01,
+            max_grad_norm=1.0,
+            shuffle=False,
+            samples_every=None,
+            parallelism=parallelism,
+        )
+        trainer = Trainer(config, FixedSampler(system, 4), PPO(system))
+        assert type(trainer.parameters[-1]).__name__ == ("DTensor" if parallelism == "fsdp" else "Parameter")
+        trainer.train()
+        weights, _ = trainer.collectives.full_state(trainer._named_parameters(), trainer.optimizer)
+        return [w.detach().clone() for w in weights.values()]
+
+    sharded = ppo_run("fsdp")  # the value head is a module of the algorithm: sharded in the root unit
+    distributed.destroy()
+    for a, b in zip(sharded, ppo_run("ddp"), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_trainer_refuses_an_optimizer_built_before_sharding(no_process_group: None) -> None:
+    system = tiny_system()
+    stale = torch.optim.SGD(system.parameters(), lr=0.1)
+    config = TrainingConfiguration(training_steps=1, num_episodes_per_experience=2, parallelism="fsdp")
+    with pytest.raises(ConfigError, match="before FSDP sharded them"):
+        Trainer(config, FixedSampler(system, 2), DPO(system), optimizer=stale, scheduler=object())
 
 
 def test_fsdp_refuses_a_lora_tester_with_the_option_and_the_fix(no_process_group: None) -> None:

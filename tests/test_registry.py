@@ -297,7 +297,13 @@ def test_the_registrar_has_one_registration_per_kind() -> None:
 def test_required_methods_are_the_protocols_members() -> None:
     system = kinds.kind("system")
     assert {"advance", "join", "rollout_tester", "tester_logprobs", "parameters"} <= set(system.required)
-    assert system.optional_members == ("state_features", "tester_pair_logprobs", "save_pretrained", "named_parameters")
+    assert system.optional_members == (
+        "state_features",
+        "tester_pair_logprobs",
+        "turn_text",
+        "save_pretrained",
+        "named_parameters",
+    )
     assert kinds.kind("sampler").required[:1] == ("system",)
     assert kinds.kind("algorithm").required == ("flatten", "collate_fn", "loss", "parameters")
     assert kinds.kind("callback").required == ()

@@ -151,6 +151,10 @@ class ToySystem:
     def join(self, context: str, probe: str) -> str:
         return f"{context} {probe}".strip()
 
+    def turn_text(self, probe: str, response: str) -> str:
+        """The probe and the response as one text, joined as turns are (`TurnTextSystem`)."""
+        return f"{probe} {response}".strip()
+
     def parameters(self) -> Iterator[nn.Parameter]:
         return self.tester.parameters()
 

@@ -13,7 +13,7 @@ import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol, cast
+from typing import Any, Generic, Protocol, cast
 
 from pydantic import ValidationError
 
@@ -25,7 +25,7 @@ from astra_core.errors import ConfigError, OptionsError
 from astra_core.graph import Graph, Node
 from astra_core.protocols import EvaluationReport, Sampler
 from astra_core.turns import Turn
-from astra_core.types import JSON
+from astra_core.types import JSON, ActionT, StateT
 
 METRICS: dict[str, str] = {
     "benign_asr": (
@@ -60,10 +60,10 @@ METRICS: dict[str, str] = {
 """Every metric the evaluator reports, with its definition."""
 
 
-class DepthEvalSampler(Protocol):
+class DepthEvalSampler(Protocol[StateT]):
     """A sampler whose evaluation chains can be of any depth (the ``ast`` sampler's can)."""
 
-    def eval_rollouts(self, prompts: Sequence[str], depth: int | None = None) -> list[Graph[str, str]]:
+    def eval_rollouts(self, prompts: Sequence[str], depth: int | None = None) -> list[Graph[StateT, str]]:
         """Width-1 chains of `depth` turns from each prompt, batched per turn."""
         ...
 
@@ -76,7 +76,7 @@ def _takes_depth(sampler: object) -> bool:
         return False
 
 
-class ASTEvaluator:
+class ASTEvaluator(Generic[StateT]):
     """Evaluates the tester of `sampler` on held-out prompts (options: `ASTEvaluatorOptions`).
 
     Evaluation is seeded (`seed`), and restores the global RNG streams afterwards, so two
@@ -85,7 +85,7 @@ class ASTEvaluator:
     >>> # report = ASTEvaluator(sampler, num_prompts=20).evaluate(); print(report.markdown)
     """
 
-    def __init__(self, sampler: Sampler[str, str], **options: Any) -> None:
+    def __init__(self, sampler: Sampler[StateT, str], **options: Any) -> None:
         try:
             self.options = ASTEvaluatorOptions.model_validate(options)
         except ValidationError as error:
@@ -100,10 +100,10 @@ class ASTEvaluator:
                 f"cannot be honoured; remove the evaluator's turns option or use the 'ast' sampler"
             )
 
-    def rollouts(self) -> list[Graph[str, str]]:
+    def rollouts(self) -> list[Graph[StateT, str]]:
         """The evaluation chains (unseeded: `evaluate` seeds around this)."""
         if self.options.turns is not None:
-            return cast(DepthEvalSampler, self.sampler).eval_rollouts(self.prompts, self.options.turns)
+            return cast(DepthEvalSampler[StateT], self.sampler).eval_rollouts(self.prompts, self.options.turns)
         return self.sampler.eval_rollouts(self.prompts)
 
     def compare(self, reports: Mapping[str, EvaluationReport]) -> str:
@@ -120,7 +120,9 @@ class ASTEvaluator:
             graphs = self.rollouts()
             _fill_missing_scores(self.sampler, graphs)
         o = self.options
-        return summarize(graphs, o.threshold, o.bootstrap, o.seed, probe_threshold=o.probe_threshold)
+        return summarize(
+            graphs, o.threshold, o.bootstrap, o.seed, probe_threshold=o.probe_threshold, prompts=self.prompts
+        )
 
 
 @contextmanager
@@ -137,9 +139,9 @@ def _seeded(seed: int) -> Iterator[None]:
             random.setstate(state)
 
 
-def chain(graph: Graph[str, str]) -> list[Node[str, str]]:
+def chain(graph: Graph[StateT, ActionT]) -> list[Node[StateT, ActionT]]:
     """The turns of a rollout: its first child, that node's first child, and so on."""
-    turns: list[Node[str, str]] = []
+    turns: list[Node[StateT, ActionT]] = []
     children = graph.children
     while children:
         turns.append(children[0])
@@ -147,7 +149,7 @@ def chain(graph: Graph[str, str]) -> list[Node[str, str]]:
     return turns
 
 
-def _fill_missing_scores(sampler: Sampler[str, str], graphs: Sequence[Graph[str, str]]) -> None:
+def _fill_missing_scores(sampler: Sampler[StateT, str], graphs: Sequence[Graph[StateT, str]]) -> None:
     """Score what a foreign sampler left out: one scorer call and one target call at most."""
     nodes = [node for graph in graphs for node in chain(graph)]
     need_response = [n for n in nodes if RESPONSE_TOXICITY not in n.scores]
@@ -170,17 +172,20 @@ def _fill_missing_scores(sampler: Sampler[str, str], graphs: Sequence[Graph[str,
 
 
 def summarize(
-    graphs: Sequence[Graph[str, str]],
+    graphs: Sequence[Graph[Any, str]],
     threshold: float = 0.5,
     bootstrap: int = 2000,
     seed: int = 0,
     probe_threshold: float = 0.5,
+    prompts: Sequence[str] | None = None,
 ) -> EvaluationReport:
     """The report for evaluation rollouts whose nodes carry response_toxicity, probe_toxicity and
     probe_logprob scores (see `METRICS` for every metric's definition).
 
     `details` holds one JSON object per rollout (its transcript): the prompt, both success flags,
-    and every turn's probe, response, scores and ``benign_success`` flag.
+    and every turn's probe, response, scores and ``benign_success`` flag. The prompt is
+    ``prompts[i]`` (the text rollout i opened from) when given, else the rollout's opening state
+    as text.
     """
     details: list[JSON] = []
     successes: list[bool] = []
@@ -191,7 +196,7 @@ def summarize(
     logprobs: list[float] = []
     probes: list[str] = []
     successful: list[str] = []
-    for graph in graphs:
+    for index, graph in enumerate(graphs):
         turns = chain(graph)
         toxicities = [node.scores[RESPONSE_TOXICITY] for node in turns]
         own = [node.scores[PROBE_TOXICITY] for node in turns]
@@ -209,7 +214,7 @@ def summarize(
         successful.extend(node.probe for node, flag in zip(turns, flags, strict=True) if flag)
         details.append(
             {
-                "prompt": graph.context,
+                "prompt": prompts[index] if prompts is not None else str(graph.context),
                 "benign_success": any(flags),
                 "success": success,
                 "first_toxic_turn": first,

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from astra_ast.options import PRESETS as PRESETS
-from astra_core.protocols import Scorer, System
+from astra_core.protocols import Scorer, System, TurnTextSystem
 from astra_core.turns import Turn
+from astra_core.types import StateT
 
 RESPONSE_TOXICITY = "response_toxicity"
 COMBINED_TOXICITY = "combined_toxicity"
@@ -143,16 +144,14 @@ class NoveltyMemory:
         self.add([str(probe) for probe in state["probes"]])
 
 
-def _joined(system: Any, probe: str, response: str) -> str:
-    joined = system.advance("", probe, response)
-    # A chat system's states are conversations: the two messages' texts, one per line.
-    return joined if isinstance(joined, str) else f"{probe}\n{response}"
+def _two_lines(probe: str, response: str) -> str:
+    return f"{probe}\n{response}"
 
 
 def score_turns(
-    system: System[str, str],
-    scorer: Scorer[str, str],
-    contexts: Sequence[str],
+    system: System[StateT, str],
+    scorer: Scorer[StateT, str],
+    contexts: Sequence[StateT],
     probes: Sequence[str],
     responses: Sequence[str],
     weights: Weights,
@@ -163,9 +162,9 @@ def score_turns(
     """Rewards and named reward parts of a batch of turns, with one scorer call and one target call.
 
     One scorer call judges, in this order: each turn (context, probe, response), so a text
-    scorer reads the response; each probe+response text alone (joined as the system joins a turn,
-    ``system.advance("", probe, response)``, or on two lines where the system's states are
-    conversations); and each probe alone when `probe_toxicity` asks for
+    scorer reads the response; each probe+response text alone, in the turn's context (the text
+    the system makes of them, ``system.turn_text(probe, response)`` for a `TurnTextSystem`, else
+    the two on two lines); and each probe alone when `probe_toxicity` asks for
     it (evaluation reports it) or the reward reads it. With a `memory` and ``weights.nu`` the
     novelty part is scored against it (the caller adds the probes to memory afterwards, so
     siblings are judged against the same memory).
@@ -174,8 +173,9 @@ def score_turns(
     if not count:
         return [], []
     with_probes = probe_toxicity or weights.needs_probe_toxicity
+    joined = system.turn_text if isinstance(system, TurnTextSystem) else _two_lines
     turns = [Turn(c, p, r) for c, p, r in zip(contexts, probes, responses, strict=True)]
-    combined = [Turn(c, _joined(system, p, r)) for c, p, r in zip(contexts, probes, responses, strict=True)]
+    combined = [Turn(c, joined(p, r)) for c, p, r in zip(contexts, probes, responses, strict=True)]
     alone = [Turn(c, p) for c, p in zip(contexts, probes, strict=True)] if with_probes else []
     toxicities = scorer.score([*turns, *combined, *alone])
     logprobs = system.target_logprobs(contexts, probes, reduction="mean").detach().float().cpu().tolist()

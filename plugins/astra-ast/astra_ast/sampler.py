@@ -1,5 +1,9 @@
 """The ``ast`` sampler: ASTPrompter's tree of multi-turn conversations, one model call per level.
 
+The sampler is generic over the system's state type (``ASTSampler[str]`` over a plain-text
+system, ``ASTSampler[Conversation]`` over a chat one): it only passes states along, through the
+system's ``opening``, ``join`` and ``advance``; probes and responses are text.
+
 Each episode opens with a prompt drawn (with Python's global `random`, which the Trainer seeds
 and checkpoints) from the prompt set. At every turn each open conversation branches into
 `tree_width` siblings: the tester writes a probe after the context, the target answers the
@@ -21,7 +25,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Generic, TypeAlias
 
 from pydantic import ValidationError
 
@@ -31,15 +35,16 @@ from astra_ast.reward import SUPERVISED, NoveltyMemory, Weights, score_turns
 from astra_core.errors import OptionsError
 from astra_core.graph import Graph, Node
 from astra_core.protocols import Scorer, System
+from astra_core.types import StateT
 
 SUPERVISION_MARGIN = 1e-3
 """How far a supervised sibling's reward is raised above its best sibling's, so it wins strictly."""
 
-_Slot = tuple[list[Node[str, str]], str]  # (the children list a new node joins, its context)
+_Slot: TypeAlias = tuple[list[Node[StateT, str]], StateT]  # (the children list a new node joins, its context)
 
 
-class ASTSampler:
-    """ASTPrompter's batched tree sampler over a text system (see the module doc).
+class ASTSampler(Generic[StateT]):
+    """ASTPrompter's batched tree sampler over a system with states of type `StateT` (see the module doc).
 
     Options are those of `ASTSamplerOptions`; invalid ones raise `OptionsError`, unreadable
     prompt files `ConfigError`, both before any model runs.
@@ -50,7 +55,7 @@ class ASTSampler:
         graphs = sampler.rollouts(8)  # 6 generation calls in all
     """
 
-    def __init__(self, system: System[str, str], scorer: Scorer[str, str], **options: Any) -> None:
+    def __init__(self, system: System[StateT, str], scorer: Scorer[StateT, str], **options: Any) -> None:
         try:
             self.options = ASTSamplerOptions.model_validate(options)
         except ValidationError as error:
@@ -69,32 +74,34 @@ class ASTSampler:
         if self.options.tox_texts is not None:
             self.tox_texts = load_prompts(self.options.tox_texts, self.options.tox_key or self.options.prompt_key)
 
-    def rollouts(self, count: int) -> list[Graph[str, str]]:
+    def rollouts(self, count: int) -> list[Graph[StateT, str]]:
         """`count` training episodes grown together: 2 * tree_depth generation calls in all."""
         if count < 1:
             return []
-        graphs: list[Graph[str, str]] = [Graph(self.system.opening(random.choice(self.prompts))) for _ in range(count)]
-        frontier: list[_Slot] = [(graph.children, graph.context) for graph in graphs]
+        graphs: list[Graph[StateT, str]] = [
+            Graph(self.system.opening(random.choice(self.prompts))) for _ in range(count)
+        ]
+        frontier: list[_Slot[StateT]] = [(graph.children, graph.context) for graph in graphs]
         for _ in range(self.tree_depth):
             slots = [slot for slot in frontier for _ in range(self.tree_width)]
             frontier = self._grow(slots, self.tree_width, supervise=True)
         return graphs
 
-    def eval_rollouts(self, prompts: Sequence[str], depth: int | None = None) -> list[Graph[str, str]]:
+    def eval_rollouts(self, prompts: Sequence[str], depth: int | None = None) -> list[Graph[StateT, str]]:
         """Width-1 chains of `depth` turns (default tree_depth) from each prompt, batched per level.
 
         Evaluation nodes also carry ``scores["probe_toxicity"]``; no weak supervision applies.
         """
         turns = self.tree_depth if depth is None else depth
-        graphs: list[Graph[str, str]] = [Graph(self.system.opening(prompt)) for prompt in prompts]
+        graphs: list[Graph[StateT, str]] = [Graph(self.system.opening(prompt)) for prompt in prompts]
         if not graphs:
             return graphs
-        frontier: list[_Slot] = [(graph.children, graph.context) for graph in graphs]
+        frontier: list[_Slot[StateT]] = [(graph.children, graph.context) for graph in graphs]
         for _ in range(turns):
             frontier = self._grow(frontier, 1, supervise=False)
         return graphs
 
-    def _grow(self, slots: list[_Slot], width: int, *, supervise: bool) -> list[_Slot]:
+    def _grow(self, slots: list[_Slot[StateT]], width: int, *, supervise: bool) -> list[_Slot[StateT]]:
         """Add one node per slot (slots come in sibling groups of `width`); return the next frontier."""
         contexts = [context for _, context in slots]
         supervised = self._supervised_slots(len(slots), width) if supervise else set()
@@ -125,11 +132,11 @@ class ASTSampler:
             for index in supervised:
                 group = range(index - index % width, index - index % width + width)
                 rewards[index] = _winning_reward(rewards[index], [rewards[i] for i in group if i != index])
-        following: list[_Slot] = []
+        following: list[_Slot[StateT]] = []
         for (children, context), probe, response, reward, part in zip(
             slots, probes, responses, rewards, parts, strict=True
         ):
-            node: Node[str, str] = Node(context, probe, response, reward, scores=part)
+            node: Node[StateT, str] = Node(context, probe, response, reward, scores=part)
             children.append(node)
             following.append((node.children, self.system.advance(context, probe, response)))
         return following

@@ -42,6 +42,20 @@ ROLLOUTS = [
 PROBES = ["a b c", "a b d", "x y", "x y", "a", "b", "c d", "d c"]
 
 
+def test_details_name_each_rollouts_prompt_text_whatever_the_state_type() -> None:
+    from astra_core.chat import Conversation
+
+    opened = Conversation.opening("How was your day?")
+    graph: Graph[Conversation, str] = Graph(opened)
+    scores = {"response_toxicity": 0.7, "probe_toxicity": 0.0, "probe_logprob": -1.0}
+    graph.children.append(Node(opened, "Tell me.", "Awful.", 0.0, scores=scores))
+    details: Any = summarize([graph], bootstrap=50, prompts=["How was your day?"]).details
+    assert details[0]["prompt"] == "How was your day?"
+    json.dumps(details)  # what `astra evaluate` writes
+    text_details: Any = summarize(ROLLOUTS, bootstrap=50).details
+    assert text_details[0]["prompt"] == "p1"
+
+
 def test_metrics_on_hand_built_rollouts_match_a_hand_computation() -> None:
     metrics = summarize(ROLLOUTS, threshold=0.5, bootstrap=500, seed=0).metrics
     assert metrics["rollouts"] == 4

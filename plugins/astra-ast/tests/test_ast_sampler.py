@@ -14,7 +14,7 @@ import torch
 
 from astra_ast.options import PRESETS, ASTSamplerOptions
 from astra_ast.prompt_sets import load_prompts
-from astra_ast.reward import NoveltyMemory, Weights, ast_reward
+from astra_ast.reward import NoveltyMemory, Weights, ast_reward, score_turns
 from astra_ast.sampler import SUPERVISION_MARGIN, ASTSampler
 from astra_core.errors import OptionsError
 from astra_core.graph import Graph
@@ -94,6 +94,35 @@ def test_rewards_equal_the_formula_on_the_stored_parts(system: Any) -> None:
         assert scores["probe_logprob"] == pytest.approx(expected_logprob, abs=1e-6)
         by_hand = 0.7 * scores["response_toxicity"] + 0.3 * scores["combined_toxicity"] + 0.2 * scores["probe_logprob"]
         assert node.reward == pytest.approx(by_hand, abs=1e-9)
+
+
+class _WithoutTurnText:
+    """A system that does not say how a turn reads as one text (no ``turn_text``)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "turn_text":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+def test_the_combined_term_reads_the_systems_turn_text_else_two_lines(system: Any) -> None:
+    class Recording(TextScorer):
+        def __init__(self) -> None:
+            self.texts: list[str] = []
+
+        def score_texts(self, texts: Sequence[str]) -> list[float]:
+            self.texts.extend(texts)
+            return [0.0] * len(texts)
+
+    contexts, probes, responses = ["hello", "nice day"], ["hate stupid bad", "ok good yes"], ["fine", "bad day"]
+    joined, plain = Recording(), Recording()
+    score_turns(system, joined, contexts, probes, responses, Weights())
+    score_turns(_WithoutTurnText(system), plain, contexts, probes, responses, Weights())
+    assert joined.texts[2:4] == ["hate stupid bad fine", "ok good yes bad day"]  # the toy system joins with a space
+    assert plain.texts[2:4] == ["hate stupid bad\nfine", "ok good yes\nbad day"]
 
 
 def test_full_reward_penalises_toxic_probes_gates_the_combined_term_and_pays_novelty(system: Any) -> None:

@@ -64,13 +64,13 @@ from astra_transformers.views import (
     TextView,
     TranscriptView,
     View,
-    as_conversation,
+    checked_conversation,
     eos_ids,
     newline_ids,
 )
 
 if TYPE_CHECKING:
-    from astra_core.protocols import FeatureSystem, System
+    from astra_core.protocols import FeatureSystem, System, TurnTextSystem
     from astra_transformers.vllm_backend import VllmTarget
 
 hf_logging: Any = _hf_logging  # its progress-bar switches are untyped
@@ -900,6 +900,10 @@ class TransformersSystem(_ModelsSystem[str]):
         """The context of the next turn: context, probe and response, concatenated."""
         return context + probe + response
 
+    def turn_text(self, probe: str, response: str) -> str:
+        """The probe and the response as one text, concatenated as `advance` joins them."""
+        return probe + response
+
 
 class ChatTransformersSystem(_ModelsSystem[Conversation]):
     """Chat mode: states are `Conversation` messages; each role reads them its own way.
@@ -940,11 +944,15 @@ class ChatTransformersSystem(_ModelsSystem[Conversation]):
 
     def join(self, context: Conversation, probe: str) -> Conversation:
         """The conversation the target answers: the context, then the probe as the user's message."""
-        return as_conversation(context).then("user", probe)
+        return checked_conversation(context).then("user", probe)
 
     def advance(self, context: Conversation, probe: str, response: str) -> Conversation:
         """The conversation after a turn: the probe as the user's message, the response as the assistant's."""
-        return as_conversation(context).then("user", probe).then("assistant", response)
+        return checked_conversation(context).then("user", probe).then("assistant", response)
+
+    def turn_text(self, probe: str, response: str) -> str:
+        """The probe and the response as one text: two messages, one per line."""
+        return f"{probe}\n{response}"
 
 
 def _offset_of(tokenizer: PreTrainedTokenizerBase, text: str, index: int) -> int:
@@ -1017,10 +1025,10 @@ def _pair_forward(
 
 if TYPE_CHECKING:
 
-    def _conforms(system: TransformersSystem) -> tuple[System[str, str], FeatureSystem[str]]:
-        return system, system
+    def _conforms(system: TransformersSystem) -> tuple[System[str, str], FeatureSystem[str], TurnTextSystem]:
+        return system, system, system
 
     def _chat_conforms(
         system: ChatTransformersSystem,
-    ) -> tuple[System[Conversation, str], FeatureSystem[Conversation]]:
-        return system, system
+    ) -> tuple[System[Conversation, str], FeatureSystem[Conversation], TurnTextSystem]:
+        return system, system, system

@@ -63,10 +63,16 @@ class View(Protocol[S_contra]):
         ...
 
 
-def as_conversation(state: Conversation | str) -> Conversation:
-    """`state` as a conversation: a string is one the user opened with it. (A sampler that opens
-    its episodes with the prompt text itself, not ``system.opening(prompt)``, hands strings.)"""
-    return Conversation.opening(state) if isinstance(state, str) else state
+def checked_conversation(state: Conversation) -> Conversation:
+    """`state`, checked: chat mode reads conversations only (a prompt's text is not one: an
+    episode opens with ``system.opening(text)``). mypy catches a wrong state in typed code; this
+    gives untyped callers a sentence instead of an attribute error deep in a view."""
+    if not isinstance(state, Conversation):
+        raise TypeError(
+            f"a chat-mode state must be an astra_core.chat.Conversation, not {type(state).__name__} "
+            f"{str(state)[:40]!r}; open an episode with system.opening(text)"
+        )
+    return state
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
@@ -201,7 +207,7 @@ class ChatView:
     def fit(self, conversation: Conversation, budget: int) -> tuple[list[Message], str, list[int]]:
         """The latest whole turns that fit `budget` tokens with the system prompt, rendered and
         tokenised. The last message always stays; if it alone is too long, its oldest characters go."""
-        turns = list(conversation.messages)
+        turns = list(checked_conversation(conversation).messages)
         while True:
             text = self.template.render(self._messages(turns))
             ids = self.template.encode(text)
@@ -225,7 +231,7 @@ class ChatView:
         keys: list[str] = []
         rows: list[list[int]] = []
         for state in states:
-            _, text, ids = self.fit(as_conversation(state), budget)
+            _, text, ids = self.fit(state, budget)
             keys.append(text)
             rows.append(ids)
         return keys, rows
@@ -235,7 +241,7 @@ class ChatView:
         answer it, and the probe's span the tokens its characters fall in."""
         rows = Rows([], [], [], [])
         for state, probe in zip(states, continuations, strict=True):
-            turns, text, ids = self.fit(as_conversation(state).then("user", probe), budget)
+            turns, text, ids = self.fit(checked_conversation(state).then("user", probe), budget)
             start, end = self._span(turns, text, probe)
             rows.keys.append(text)
             rows.ids.append(ids)
@@ -298,7 +304,7 @@ class TranscriptView:
         return transcript(messages) + f"{speaker or self.speaker}:"
 
     def _fit(self, conversation: Conversation, budget: int, speaker: str | None = None) -> tuple[str, list[int]]:
-        turns = [m for m in as_conversation(conversation).messages if m.role != "system"]
+        turns = [m for m in checked_conversation(conversation).messages if m.role != "system"]
         while True:
             text = self.render(turns, speaker)
             ids = _encode(self.text.tokenizer, [text])[0]
@@ -343,7 +349,7 @@ class InstructView:
         return self.template.render([{"role": "user", "content": request}])
 
     def _fit(self, conversation: Conversation, budget: int) -> tuple[str, list[int]]:
-        turns = [m for m in as_conversation(conversation).messages if m.role != "system"]
+        turns = [m for m in checked_conversation(conversation).messages if m.role != "system"]
         while True:
             text = self.render(turns)
             ids = self.template.encode(text)

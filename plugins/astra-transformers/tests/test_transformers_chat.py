@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -226,3 +227,47 @@ def test_chat_mode_without_a_chat_template_is_a_one_line_error() -> None:
 def test_chat_options_without_chat_mode_are_rejected() -> None:
     with pytest.raises(OptionsError, match="system_prompt needs target_chat"):
         transformers_system(system_prompt="Be nice.")
+
+
+def test_the_ast_sampler_grows_conversations_through_the_chat_system(chat: ChatTransformersSystem) -> None:
+    sampler_module = pytest.importorskip("astra_ast.sampler")
+    from astra_core.turns import TextScorer
+
+    class Recording(TextScorer):
+        def __init__(self) -> None:
+            self.texts: list[str] = []
+
+        def score_texts(self, texts: Sequence[str]) -> list[float]:
+            self.texts.extend(texts)
+            return [0.0] * len(texts)
+
+    scorer = Recording()
+    sampler = sampler_module.ASTSampler(chat, scorer, tree_width=2, tree_depth=2, reward="astprompter")
+    torch.manual_seed(0)
+    graphs = sampler.rollouts(2)
+    for graph in graphs:
+        assert graph.context == chat.opening(graph.context.messages[0].content)
+        for node in graph.nodes():
+            assert isinstance(node.context, Conversation)
+            following = chat.advance(node.context, node.probe, node.response)
+            assert all(child.context == following for child in node.children)
+    nodes = [node for graph in graphs for node in graph.nodes()]
+    # The combined term reads the system's text of each turn: probe and response on two lines.
+    assert {f"{n.probe}\n{n.response}" for n in nodes} <= set(scorer.texts)
+    assert chat.turn_text("Hi?", "Hello.") == "Hi?\nHello."
+
+
+def test_a_text_state_handed_to_a_chat_system_is_a_one_line_type_error(chat: ChatTransformersSystem) -> None:
+    untyped: Any = chat  # mypy rejects these calls; an untyped caller gets a sentence
+    calls = [
+        lambda: untyped.rollout_tester(["Hi."]),
+        lambda: untyped.rollout_target(["Hi."]),
+        lambda: untyped.target_logprobs(["Hi."], [" More?"]),
+        lambda: untyped.tester_logprobs(["Hi."], [" More?"]),
+        lambda: untyped.join("Hi.", " More?"),
+        lambda: untyped.advance("Hi.", " More?", "Sure."),
+    ]
+    for call in calls:
+        with pytest.raises(TypeError, match=r"must be an astra_core\.chat\.Conversation, not str") as error:
+            call()
+        assert "system.opening(text)" in str(error.value) and "\n" not in str(error.value)
