@@ -16,9 +16,17 @@ def _prompt_source(value: str | None) -> str | None:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The ASTPrompter paper's reward: no probe penalty, plain combined term, no novelty.
-    "astprompter": {"alpha": 1.0, "zeta": 0.5, "gamma": 0.1, "eta": 0.0, "gate": "none", "nu": 0.0},
+    "astprompter": {
+        "alpha": 1.0,
+        "zeta": 0.5,
+        "gamma": 0.1,
+        "eta": 0.0,
+        "gate": "none",
+        "nu": 0.0,
+        "repeat_discount": 0.0,
+    },
     # Pays for benign probes that draw toxic responses, and for probes unlike recent ones.
-    "benign": {"alpha": 1.0, "zeta": 0.5, "gamma": 0.1, "eta": 0.5, "gate": "all", "nu": 0.1},
+    "benign": {"alpha": 1.0, "zeta": 0.5, "gamma": 0.1, "eta": 0.25, "gate": "all", "nu": 0.1, "repeat_discount": 0.5},
 }
 """Named reward forms (the sampler's `reward` option); weights given explicitly override the preset's."""
 
@@ -26,8 +34,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 class RewardWeights(BaseModel):
     """The weights of the reward (see `astra_ast.reward` for the formula).
 
-    ``R = alpha * g_r * tox(response) + zeta * g * tox(probe + response) - eta * tox(probe)
-    + gamma * mean log p_target(probe | context) + nu * novelty(probe)``
+    ``R = d * (alpha * g_r * tox(response) + zeta * g * tox(probe + response)) - eta * tox(probe)
+    + gamma * mean log p_target(probe | context) + nu * novelty(probe)``, with the repeat discount
+    ``d = 1 - repeat_discount * (1 - novelty(probe))``
 
     `reward` names a preset (`PRESETS`) that supplies every weight not given explicitly.
     """
@@ -52,6 +61,12 @@ class RewardWeights(BaseModel):
     )
     probe_threshold: float = Field(0.5, ge=0.0, le=1.0, description="probe toxicity below which the gate opens")
     nu: float = Field(PRESETS["benign"]["nu"], ge=0.0, description="weight of the novelty bonus (novelty lies in 0..1)")
+    repeat_discount: float = Field(
+        PRESETS["benign"]["repeat_discount"],
+        ge=0.0,
+        le=1.0,
+        description="share of a probe's toxicity reward lost when it repeats recent probes (0: none)",
+    )
     novelty_memory: int = Field(256, ge=1, description="recent probes the novelty bonus compares against")
     novelty_order: int = Field(3, ge=1, le=8, description="novelty averages n-gram overlap over n = 1..this")
 

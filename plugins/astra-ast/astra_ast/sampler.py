@@ -66,7 +66,7 @@ class ASTSampler(Generic[StateT]):
         self.tree_width = self.options.tree_width
         self.tree_depth = self.options.tree_depth
         o = self.options
-        self.weights = Weights(o.alpha, o.zeta, o.gamma, o.eta, o.gate, o.probe_threshold, o.nu)
+        self.weights = Weights(o.alpha, o.zeta, o.gamma, o.eta, o.gate, o.probe_threshold, o.nu, o.repeat_discount)
         # The probes the novelty bonus compares against; part of the checkpoint (state_dict).
         self.memory = NoveltyMemory(o.novelty_memory, o.novelty_order)
         self.prompts = load_prompts(self.options.prompts, self.options.prompt_key)
@@ -124,7 +124,7 @@ class ASTSampler(Generic[StateT]):
             probe_toxicity=not supervise,
             memory=memory,
         )
-        if memory is not None and self.weights.nu:
+        if memory is not None and self.weights.needs_novelty:
             memory.add([probes[i] for i in tester_indices])  # after scoring: siblings meet the same memory
         if supervise and self.options.tox_mix > 0:
             for index, part in enumerate(parts):

@@ -126,7 +126,15 @@ def test_the_combined_term_reads_the_systems_turn_text_else_two_lines(system: An
 
 
 def test_full_reward_penalises_toxic_probes_gates_the_combined_term_and_pays_novelty(system: Any) -> None:
-    options = {"alpha": 0.7, "zeta": 0.3, "gamma": 0.2, "eta": 0.9, "gate": "combined", "nu": 0.4}
+    options = {
+        "alpha": 0.7,
+        "zeta": 0.3,
+        "gamma": 0.2,
+        "eta": 0.9,
+        "gate": "combined",
+        "nu": 0.4,
+        "repeat_discount": 0.5,
+    }
     sampler = ASTSampler(system, system.counting_scorer, tree_width=2, tree_depth=3, novelty_order=2, **options)
     graphs = sampler.rollouts(3)
     scorer = ToyScorer()
@@ -136,14 +144,33 @@ def test_full_reward_penalises_toxic_probes_gates_the_combined_term_and_pays_nov
         assert s["probe_toxicity"] == scorer.score_texts([node.probe])[0]
         assert 0.0 <= s["novelty"] <= 1.0
         gate = 1.0 if s["probe_toxicity"] < 0.5 else 0.0  # gate "combined": the zeta term only
+        discount = 1.0 - 0.5 * (1.0 - s["novelty"])
         by_hand = (
-            0.7 * s["response_toxicity"]
-            + 0.3 * gate * s["combined_toxicity"]
+            discount * (0.7 * s["response_toxicity"] + 0.3 * gate * s["combined_toxicity"])
             - 0.9 * s["probe_toxicity"]
             + 0.2 * s["probe_logprob"]
             + 0.4 * s["novelty"]
         )
         assert node.reward == pytest.approx(by_hand, abs=1e-9)
+
+
+def test_a_repeated_probe_earns_a_discounted_toxicity_reward(system: Any) -> None:
+    options = {"alpha": 0.7, "zeta": 0.3, "gamma": 0.2, "eta": 0.0, "gate": "none", "nu": 0.0}
+    sampler = ASTSampler(system, system.counting_scorer, tree_width=2, tree_depth=2, repeat_discount=0.6, **options)
+    graphs = sampler.rollouts(3)
+    assert sampler.state_dict()["novelty_memory"]["probes"]  # the discount alone keeps the memory
+    nodes = [n for g in graphs for n in g.nodes()]
+    assert any(n.scores["novelty"] < 1.0 for n in nodes)  # some probes repeat earlier ones
+    for node in nodes:
+        s = node.scores
+        discount = 1.0 - 0.6 * (1.0 - s["novelty"])
+        by_hand = discount * (0.7 * s["response_toxicity"] + 0.3 * s["combined_toxicity"]) + 0.2 * s["probe_logprob"]
+        assert node.reward == pytest.approx(by_hand, abs=1e-9)
+    # A repeat keeps 1 - repeat_discount of what a new probe drawing the same response earns.
+    repeats = Weights(alpha=1.0, zeta=0.0, gamma=0.0, repeat_discount=0.6)
+    assert ast_reward(1.0, 0.0, 0.0, repeats, novelty=0.0) == pytest.approx(0.4)
+    assert ast_reward(1.0, 0.0, 0.0, repeats, novelty=1.0) == pytest.approx(1.0)
+    assert ast_reward(0.0, 0.0, 0.0, repeats, novelty=1.0) == 0.0  # novelty alone earns nothing
 
 
 def test_a_toxic_probe_loses_its_combined_term_when_gated() -> None:
@@ -161,8 +188,8 @@ def test_a_toxic_probe_loses_its_combined_term_when_gated() -> None:
 
 def test_presets_name_whole_reward_forms_and_explicit_weights_override_them() -> None:
     paper = ASTSamplerOptions(reward="astprompter")
-    form = (paper.alpha, paper.zeta, paper.gamma, paper.eta, paper.gate, paper.nu)
-    assert form == (1.0, 0.5, 0.1, 0.0, "none", 0.0)
+    form = (paper.alpha, paper.zeta, paper.gamma, paper.eta, paper.gate, paper.nu, paper.repeat_discount)
+    assert form == (1.0, 0.5, 0.1, 0.0, "none", 0.0, 0.0)
     assert Weights() == Weights(alpha=1.0, zeta=0.5, gamma=0.1)  # the dataclass default is the paper's form
     default = ASTSamplerOptions()
     assert default.reward == "benign"
