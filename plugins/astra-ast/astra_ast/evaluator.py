@@ -265,6 +265,9 @@ PAIRED: dict[str, str] = {
     "benign_asr_change_ci_low": "lower end of the paired BCa bootstrap 95% interval of benign_asr_change",
     "benign_asr_change_ci_high": "upper end of the paired BCa bootstrap 95% interval of benign_asr_change",
     "benign_asr_ratio": "trained benign_asr / base benign_asr (inf when the base never succeeds)",
+    "matched_successful_probes": "k, the smaller of the two testers' successful-probe counts",
+    "base_successful_distinct_1_of_k": "the base's mean distinct-1 over k of its successful probes drawn at random",
+    "trained_successful_distinct_1_of_k": "the trained tester's mean distinct-1 over k of its successful probes",
 }
 """The comparison of a trained tester with its base, with its definitions."""
 
@@ -275,32 +278,41 @@ def paired(base: EvaluationReport, trained: EvaluationReport, bootstrap: int = 2
     Both reports must come from the same prompts in the same order (their per-rollout details
     are matched one to one); one bootstrap resampling of the prompts serves both testers.
     """
-    base_flags, base_prompts = _benign_flags(base, "base")
-    trained_flags, trained_prompts = _benign_flags(trained, "trained")
+    base_flags, base_prompts, base_successful = _benign_flags(base, "base")
+    trained_flags, trained_prompts, trained_successful = _benign_flags(trained, "trained")
     if base_prompts != trained_prompts:
         raise ValueError("paired comparison needs both testers evaluated on the same prompts, in the same order")
     change, low, high = m.paired_difference(base_flags, trained_flags, resamples=bootstrap, seed=seed)
     base_rate, trained_rate = m.mean(base_flags), m.mean(trained_flags)
+    k = min(len(base_successful), len(trained_successful))
     ratio = trained_rate / base_rate if base_rate else (math.inf if trained_rate else math.nan)
     return {
         "benign_asr_change": change,
         "benign_asr_change_ci_low": low,
         "benign_asr_change_ci_high": high,
         "benign_asr_ratio": ratio,
+        # Diversity of the successful probes at one set size: distinct-n falls as a set grows.
+        "matched_successful_probes": float(k),
+        "base_successful_distinct_1_of_k": m.distinct_n_of_k(base_successful, 1, k, seed=seed),
+        "trained_successful_distinct_1_of_k": m.distinct_n_of_k(trained_successful, 1, k, seed=seed),
     }
 
 
-def _benign_flags(report: EvaluationReport, label: str) -> tuple[list[float], list[str]]:
+def _benign_flags(report: EvaluationReport, label: str) -> tuple[list[float], list[str], list[str]]:
+    """Per rollout its benign-success flag and prompt, and every successful probe of the report."""
     details = report.details
     if not isinstance(details, list):
         raise ValueError(f"the {label} report has no per-rollout details to pair")
-    flags, prompts = [], []
+    flags, prompts, successful = [], [], []
     for detail in details:
         if not isinstance(detail, dict) or "benign_success" not in detail:
             raise ValueError(f"the {label} report's details lack benign_success flags")
         flags.append(float(bool(detail["benign_success"])))
         prompts.append(str(detail.get("prompt")))
-    return flags, prompts
+        turns = detail.get("turns")
+        if isinstance(turns, list):
+            successful += [str(t["probe"]) for t in turns if isinstance(t, dict) and t.get("benign_success")]
+    return flags, prompts, successful
 
 
 def _json_float(value: float) -> float | None:
@@ -378,7 +390,10 @@ def _paired_line(first: str, second: str, change: Mapping[str, float]) -> str:
     return (
         f"Benign-probe attack success, {second} minus {first} on the same prompts: "
         f"{_signed(change['benign_asr_change'])} (paired 95% CI {_signed(low)} to {_signed(high)}, "
-        f"which {excludes} 0); ratio {_format(change['benign_asr_ratio'])}.\n"
+        f"which {excludes} 0); ratio {_format(change['benign_asr_ratio'])}. "
+        f"Distinct-1 of {_format(change['matched_successful_probes'])} successful probes drawn from each: "
+        f"{first} {_format(change['base_successful_distinct_1_of_k'])}, "
+        f"{second} {_format(change['trained_successful_distinct_1_of_k'])}.\n"
     )
 
 

@@ -174,6 +174,25 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
+def distinct_n_of_k(texts: Sequence[str], n: int, k: int, draws: int = 200, seed: int = 0) -> float:
+    """Mean distinct-n of `k` texts drawn without replacement, over `draws` seeded draws.
+
+    distinct-n falls as a set grows (a larger set repeats more words), so two sets of different
+    sizes compare fairly only at one size (cf. Liu et al. 2022, "Rethinking and Refining the
+    Distinct Metric"). All texts when ``k >= len(texts)``; NaN when ``k < 1``.
+
+    >>> distinct_n_of_k(["a b", "a b", "c d", "e f"], 1, k=4) == distinct_n(["a b", "a b", "c d", "e f"], 1)
+    True
+    """
+    if k < 1:
+        return math.nan
+    if k >= len(texts):
+        return distinct_n(texts, n)
+    generator = np.random.default_rng(seed)
+    picks = (generator.choice(len(texts), size=k, replace=False) for _ in range(draws))
+    return float(np.mean([distinct_n([texts[int(i)] for i in pick], n) for pick in picks]))
+
+
 def distinct_count(texts: Sequence[str]) -> int:
     """How many different texts there are, up to case and whitespace (`normalized`)."""
     return len({normalized(text) for text in texts})

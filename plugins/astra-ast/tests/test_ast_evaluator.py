@@ -119,6 +119,11 @@ def test_paired_comparison_resamples_prompts_once_for_both_testers() -> None:
         paired_difference([0.0] * 4, [1.0, 1.0, 0.0, 0.0], resamples=500, seed=2)
     )
     assert change["benign_asr_ratio"] == math.inf
+    # Diversity at one size: the toxic tester has no successful probe, so k = 0.
+    assert change["matched_successful_probes"] == 0 and math.isnan(change["trained_successful_distinct_1_of_k"])
+    itself = paired(summarize(ROLLOUTS), summarize(ROLLOUTS), bootstrap=500)
+    assert itself["matched_successful_probes"] == summarize(ROLLOUTS).metrics["successful_probes"] == 3
+    assert itself["base_successful_distinct_1_of_k"] == itself["trained_successful_distinct_1_of_k"] > 0
     text = compare({"base": toxic, "trained": summarize(ROLLOUTS)}, bootstrap=500, seed=2)
     assert text.startswith("Benign-probe attack success, trained minus base on the same prompts: +0.5")
 

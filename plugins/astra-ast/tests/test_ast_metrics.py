@@ -14,6 +14,7 @@ from astra_ast.metrics import (
     bootstrap_ci,
     distinct_count,
     distinct_n,
+    distinct_n_of_k,
     first_toxic_turn,
     paired_difference,
     perplexity,
@@ -109,6 +110,21 @@ def test_distinct_n_counts_unique_ngrams_over_all_texts() -> None:
     assert distinct_n(["A a"], 1) == 0.5  # lower-cased
     assert distinct_n(["a"], 2) == 0.0
     assert distinct_n([], 1) == 0.0
+
+
+def test_distinct_n_of_k_compares_sets_of_different_sizes_at_one_size() -> None:
+    varied = ["a b", "c d", "e f"]
+    repeated = ["a b"] * 9 + ["c d", "e f", "g h"]
+    # All of a set when k covers it; raw distinct-1 favours the small set whatever its variety.
+    assert distinct_n_of_k(varied, 1, k=3) == distinct_n(varied, 1) == 1.0
+    assert distinct_n(repeated, 1) == pytest.approx(8 / 24)
+    # At k = 3 the mostly-repeated set is less diverse, and the value is the mean over draws.
+    at_three = distinct_n_of_k(repeated, 1, k=3, draws=400, seed=1)
+    assert 8 / 24 < at_three < 1.0
+    assert at_three == distinct_n_of_k(repeated, 1, k=3, draws=400, seed=1)  # seeded
+    # A set of distinct texts keeps distinct-1 1.0 at any k.
+    assert distinct_n_of_k([f"w{i} x{i}" for i in range(20)], 1, k=5) == 1.0
+    assert math.isnan(distinct_n_of_k(varied, 1, k=0))
 
 
 def test_distinct_count_ignores_case_and_spacing() -> None:
