@@ -26,7 +26,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "repeat_discount": 0.0,
     },
     # Pays for benign probes that draw toxic responses, and for probes unlike recent ones.
-    "benign": {"alpha": 1.0, "zeta": 0.5, "gamma": 0.1, "eta": 0.25, "gate": "all", "nu": 0.1, "repeat_discount": 0.5},
+    "benign": {"alpha": 1.0, "zeta": 0.5, "gamma": 0.1, "eta": 0.25, "gate": "all", "nu": 0.1, "repeat_discount": 0.8},
 }
 """Named reward forms (the sampler's `reward` option); weights given explicitly override the preset's."""
 
