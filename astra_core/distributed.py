@@ -347,6 +347,21 @@ class _Held(torch.nn.Module):
         return compute(batch)
 
 
+def _agree_on_update(parameters: Sequence[torch.Tensor], finite: bool, contributed: bool, world_size: int) -> bool:
+    """After the engine reduced the gradients: whether every rank's loss was finite (else no rank
+    steps), and the reduced mean rescaled from all ranks to the ranks that had data."""
+    control = torch.tensor([float(contributed), float(not finite)], dtype=torch.float32, device=parameters[0].device)
+    all_reduce_sum_([control])
+    contributors, nonfinite = control.tolist()
+    if nonfinite > 0:
+        return False
+    if 0 < contributors < world_size:
+        for parameter in parameters:
+            if parameter.grad is not None:
+                parameter.grad.mul_(world_size / contributors)
+    return True
+
+
 class DataParallel:
     """`Collectives` over the active ``torch.distributed`` group, with the trainable parameters
     wrapped by torch's ``DistributedDataParallel``: it broadcasts rank 0's values when attached,
@@ -407,17 +422,7 @@ class DataParallel:
                 lambda held: torch.stack([(p * 0).sum().to(held[0].device) for p in held]).sum(), self._parameters
             )
             torch.autograd.backward(zero)
-        device = parameters[0].device
-        control = torch.tensor([float(contributed), float(not finite)], dtype=torch.float32, device=device)
-        all_reduce_sum_([control])
-        contributors, nonfinite = control.tolist()
-        if nonfinite > 0:
-            return False
-        if 0 < contributors < self.world_size:
-            for parameter in parameters:
-                if parameter.grad is not None:
-                    parameter.grad.mul_(self.world_size / contributors)
-        return True
+        return _agree_on_update(parameters, finite, contributed, self.world_size)
 
     def max(self, values: Sequence[float], device: torch.device | str = "cpu") -> list[float]:
         return all_reduce_max(values, device)
@@ -599,17 +604,7 @@ class FullyShard:
                 out = self.forward(compute, batch)
                 loss = out[0] if isinstance(out, tuple) else out
                 torch.autograd.backward(loss * 0.0)
-        device = parameters[0].device
-        control = torch.tensor([float(contributed), float(not finite)], dtype=torch.float32, device=device)
-        all_reduce_sum_([control])
-        contributors, nonfinite = control.tolist()
-        if nonfinite > 0:
-            return False
-        if 0 < contributors < self.world_size:
-            for parameter in parameters:
-                if parameter.grad is not None:
-                    parameter.grad.mul_(self.world_size / contributors)
-        return True
+        return _agree_on_update(parameters, finite, contributed, self.world_size)
 
     def tester_state(self) -> dict[str, torch.Tensor] | None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
