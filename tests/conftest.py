@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import math
 import os
+import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -276,3 +279,62 @@ class Kit:
 @pytest.fixture
 def kit(registries: Registries) -> Kit:
     return Kit(registries)
+
+
+TwoRanks = Callable[[Path, pytest.TempPathFactory, str, float], Path]
+"""`(script, tmp_path_factory, name, timeout) -> output directory` of `launch_two_ranks`."""
+
+
+@pytest.fixture(scope="session")
+def launch_two_ranks() -> TwoRanks:
+    """Run a test module as a script in two processes joined by gloo (the script writes its
+    results under the output directory it is given); a second try on a fresh port covers the
+    race between probing a free port and binding it."""
+
+    def launch(script: Path, tmp_path_factory: pytest.TempPathFactory, name: str, timeout: float) -> Path:
+        try:
+            return _run_two_ranks(script, tmp_path_factory.mktemp(name), timeout)
+        except AssertionError:
+            return _run_two_ranks(script, tmp_path_factory.mktemp(f"{name}-retry"), timeout)
+
+    return launch
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _run_two_ranks(script: Path, out: Path, timeout: float) -> Path:
+    port = _free_port()
+    processes = []
+    for rank in range(2):
+        env = dict(os.environ)
+        env.update(
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            OMP_NUM_THREADS="1",
+            ASTRA_DIST_BACKEND="gloo",
+        )
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+        )
+    outputs = []
+    for process in processes:
+        try:
+            raw, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for other in processes:
+                other.kill()
+            raise
+        outputs.append(raw.decode(errors="replace"))
+    for rank, (process, output) in enumerate(zip(processes, outputs, strict=True)):
+        assert process.returncode == 0, f"rank {rank} failed:\n{output[-4000:]}"
+    return out

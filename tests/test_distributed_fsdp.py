@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -167,54 +165,13 @@ def _worker(out: Path) -> None:
 # --- the tests ----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Run `_worker` in two processes joined by gloo; return their output directory (a second
-    try on a fresh port covers the race between probing a free port and binding it)."""
-    try:
-        return _launch_two_ranks(tmp_path_factory.mktemp("fsdp"))
-    except AssertionError:
-        return _launch_two_ranks(tmp_path_factory.mktemp("fsdp-retry"))
-
-
-def _launch_two_ranks(out: Path) -> Path:
-    port = _free_port()
-    processes = []
-    for rank in range(WORLD):
-        env = dict(os.environ)
-        env.update(
-            RANK=str(rank),
-            LOCAL_RANK=str(rank),
-            WORLD_SIZE=str(WORLD),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            OMP_NUM_THREADS="1",
-            ASTRA_DIST_BACKEND="gloo",
-        )
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, str(HERE), str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-            )
-        )
-    outputs = []
-    for process in processes:
-        try:
-            raw, _ = process.communicate(timeout=240)
-        except subprocess.TimeoutExpired:
-            for other in processes:
-                other.kill()
-            raise
-        outputs.append(raw.decode(errors="replace"))
-    for rank, (process, output) in enumerate(zip(processes, outputs, strict=True)):
-        assert process.returncode == 0, f"rank {rank} failed:\n{output[-4000:]}"
-    return out
+def two_ranks(
+    tmp_path_factory: pytest.TempPathFactory,
+    launch_two_ranks: Callable[[Path, pytest.TempPathFactory, str, float], Path],
+) -> Path:
+    """Run `_worker` in two processes joined by gloo; return their output directory."""
+    return launch_two_ranks(HERE, tmp_path_factory, "fsdp", 240)
 
 
 def _params(out: Path, name: str) -> list[torch.Tensor]:
