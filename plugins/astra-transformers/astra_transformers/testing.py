@@ -4,7 +4,8 @@
 a few sentences, special tokens in the Llama 3 style (``<|begin_of_text|>``, ``<|eot_id|>``,
 header tokens), a chat template (`LLAMA3_TEMPLATE` by default) and a generation config whose
 ``eos_token_id`` is a list, as Llama 3 ships it. Tests of chat mode and of the chat scorers build
-one in a temporary directory.
+one in a temporary directory. `generate_greedy` is the reference the lean decoding loop is
+tested against: what transformers' own `generate` writes after one context, unpadded.
 """
 
 from __future__ import annotations
@@ -91,3 +92,21 @@ def build_tiny_llama(
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def generate_greedy(model: Any, tokenizer: Any, context: str, new: int) -> str:
+    """What `generate` writes after `context` alone, greedily (no padding, no lean loop)."""
+    import torch
+
+    prompt = torch.tensor([tokenizer(context, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=new,
+            min_new_tokens=1,
+            do_sample=False,
+            pad_token_id=tokenizer.eos_token_id,
+        )
+    new_ids = out[0, prompt.shape[1] :]
+    return str(tokenizer.decode(new_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))

@@ -5,31 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import cast
 
 import pytest
 import torch
-from transformers import GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
 
 from astra_transformers.system import TransformersSystem
-
-
-def generate_greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, context: str, new: int) -> str:
-    """What `generate` writes after `context` alone, greedily (no padding, no lean loop)."""
-    prompt = torch.tensor([tokenizer(context, add_special_tokens=False)["input_ids"]])
-    with torch.no_grad():
-        out = cast(GenerationMixin, model).generate(
-            input_ids=prompt,
-            attention_mask=torch.ones_like(prompt),
-            max_new_tokens=new,
-            min_new_tokens=1,
-            do_sample=False,
-            pad_token_id=tokenizer.eos_token_id,
-        )
-    return str(
-        tokenizer.decode(out[0, prompt.shape[1] :], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    )
-
+from astra_transformers.testing import generate_greedy
 
 SHORT = ["Oh,", "Hi Sam!", "Well then.", "No."]
 LONG = [

@@ -6,7 +6,6 @@ from typing import cast
 
 import pytest
 import torch
-from transformers import GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.generation.logits_process import (
     LogitsProcessorList,
     MinNewTokensLengthLogitsProcessor,
@@ -20,24 +19,9 @@ from astra_core.testing.toy import ToyScorer
 from astra_transformers.generation import Sampling, process_scores
 from astra_transformers.logprobs import LogprobMemo, length_buckets
 from astra_transformers.system import TransformersSystem
+from astra_transformers.testing import generate_greedy
 
 CONTEXTS = ["Hi Sam! How are you?", "What do you think about the weather?", "Oh,", "I left my keys at the park."]
-
-
-def generate_greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, context: str, new: int) -> str:
-    """What `generate` writes after `context` alone, greedily (no padding, no lean loop)."""
-    prompt = torch.tensor([tokenizer(context, add_special_tokens=False)["input_ids"]])
-    with torch.no_grad():
-        out = cast(GenerationMixin, model).generate(
-            input_ids=prompt,
-            attention_mask=torch.ones_like(prompt),
-            max_new_tokens=new,
-            min_new_tokens=1,
-            do_sample=False,
-            pad_token_id=tokenizer.eos_token_id,
-        )
-    new_ids = out[0, prompt.shape[1] :]
-    return str(tokenizer.decode(new_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False))
 
 
 @pytest.fixture(scope="module")
