@@ -429,13 +429,15 @@ def _reaches(loss: torch.Tensor, guarded: Guarded) -> bool:
         return True  # "no trainable parameters" is the Trainer's error
     if loss.grad_fn is None:
         return id(loss) in wanted
-    seen: set[int] = set()
+    # Keyed by id but holding the node: torch may hand out a fresh Python wrapper for a graph
+    # node on each access, and a freed wrapper's id can be reused by the next one.
+    seen: dict[int, Any] = {}
     stack = [loss.grad_fn]
     while stack:
         node = stack.pop()
         if id(node) in seen:
             continue
-        seen.add(id(node))
+        seen[id(node)] = node
         variable = getattr(node, "variable", None)
         if variable is not None and id(variable) in wanted:
             return True

@@ -25,7 +25,10 @@ missing):
   gives the same log-probs as the target on one device.
 - ``ddp_2``: two processes under torchrun (NCCL), one per GPU, end a step with identical
   weights (skipped with fewer than two GPUs).
-- ``fsdp_2``: the same with ``training.parallelism = "fsdp"``: the tester's blocks sharded by
+- ``fsdp_1``: ``training.parallelism = "fsdp"`` in a single torchrun rank, which one GPU can
+  run: the tester's parameters are DTensor shards (of one), the optimizer is built over them, two
+  steps train and the gathered full weights moved and are finite.
+- ``fsdp_2``: the same as ``ddp_2`` with ``training.parallelism = "fsdp"``: the tester's blocks sharded by
   FSDP2 over the two GPUs (its parameters are DTensor shards), two steps train, and the full
   weights gathered for a checkpoint moved and are finite (skipped with fewer than two GPUs).
 
@@ -41,6 +44,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -247,18 +251,22 @@ def check_device_map(device: str, report: dict[str, Any]) -> None:
     )
 
 
-def _torchrun_ranks(device: str, parallelism: str) -> None:
+def _torchrun_ranks(device: str, parallelism: str, ranks: int = 2) -> None:
     import torch
 
-    count = torch.cuda.device_count() if device == "cuda" else 2
-    if count < 2:
-        raise Skip(f"{parallelism.upper()} needs 2 GPUs, found {count}")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__]
+    count = torch.cuda.device_count() if device == "cuda" else ranks
+    if count < ranks:
+        raise Skip(f"{parallelism.upper()} on {ranks} ranks needs {ranks} GPUs, found {count}")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", __file__]
     command += ["--rank", parallelism] + (["--cpu"] if device == "cpu" else [])
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
     if result.returncode != 0:
-        tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise AssertionError(f"torchrun exited {result.returncode}: {tail}")
+        # torchrun ends with a banner of its own: report the ranks' last error line instead.
+        lines = result.stderr.strip().splitlines() or ["no output"]
+        errors = [
+            line for line in lines if re.match(r"^\s*[\w.]*(Error|Exception)\b", line) and "ChildFailed" not in line
+        ]
+        raise AssertionError(f"torchrun exited {result.returncode}: {(errors or lines)[-1].strip()}")
 
 
 def check_ddp(device: str, report: dict[str, Any]) -> None:
@@ -267,6 +275,11 @@ def check_ddp(device: str, report: dict[str, Any]) -> None:
 
 def check_fsdp(device: str, report: dict[str, Any]) -> None:
     _torchrun_ranks(device, "fsdp")
+
+
+def check_fsdp_one_rank(device: str, report: dict[str, Any]) -> None:
+    # One GPU still runs the sharded path: DTensor parameters, optimizer over shards, bf16 gathering.
+    _torchrun_ranks(device, "fsdp", ranks=1)
 
 
 def ddp_rank(device: str) -> None:
@@ -317,6 +330,7 @@ CHECKS: dict[str, Callable[[str, dict[str, Any]], None]] = {
     "qlora_4bit": check_qlora,
     "target_device_map": check_device_map,
     "ddp_2": check_ddp,
+    "fsdp_1": check_fsdp_one_rank,
     "fsdp_2": check_fsdp,
 }
 

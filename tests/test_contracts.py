@@ -267,6 +267,50 @@ def test_a_loss_with_no_gradient_path_stops_the_first_step(plugin_path: Path, tm
     assert not (outcome.run_dir / "checkpoints").exists() or not any((outcome.run_dir / "checkpoints").iterdir())
 
 
+class _Node:
+    """A C++ autograd node as torch exposes it: its Python wrapper lives only while referenced,
+    and the next access after it is freed makes a new one (which may reuse a freed id)."""
+
+    def __init__(self, children: list[_Node], variable: torch.Tensor | None = None) -> None:
+        self.children, self.variable = children, variable
+        self.wrapper: Any = None
+
+    def wrap(self) -> Any:
+        import weakref
+
+        live = self.wrapper() if self.wrapper is not None else None
+        if live is None:
+            live = _Wrapper(self)
+            self.wrapper = weakref.ref(live)
+        return live
+
+
+class _Wrapper:
+    def __init__(self, node: _Node) -> None:
+        self._node = node
+        if node.variable is not None:
+            self.variable = node.variable
+
+    @property
+    def next_functions(self) -> tuple[tuple[Any, int], ...]:
+        return tuple((child.wrap(), 0) for child in self._node.children)
+
+
+def test_the_gradient_path_walk_holds_on_to_transient_graph_nodes() -> None:
+    # A long chain with side branches, as a transformer's graph has: a walk that keys visited
+    # nodes by the id of wrappers it lets go of takes a new wrapper for one already seen.
+    weight = torch.nn.Parameter(torch.ones(2))
+    node = _Node([], variable=weight)
+    for _ in range(200):
+        node = _Node([node, _Node([]), _Node([])])
+    loss: Any = type("Loss", (), {"grad_fn": property(lambda self: node.wrap())})()
+    holder: Any = type("Holder", (), {"parameters": lambda self: iter([weight])})()
+    guarded: Any = type("GuardedLike", (), {"__guard_component__": holder})()
+    assert contracts._reaches(loss, guarded)
+    stranger: Any = type("Holder", (), {"parameters": lambda self: iter([torch.nn.Parameter(torch.ones(2))])})()
+    assert not contracts._reaches(loss, type("GuardedLike", (), {"__guard_component__": stranger})())
+
+
 def test_the_breakers_train_cleanly_until_armed(plugin_path: Path, tmp_path: Path) -> None:
     # The control: unarmed (the arming step is past the last), the breakers train to the end.
     (tmp_path / "late").mkdir()
@@ -447,7 +491,6 @@ def test_astra_errors_and_os_errors_pass_through_unchanged() -> None:
     with pytest.raises(OSError, match="No space left") as caught:
         guard("scorer", Full()).score([Turn("", "a probe", "a response")])
     assert not isinstance(caught.value, ComponentContractError)
-
 
 
 def test_a_samplers_checkpointed_state_must_be_json() -> None:

@@ -26,5 +26,5 @@ def test_gpu_check_lists_its_checks_in_its_help() -> None:
         [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0
-    for name in ("default_bf16", "lora", "smollm2_chat", "ddp_2", "fsdp_2"):
+    for name in ("default_bf16", "lora", "smollm2_chat", "ddp_2", "fsdp_1", "fsdp_2"):
         assert name in result.stdout
