@@ -9,6 +9,7 @@ reference toolbox's work on the same trees (`bench.reference`).
 
     python -m bench.step_benchmark                      # both modes, 8 episodes, width 2, depth 3
     python -m bench.step_benchmark --shape gpt2-21m     # the 21.5 M-parameter GPT-2 shape
+    python -m bench.step_benchmark --shape gpt2-1m      # 1 M parameters, 1,024 positions
     python -m bench.step_benchmark --mode batched --scaling
 """
 
@@ -41,7 +42,13 @@ UNPACKED = "unpacked"
 BY_EXAMPLE = "by-example"
 """The batched mode with ``training.shuffle_by = "example"``: batches mix the examples of every episode."""
 SCALING_EPISODES = (8, 16, 32, 64)
-SHAPES = ("gpt2-21m",)
+SHAPES: dict[str, dict[str, int]] = {
+    # The issue's 21.5 M shape (its vocabulary here is the embedded tokenizer's).
+    "gpt2-21m": {"n_embd": 512, "n_layer": 6, "n_head": 8, "n_positions": 1024},
+    # The embedded model's layers with GPT-2's 1,024 positions: a 1 M model whose window holds a
+    # whole reddit tree (openers up to 512 tokens), as the side-by-side runs of the reference use.
+    "gpt2-1m": {"n_embd": 128, "n_layer": 4, "n_head": 4, "n_positions": 1024},
+}
 MAX_PROMPT_TOKENS = 512
 """File prompts longer than this are left out: the reference toolbox does not truncate and fails on them."""
 WARMUP_STEPS = 1
@@ -314,8 +321,9 @@ def summarise(mode: str, settings: Settings, steps: list[dict[str, Any]], traine
 def build_shape(shape: str, directory: Path, seed: int = 0) -> Path:
     """Write a randomly initialised model of `shape` with the embedded tokenizer to `directory`.
 
-    ``gpt2-21m``: GPT-2, 6 layers, 512 wide, 8 heads, 1024 positions, the embedded model's
-    vocabulary and special tokens. Timing needs no trained weights, so nothing is downloaded.
+    ``gpt2-21m``: GPT-2, 6 layers, 512 wide, 8 heads, 1024 positions; ``gpt2-1m``: 4 layers, 128
+    wide, 4 heads, 1024 positions; both with the embedded model's vocabulary and special tokens.
+    Timing needs no trained weights, so nothing is downloaded.
     """
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; known shapes: {', '.join(SHAPES)}")
@@ -328,10 +336,7 @@ def build_shape(shape: str, directory: Path, seed: int = 0) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL_DIR)
     config = GPT2Config(
         vocab_size=tiny.vocab_size,
-        n_positions=1024,
-        n_embd=512,
-        n_layer=6,
-        n_head=8,
+        **SHAPES[shape],
         bos_token_id=tiny.bos_token_id,
         eos_token_id=tiny.eos_token_id,
         attn_pdrop=0.0,

@@ -76,8 +76,9 @@ if TYPE_CHECKING:
 hf_logging: Any = _hf_logging  # its progress-bar switches are untyped
 S = TypeVar("S")
 _TAIL_SLACK = 8
-"""Extra prompt tokens whose log-probs the target's prefill keeps: a probe decoded and tokenised
-again may take a few more tokens than were generated."""
+"""Extra prompt tokens whose log-probs the target's prefill keeps beyond twice the probe budget: a
+probe decoded and tokenised again may take more tokens than were generated (a random-weight
+model's 32 tokens came back as up to 47)."""
 
 
 @dataclass
@@ -770,7 +771,7 @@ class _ModelsSystem(Generic[S]):
         keys, rows = view.contexts(contexts, budget)
         # The memo serves log-probs of continuations up to this many tokens near a prompt's end
         # (a chat template writes a few tokens after the probe).
-        tail = self.options.probe_tokens + _TAIL_SLACK + view.suffix_tokens if memo is not None else 0
+        tail = 2 * self.options.probe_tokens + _TAIL_SLACK + view.suffix_tokens if memo is not None else 0
         decoding = self.options.decoding
         # Fixed-shape decoding (astra_transformers.decoding) keeps no caches across turns.
         store = self._prefix_store(model) if decoding == "loop" else None

@@ -146,6 +146,20 @@ def test_a_memo_entry_serves_only_the_exact_token_ids_it_was_recorded_with() -> 
     assert system.tester_logprobs([context], [probe]).requires_grad
 
 
+def test_a_probe_that_tokenises_longer_than_it_was_generated_is_still_served_by_the_memo() -> None:
+    # Generated tokens decoded and tokenised again can come back as more tokens than the budget
+    # (a random-weight model's 32 came back as up to 47): the prefill keeps enough of them.
+    system = TransformersSystem(probe_tokens=4, response_tokens=4)
+    context, probe = "The movie was", " great, really great, and so very great, yes"
+    assert len(system.tokenizer(probe)["input_ids"]) > system.options.probe_tokens + 8
+    system.rollout_target([system.join(context, probe)])
+    memo = system._memos[id(system._target)]
+    hits = memo.hits
+    served = system.target_logprobs([context], [probe])
+    assert memo.hits == hits + 1
+    assert torch.allclose(served, fresh(system, "target", [context], [probe], "sum"), atol=1e-5)
+
+
 def test_memo_is_a_bounded_lru() -> None:
     memo = LogprobMemo(capacity=2)
     for key in "abc":
