@@ -20,11 +20,12 @@ import inspect
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.cache_utils import DynamicLayer
 
 from astra_transformers.logprobs import length_buckets
 
@@ -195,6 +196,82 @@ def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+_DynamicLayer: Any = DynamicLayer  # its constructor and hooks are untyped
+
+
+class _RoomyLayer(_DynamicLayer):  # type: ignore[misc]
+    """A `DynamicLayer` whose keys and values are the first columns of buffers with room to grow:
+    a decode step writes its column in place instead of concatenating (a copy of the whole cache
+    per step and layer, which on long contexts costs as much as the attention). Any other
+    reshaping gives the room up and behaves as a `DynamicLayer`."""
+
+    def __init__(self, layer: DynamicLayer, room: int) -> None:
+        super().__init__()
+        keys, values = cast(torch.Tensor, layer.keys), cast(torch.Tensor, layer.values)
+        self.device, self.is_initialized = keys.device, True
+        self._columns = keys.shape[-2]
+        self._roomy = True
+        self._key_buffer = keys.new_empty((*keys.shape[:-2], self._columns + room, keys.shape[-1]))
+        self._value_buffer = values.new_empty((*values.shape[:-2], self._columns + room, values.shape[-1]))
+        self._key_buffer[..., : self._columns, :] = keys
+        self._value_buffer[..., : self._columns, :] = values
+        self._view()
+
+    def _view(self) -> None:
+        self.keys = self._key_buffer[..., : self._columns, :]
+        self.values = self._value_buffer[..., : self._columns, :]
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        new = key_states.shape[-2]
+        if not self._roomy or self._columns + new > self._key_buffer.shape[-2]:
+            self._roomy = False
+            return cast(tuple[torch.Tensor, torch.Tensor], super().update(key_states, value_states, *args, **kwargs))
+        self._key_buffer[..., self._columns : self._columns + new, :] = key_states
+        self._value_buffer[..., self._columns : self._columns + new, :] = value_states
+        self._columns += new
+        self._view()
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if not self._roomy:
+            super().batch_select_indices(indices)
+            return
+        self._key_buffer, self._value_buffer = self._key_buffer[indices, ...], self._value_buffer[indices, ...]
+        self._view()
+
+    # Reshapes nobody asks of a sampling cache: done on the plain tensors, without the room.
+    def crop(self, tokens_to_remove: int) -> None:
+        self._roomy = False
+        super().crop(tokens_to_remove)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._roomy = False
+        super().batch_repeat_interleave(repeats)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._roomy = False
+        super().reorder_cache(beam_idx)
+
+    def reset(self) -> None:
+        self._roomy = False
+        super().reset()
+
+
+def make_room(cache: Any, room: int) -> None:
+    """Give each layer of `cache` (a transformers `DynamicCache` after a prefill) room for `room`
+    more columns, written in place by later forwards. Only outside autograd: an in-place write
+    into a buffer whose earlier columns a graph saved would break its backward. A cache of other
+    layer kinds (sliding windows, quantised, offloaded) is left as it is."""
+    layers = getattr(cache, "layers", None)
+    if room <= 0 or torch.is_grad_enabled() or not layers:
+        return
+    if not all(type(layer) is DynamicLayer and layer.is_initialized for layer in layers):
+        return
+    layers[:] = [_RoomyLayer(layer, room) for layer in layers]
+
+
 def sample(
     decoder: Decoder,
     rows: Sequence[Sequence[int]],
@@ -255,6 +332,7 @@ def sample(
         copies = torch.tensor(expand, dtype=torch.long, device=device)
         last, mask, next_position = last[copies], mask[copies], next_position[copies]
         cache.batch_select_indices(copies)
+    make_room(cache, new_tokens - 1)
     batch = len(rows)
     produced = torch.full((batch, new_tokens), decoder.pad_id, dtype=torch.long, device=device)
     caches: list[Prefix | None] = [None] * batch

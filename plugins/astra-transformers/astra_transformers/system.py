@@ -418,8 +418,13 @@ class _ModelsSystem(Generic[S]):
             return prompt
         tokenizers = [self._tester.tokenizer, self._target.tokenizer]
         text = prompt
-        while max(len(ids) for ids in (t(text, add_special_tokens=False)["input_ids"] for t in tokenizers)) > keep:
-            ids = self._tester.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+        # verbose=False: an opener longer than the model is expected here (it is being cut).
+        def length(tokenizer: PreTrainedTokenizerBase) -> int:
+            return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+        while max(length(t) for t in tokenizers) > keep:
+            ids = self._tester.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
             # Character offsets keep the original text (decoding ids could alter spacing);
             # re-tokenised, the cut text can differ at its first token, hence the loop.
             text = text[max(_offset_of(self._tester.tokenizer, text, max(len(ids) - keep, 1)), 1) :]
@@ -959,10 +964,12 @@ class ChatTransformersSystem(_ModelsSystem[Conversation]):
 def _offset_of(tokenizer: PreTrainedTokenizerBase, text: str, index: int) -> int:
     """The character offset in `text` where its token `index` starts."""
     try:
-        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)[
+            "offset_mapping"
+        ]
         return int(offsets[index][0])
     except NotImplementedError:  # a slow tokenizer has no offsets: measure the decoded head instead
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         return len(tokenizer.decode(ids[:index]))
 
 

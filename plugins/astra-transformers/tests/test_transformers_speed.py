@@ -16,7 +16,7 @@ from transformers.generation.logits_process import (
 
 from astra_core.protocols import Reduction
 from astra_core.testing.toy import ToyScorer
-from astra_transformers.generation import Sampling, process_scores
+from astra_transformers.generation import Decoder, Sampling, make_room, process_scores
 from astra_transformers.logprobs import LogprobMemo, length_buckets
 from astra_transformers.system import TransformersSystem
 from astra_transformers.testing import generate_greedy
@@ -158,6 +158,53 @@ def test_a_probe_that_tokenises_longer_than_it_was_generated_is_still_served_by_
     served = system.target_logprobs([context], [probe])
     assert memo.hits == hits + 1
     assert torch.allclose(served, fresh(system, "target", [context], [probe], "sum"), atol=1e-5)
+
+
+def _decode_steps(room: int, steps: int) -> tuple[list[torch.Tensor], object]:
+    """The tiny model's keys after a prefill and `steps` one-token forwards, with `room` columns made."""
+    from transformers import AutoModelForCausalLM
+
+    from astra_transformers import TINY_MODEL_DIR
+
+    # The tiny model has no dropout: its training mode computes what eval mode does.
+    decoder = Decoder(AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR), None, 0)
+    ids = torch.tensor([[5, 6, 7, 8, 9], [9, 8, 7, 6, 5]])
+    with torch.inference_mode():
+        _, cache = decoder.run(ids, None, torch.arange(5).expand(2, 5), None)
+        make_room(cache, room)
+        for step in range(steps):
+            token = torch.tensor([[10 + step], [20 + step]])
+            if step == 1:
+                cache.batch_select_indices(torch.tensor([1, 0]))  # rows reordered, as finished rows leave
+                token = token.flip(0)
+            _, cache = decoder.run(token, None, torch.full((2, 1), 5 + step), cache)
+    return [layer.keys.clone() for layer in cache.layers], cache
+
+
+def test_a_cache_with_room_writes_decode_steps_in_place_and_equals_the_growing_one() -> None:
+    plain, _ = _decode_steps(0, 4)
+    roomy, cache = _decode_steps(3, 4)
+    layers = cache.layers  # type: ignore[attr-defined]
+    # Three steps fit the room and are written in place; the fourth outgrows it and concatenates.
+    assert all(type(layer).__name__ == "_RoomyLayer" and not layer._roomy for layer in layers)
+    for a, b in zip(plain, roomy, strict=True):
+        assert torch.equal(a, b)
+    fitting, cache = _decode_steps(4, 4)
+    layer = cache.layers[0]  # type: ignore[attr-defined]
+    assert layer._roomy and layer.keys.data_ptr() == layer._key_buffer.data_ptr()
+    for a, b in zip(plain, fitting, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_no_room_is_made_where_autograd_records() -> None:
+    from transformers import AutoModelForCausalLM
+
+    from astra_transformers import TINY_MODEL_DIR
+
+    decoder = Decoder(AutoModelForCausalLM.from_pretrained(TINY_MODEL_DIR), None, 0)
+    _, cache = decoder.run(torch.tensor([[5, 6, 7]]), None, torch.arange(3)[None], None)
+    make_room(cache, 8)
+    assert all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers)
 
 
 def test_memo_is_a_bounded_lru() -> None:
