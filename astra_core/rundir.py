@@ -11,7 +11,8 @@ A run directory is what ``astra train`` writes::
       samples.jsonl          training rollouts as text (one JSON object per record, with "step")
       checkpoints/step-N/    atomic checkpoints (see `astra_core.checkpoint`)
       eval/step-N.json|.md   periodic evaluations; eval/evaluation.json|.md from `astra evaluate`
-      eval/transcripts.jsonl one JSON object per evaluation attempt (with "step" and "tester")
+      eval/transcripts.jsonl one JSON object per evaluation attempt (with "step" and "tester"; a
+                             tester evaluated again at a step replaces its earlier records)
       tester/                the trained tester in its native format, renamed into place whole
       astra.log              tracebacks of plugin failures and warnings, for the record
 
@@ -329,13 +330,13 @@ class RunDir:
         data = _load_json(self.evaluation_path)
         return data if isinstance(data, dict) else None
 
-    def append_transcripts(self, records: Iterable[Mapping[str, Any]]) -> None:
-        """Append evaluation transcripts, one JSON object each, to ``eval/transcripts.jsonl``.
+    def record_transcripts(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Record an evaluation's transcripts in ``eval/transcripts.jsonl`` (`write_transcripts`).
 
         A record says at least which ``step`` and which ``tester`` ("base" or "trained") it is of.
         """
         self.eval_dir.mkdir(parents=True, exist_ok=True)
-        _append_lines(self.transcripts_path, records)
+        write_transcripts(self.transcripts_path, records)
 
     def read_transcripts(self) -> list[dict[str, Any]]:
         return read_jsonl(self.transcripts_path)
@@ -446,9 +447,17 @@ def sample_record(graph: Graph[Any, Any], step: int) -> dict[str, Any]:
     return {"step": step, "prompt": str(graph.context), "turns": turns}
 
 
-def append_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
-    """Append one strict-JSON line per record (NaN and infinities as null) to `path`."""
-    _append_lines(path, records)
+def write_transcripts(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
+    """Add an evaluation's transcript records to the JSON-lines file `path`, replacing the records
+    of an earlier evaluation of the same tester at the same step (``astra evaluate`` run again, a
+    resumed run evaluating a step again), so each attempt is in the file once and counting its
+    lines counts attempts. Other records are kept; the file is replaced atomically."""
+    new = list(records)
+    if not new:
+        return
+    evaluated = {(record.get("tester"), record.get("step")) for record in new}
+    kept = [record for record in read_jsonl(path) if (record.get("tester"), record.get("step")) not in evaluated]
+    write_atomic(path, "".join(json.dumps(json_safe(dict(r)), allow_nan=False) + "\n" for r in kept + new))
 
 
 def _append_lines(path: Path, records: Iterable[Mapping[str, Any]]) -> None:

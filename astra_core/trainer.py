@@ -424,7 +424,7 @@ class Trainer(Generic[StateT, ActionT, ExampleT, BatchT]):
         if self.run_dir is not None and self.is_main:
             run_dir = RunDir(self.run_dir)
             run_dir.write_evaluation(self.global_step, report.metrics, report.details, report.markdown)
-            run_dir.append_transcripts(transcript_records(report.details, "trained", self.global_step))
+            run_dir.record_transcripts(transcript_records(report.details, "trained", self.global_step))
         self._call("on_evaluate", self, self.global_step, report)
         return report
 

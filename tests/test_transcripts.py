@@ -8,7 +8,7 @@ from typing import Any
 
 from astra_core.graph import Graph, Node
 from astra_core.protocols import EvaluationReport
-from astra_core.rundir import TRANSCRIPTS, append_jsonl, read_jsonl, sample_record, transcript_records
+from astra_core.rundir import TRANSCRIPTS, read_jsonl, sample_record, transcript_records, write_transcripts
 from astra_core.types import JSON
 
 
@@ -69,11 +69,33 @@ def test_sample_record_lists_parents_before_children() -> None:
     }
 
 
-def test_transcripts_append_and_a_torn_line_is_skipped(tmp_path: Path) -> None:
+def test_transcripts_are_added_and_a_torn_line_is_skipped(tmp_path: Path) -> None:
     path = tmp_path / TRANSCRIPTS
-    append_jsonl(path, transcript_records([{"prompt": "a"}, "not an object"], "base", 0))
+    write_transcripts(path, transcript_records([{"prompt": "a"}, "not an object"], "base", 0))
     with path.open("a", encoding="utf-8") as handle:
         handle.write('{"prompt": "cut\n')
     assert transcript_records(None, "trained", 3) == []
     assert read_jsonl(path) == [{"tester": "base", "step": 0, "prompt": "a"}]
     assert read_jsonl(tmp_path / "missing.jsonl") == []
+
+
+def test_a_tester_evaluated_again_at_a_step_replaces_its_records_and_keeps_the_others(tmp_path: Path) -> None:
+    path = tmp_path / TRANSCRIPTS
+    write_transcripts(path, transcript_records([{"prompt": "a"}, {"prompt": "b"}], "base", 0))
+    write_transcripts(path, transcript_records([{"prompt": "a"}, {"prompt": "b"}], "trained", 40))
+    write_transcripts(path, transcript_records([{"prompt": "c"}], "trained", 20))
+    # `astra evaluate --compare-base` again: the same testers at the same steps, new attempts.
+    again = transcript_records([{"prompt": "a2"}], "base", 0) + transcript_records([{"prompt": "a3"}], "trained", 40)
+    write_transcripts(path, again)
+    records = [(r["tester"], r["step"], r["prompt"]) for r in read_jsonl(path)]
+    assert records == [("trained", 20, "c"), ("base", 0, "a2"), ("trained", 40, "a3")]
+
+
+def test_evaluating_a_step_again_does_not_repeat_its_transcripts(kit: Any, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    config = kit.config(output_dir=str(run), training_steps=2, eval_every=2, samples_every=None)
+    trainer = kit.trainer(config, kit.parts(), evaluator=DetailEvaluator())
+    trainer.train()
+    trainer.evaluate()  # the step-2 tester evaluated a second time
+    records = read_jsonl(run / "eval" / TRANSCRIPTS)
+    assert [(r["tester"], r["step"], r["prompt"]) for r in records] == [("trained", 2, "p2")]

@@ -22,7 +22,14 @@ from astra_core.cli.common import (
     timestamped,
 )
 from astra_core.errors import CheckpointError, ConfigError
-from astra_core.rundir import TRANSCRIPTS, RunDir, append_jsonl, describe_os_error, transcript_records, write_atomic
+from astra_core.rundir import (
+    TRANSCRIPTS,
+    RunDir,
+    describe_os_error,
+    transcript_records,
+    write_atomic,
+    write_transcripts,
+)
 from astra_core.types import json_safe
 
 if TYPE_CHECKING:
@@ -116,10 +123,12 @@ def run(args: argparse.Namespace) -> int:
         output.mkdir(parents=True, exist_ok=True)
         write_atomic(output / "evaluation.json", json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n")
         write_atomic(output / "evaluation.md", markdown)
-        for label, report in reports.items():  # the base tester is the step-0 tester
-            append_jsonl(
-                output / TRANSCRIPTS, transcript_records(report.details, label, step if label == "trained" else 0)
-            )
+        records = [  # the base tester is the step-0 tester
+            record
+            for label, report in reports.items()
+            for record in transcript_records(report.details, label, step if label == "trained" else 0)
+        ]
+        write_transcripts(output / TRANSCRIPTS, records)
     except OSError as error:
         raise ConfigError(f"{output}: cannot write the evaluation: {describe_os_error(error)}") from None
     finally:
