@@ -319,3 +319,23 @@ def test_a_chat_run_is_benchmarked_in_both_modes_without_text_estimates(tmp_path
         assert record["reference_token_positions_per_step"] is None  # conversations are not text
         assert record["floor_token_positions_total_per_step"] is None
         assert record["token_positions_vs_reference"] is None
+
+
+@pytest.mark.parametrize(("shape", "width", "layers"), [("gpt2-1m", 128, 4), ("gpt2-21m", 512, 6)])
+def test_a_shape_is_a_random_gpt2_with_the_embedded_tokenizer_and_1024_positions(
+    tmp_path: Path, shape: str, width: int, layers: int
+) -> None:
+    from transformers import AutoConfig, AutoTokenizer
+
+    from astra_transformers import TINY_MODEL_DIR
+
+    directory = step_benchmark.build_shape(shape, tmp_path / shape)
+    config = AutoConfig.from_pretrained(directory)
+    assert (config.n_positions, config.n_embd, config.n_layer) == (1024, width, layers)
+    assert config.vocab_size == AutoConfig.from_pretrained(TINY_MODEL_DIR).vocab_size
+    assert (
+        AutoTokenizer.from_pretrained(directory)("Hi there")["input_ids"]
+        == (AutoTokenizer.from_pretrained(TINY_MODEL_DIR)("Hi there")["input_ids"])
+    )
+    with pytest.raises(ValueError, match="known shapes: gpt2-21m, gpt2-1m"):
+        step_benchmark.build_shape("gpt2-7b", tmp_path / "nope")
