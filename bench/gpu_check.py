@@ -261,12 +261,13 @@ def _torchrun_ranks(device: str, parallelism: str, ranks: int = 2) -> None:
     command += ["--rank", parallelism] + (["--cpu"] if device == "cpu" else [])
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
     if result.returncode != 0:
-        # torchrun ends with a banner of its own: report the ranks' last error line instead.
+        # torchrun ends with a banner of its own: report the ranks' last error line, else its
+        # own line naming the exit code or signal (a rank that crashed leaves no Python error).
         lines = result.stderr.strip().splitlines() or ["no output"]
-        errors = [
-            line for line in lines if re.match(r"^\s*[\w.]*(Error|Exception)\b", line) and "ChildFailed" not in line
-        ]
-        raise AssertionError(f"torchrun exited {result.returncode}: {(errors or lines)[-1].strip()}")
+        errors = [line for line in lines if re.match(r"^\s*(\[rank\d+\]:\s*)?[\w.]*(Error|Exception)\b", line)]
+        errors = [line for line in errors if "ChildFailed" not in line]
+        codes = [line for line in lines if re.search(r"exitcode|[Ss]ignal", line)]
+        raise AssertionError(f"torchrun exited {result.returncode}: {(errors or codes or lines)[-1].strip()}")
 
 
 def check_ddp(device: str, report: dict[str, Any]) -> None:
