@@ -332,11 +332,15 @@ def build_shape(shape: str, directory: Path, seed: int = 0) -> Path:
 
     from astra_transformers import TINY_MODEL_DIR
 
+    dims = SHAPES[shape]
     tiny = AutoConfig.from_pretrained(TINY_MODEL_DIR)
     tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL_DIR)
     config = GPT2Config(
         vocab_size=tiny.vocab_size,
-        **SHAPES[shape],
+        n_embd=dims["n_embd"],
+        n_layer=dims["n_layer"],
+        n_head=dims["n_head"],
+        n_positions=dims["n_positions"],
         bos_token_id=tiny.bos_token_id,
         eos_token_id=tiny.eos_token_id,
         attn_pdrop=0.0,
