@@ -16,6 +16,7 @@ under the same seed; greedy (``top_k=1``) it gives the same tokens whatever the 
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -25,7 +26,6 @@ from typing import Any, cast
 import torch
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.cache_utils import DynamicLayer
 
 from astra_transformers.logprobs import length_buckets
 
@@ -196,7 +196,9 @@ def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-_DynamicLayer: Any = DynamicLayer  # its constructor and hooks are untyped
+# transformers before per-layer caches has no DynamicLayer: its caches grow by concatenation.
+_PlainLayer: Any = getattr(importlib.import_module("transformers.cache_utils"), "DynamicLayer", None)
+_DynamicLayer: Any = _PlainLayer or object  # its constructor and hooks are untyped
 
 
 class _RoomyLayer(_DynamicLayer):  # type: ignore[misc]
@@ -205,7 +207,7 @@ class _RoomyLayer(_DynamicLayer):  # type: ignore[misc]
     per step and layer, which on long contexts costs as much as the attention). Any other
     reshaping gives the room up and behaves as a `DynamicLayer`."""
 
-    def __init__(self, layer: DynamicLayer, room: int) -> None:
+    def __init__(self, layer: Any, room: int) -> None:
         super().__init__()
         keys, values = cast(torch.Tensor, layer.keys), cast(torch.Tensor, layer.values)
         self.device, self.is_initialized = keys.device, True
@@ -265,9 +267,9 @@ def make_room(cache: Any, room: int) -> None:
     into a buffer whose earlier columns a graph saved would break its backward. A cache of other
     layer kinds (sliding windows, quantised, offloaded) is left as it is."""
     layers = getattr(cache, "layers", None)
-    if room <= 0 or torch.is_grad_enabled() or not layers:
+    if room <= 0 or torch.is_grad_enabled() or not layers or _PlainLayer is None:
         return
-    if not all(type(layer) is DynamicLayer and layer.is_initialized for layer in layers):
+    if not all(type(layer) is _PlainLayer and layer.is_initialized for layer in layers):
         return
     layers[:] = [_RoomyLayer(layer, room) for layer in layers]
 
