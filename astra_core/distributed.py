@@ -362,7 +362,28 @@ def _agree_on_update(parameters: Sequence[torch.Tensor], finite: bool, contribut
     return True
 
 
-class DataParallel:
+class _GroupCollectives:
+    """What `DataParallel` and `FullyShard` share: the active ``torch.distributed`` group, and
+    the collectives that do not touch the tester (maxima, metrics, barriers)."""
+
+    def __init__(self) -> None:
+        if not is_initialized():
+            raise RuntimeError(
+                f"{type(self).__name__} needs an initialised torch.distributed group (call init_from_env)"
+            )
+        self.rank, self.world_size = rank(), world_size()
+
+    def max(self, values: Sequence[float], device: torch.device | str = "cpu") -> list[float]:
+        return all_reduce_max(values, device)
+
+    def reduce_metrics(self, logs: Mapping[str, float]) -> dict[str, float]:
+        return reduce_metrics(logs)
+
+    def barrier(self) -> None:
+        barrier()
+
+
+class DataParallel(_GroupCollectives):
     """`Collectives` over the active ``torch.distributed`` group, with the trainable parameters
     wrapped by torch's ``DistributedDataParallel``: it broadcasts rank 0's values when attached,
     and its bucketed all-reduce (overlapped with backward, NCCL on GPUs) averages the gradients.
@@ -375,9 +396,7 @@ class DataParallel:
     """
 
     def __init__(self) -> None:
-        if not is_initialized():
-            raise RuntimeError("DataParallel needs an initialised torch.distributed group (call init_from_env)")
-        self.rank, self.world_size = rank(), world_size()
+        super().__init__()
         self.engine: torch.nn.parallel.DistributedDataParallel | None = None
         self._parameters: list[torch.nn.Parameter] = []
 
@@ -423,15 +442,6 @@ class DataParallel:
             )
             torch.autograd.backward(zero)
         return _agree_on_update(parameters, finite, contributed, self.world_size)
-
-    def max(self, values: Sequence[float], device: torch.device | str = "cpu") -> list[float]:
-        return all_reduce_max(values, device)
-
-    def reduce_metrics(self, logs: Mapping[str, float]) -> dict[str, float]:
-        return reduce_metrics(logs)
-
-    def barrier(self) -> None:
-        barrier()
 
 
 def _same_as_attached(attached: list[Parameter], given: Sequence[Parameter]) -> list[Parameter]:
@@ -507,7 +517,7 @@ class _Sharded(torch.nn.Module):
         return compute(batch)
 
 
-class FullyShard:
+class FullyShard(_GroupCollectives):
     """`Collectives` that shard the tester with torch's FSDP2 (``fully_shard``): each of its
     blocks is one unit, the rest of it (and an algorithm's own module) the root unit. Parameters,
     gradients and optimizer state are ``DTensor`` shards between updates, so the optimizer
@@ -522,9 +532,7 @@ class FullyShard:
     """
 
     def __init__(self) -> None:
-        if not is_initialized():
-            raise RuntimeError("FullyShard needs an initialised torch.distributed group (call init_from_env)")
-        self.rank, self.world_size = rank(), world_size()
+        super().__init__()
         self.root: torch.nn.Module | None = None
         self._units: list[Any] = []
         self._parameters: list[torch.nn.Parameter] = []
@@ -637,15 +645,6 @@ class FullyShard:
 
         full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
         return full.detach().cpu() if self.rank == 0 else None
-
-    def max(self, values: Sequence[float], device: torch.device | str = "cpu") -> list[float]:
-        return all_reduce_max(values, device)
-
-    def reduce_metrics(self, logs: Mapping[str, float]) -> dict[str, float]:
-        return reduce_metrics(logs)
-
-    def barrier(self) -> None:
-        barrier()
 
 
 def collectives(parallelism: Parallelism = "ddp") -> Collectives:
