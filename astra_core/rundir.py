@@ -286,11 +286,11 @@ class RunDir:
         if not path.exists():
             return
         kept = [
-            json.dumps(record, allow_nan=False)
+            record
             for record in read_jsonl(path)
             if isinstance(record.get("step", 0), int | float) and record.get("step", 0) <= last_step
         ]
-        write_atomic(path, "".join(line + "\n" for line in kept))
+        write_atomic(path, _json_lines(kept))
 
     def read_metrics(self, filename: str = METRICS) -> list[dict[str, Any]]:
         """The training records of the metrics file (evaluation records and torn lines skipped)."""
@@ -451,17 +451,27 @@ def write_transcripts(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
     """Add an evaluation's transcript records to the JSON-lines file `path`, replacing the records
     of an earlier evaluation of the same tester at the same step (``astra evaluate`` run again, a
     resumed run evaluating a step again), so each attempt is in the file once and counting its
-    lines counts attempts. Other records are kept; the file is replaced atomically."""
+    lines counts attempts. Other records are kept; a file with records to replace is rewritten
+    atomically, otherwise the new records are appended."""
     new = list(records)
     if not new:
         return
     evaluated = {(record.get("tester"), record.get("step")) for record in new}
-    kept = [record for record in read_jsonl(path) if (record.get("tester"), record.get("step")) not in evaluated]
-    write_atomic(path, "".join(json.dumps(json_safe(dict(r)), allow_nan=False) + "\n" for r in kept + new))
+    existing = read_jsonl(path)
+    kept = [record for record in existing if (record.get("tester"), record.get("step")) not in evaluated]
+    if len(kept) == len(existing):
+        _append_lines(path, new)
+    else:
+        write_atomic(path, _json_lines(kept + new))
+
+
+def _json_lines(records: Iterable[Mapping[str, Any]]) -> str:
+    """One strict-JSON line per record (NaN and infinities as null)."""
+    return "".join(json.dumps(json_safe(dict(r)), allow_nan=False) + "\n" for r in records)
 
 
 def _append_lines(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
-    text = "".join(json.dumps(json_safe(dict(r)), allow_nan=False) + "\n" for r in records)
+    text = _json_lines(records)
     if not text:
         return
     with path.open("a", encoding="utf-8") as handle:
