@@ -416,19 +416,20 @@ class _ModelsSystem(Generic[S]):
         keep = self.options.opener_tokens
         if keep is None:
             return prompt
-        tokenizers = [self._tester.tokenizer, self._target.tokenizer]
+        tester, target = self._tester.tokenizer, self._target.tokenizer
         text = prompt
 
         # verbose=False: an opener longer than the model is expected here (it is being cut).
-        def length(tokenizer: PreTrainedTokenizerBase) -> int:
+        def token_count(tokenizer: PreTrainedTokenizerBase) -> int:
             return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
-        while max(length(t) for t in tokenizers) > keep:
-            ids = self._tester.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        while True:
+            count = token_count(tester)
+            if max(count, count if target is tester else token_count(target)) <= keep:
+                return text
             # Character offsets keep the original text (decoding ids could alter spacing);
             # re-tokenised, the cut text can differ at its first token, hence the loop.
-            text = text[max(_offset_of(self._tester.tokenizer, text, max(len(ids) - keep, 1)), 1) :]
-        return text
+            text = text[max(_offset_of(tester, text, max(count - keep, 1)), 1) :]
 
     # -- the models ------------------------------------------------------------------------
 
